@@ -1,0 +1,260 @@
+//! What comes out of the port: [`Completion`], its [`Payload`], and the
+//! identifiers ([`Handle`], [`OpId`]) that tie it to what was put in.
+
+use std::error::Error;
+use std::fmt;
+use std::io;
+use std::net::{SocketAddr, TcpStream};
+
+/// An associated handle: a socket or file the port owns, named by the slot
+/// the port keeps it in.
+///
+/// A `Handle` is a plain token (`Copy`). The descriptor itself belongs to
+/// the port from [`associate`](crate::CompletionPort::associate) until
+/// [`close`](crate::CompletionPort::close), which is what makes descriptor
+/// reuse harmless (SEMANTICS X4): a closed handle's slot gets a new
+/// generation, so a stale `Handle` is refused instead of reaching whatever
+/// descriptor now has the old number.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct Handle {
+    pub(crate) port: u32,
+    pub(crate) index: u32,
+    pub(crate) gen: u32,
+}
+
+/// One issued operation, for [`cancel`](crate::CompletionPort::cancel) and
+/// for matching a completion to its issue (Windows: the `OVERLAPPED`
+/// pointer's identity).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct OpId {
+    pub(crate) index: u32,
+    pub(crate) gen: u32,
+}
+
+impl OpId {
+    /// Packs the id into the 64-bit user data a kernel carries for us.
+    pub(crate) fn to_u64(self) -> u64 {
+        (u64::from(self.gen) << 32) | u64::from(self.index)
+    }
+
+    pub(crate) fn from_u64(v: u64) -> OpId {
+        OpId {
+            index: v as u32,
+            gen: (v >> 32) as u32,
+        }
+    }
+}
+
+/// The operation a completion belongs to.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+#[non_exhaustive]
+pub enum OpKind {
+    /// A packet queued by [`post`](crate::CompletionPort::post).
+    Post,
+    /// [`accept`](crate::CompletionPort::accept) or its multishot form.
+    Accept,
+    /// [`connect`](crate::CompletionPort::connect).
+    Connect,
+    /// [`recv`](crate::CompletionPort::recv) and
+    /// [`recv_vectored`](crate::CompletionPort::recv_vectored).
+    Recv,
+    /// [`recv_pooled`](crate::CompletionPort::recv_pooled): the receive that
+    /// pins no buffer while idle.
+    RecvPooled,
+    /// [`send`](crate::CompletionPort::send) and
+    /// [`send_vectored`](crate::CompletionPort::send_vectored).
+    Send,
+    /// [`recv_from`](crate::CompletionPort::recv_from).
+    RecvFrom,
+    /// [`send_to`](crate::CompletionPort::send_to).
+    SendTo,
+    /// [`read_at`](crate::CompletionPort::read_at) and its vectored form.
+    ReadAt,
+    /// [`write_at`](crate::CompletionPort::write_at) and its vectored form.
+    WriteAt,
+}
+
+/// What an operation hands back besides its byte count: always its
+/// buffers (on success, error and cancellation alike), and for some
+/// operations what they produced.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Payload {
+    /// Nothing to give back (posts, connect, a failed accept).
+    None,
+    /// The operation's one buffer. For receives and reads, its length was
+    /// advanced by the bytes received.
+    Buf(Vec<u8>),
+    /// The operation's buffers, in the order given. For scatter receives,
+    /// each one's length was advanced by the bytes that landed in it.
+    Bufs(Vec<Vec<u8>>),
+    /// A connection from [`accept`](crate::CompletionPort::accept): not yet
+    /// associated with any port.
+    Accepted {
+        /// The new connection, in blocking mode until associated.
+        stream: TcpStream,
+        /// The peer's address.
+        peer: SocketAddr,
+    },
+    /// A datagram from [`recv_from`](crate::CompletionPort::recv_from).
+    Datagram {
+        /// The buffer, its length advanced by the bytes received.
+        buf: Vec<u8>,
+        /// The sender, when the operation succeeded or was truncated.
+        from: Option<SocketAddr>,
+    },
+}
+
+impl Payload {
+    /// The single buffer this payload carries, if any (`Buf` or `Datagram`).
+    pub fn into_buf(self) -> Option<Vec<u8>> {
+        match self {
+            Payload::Buf(b) => Some(b),
+            Payload::Datagram { buf, .. } => Some(buf),
+            _ => None,
+        }
+    }
+
+    /// The buffers of a vectored operation, if this is one.
+    pub fn into_bufs(self) -> Option<Vec<Vec<u8>>> {
+        match self {
+            Payload::Bufs(b) => Some(b),
+            _ => None,
+        }
+    }
+}
+
+/// One dequeued completion: GetQueuedCompletionStatus's four outputs
+/// (result, bytes, key, OVERLAPPED) as one value.
+///
+/// `result` is the operation's own outcome: `Ok(bytes transferred)` or the
+/// error it failed with. A failed operation is still a completion, with its
+/// key, value and buffers (SEMANTICS Q5); "nothing was dequeued" is the
+/// `Err` of [`get`](crate::CompletionPort::get), never this.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Completion<T> {
+    /// The completion key the handle was associated with, or the key given
+    /// to [`post`](crate::CompletionPort::post).
+    pub key: u64,
+    /// Which kind of operation this completes.
+    pub kind: OpKind,
+    /// The operation (`None` for posted packets).
+    pub op: Option<OpId>,
+    /// The handle the operation ran on (`None` for posted packets).
+    pub handle: Option<Handle>,
+    /// Bytes transferred, or the operation's error. Cancelled and aborted
+    /// operations fail with an error for which [`is_aborted`] holds.
+    pub result: io::Result<usize>,
+    /// The per-operation value given at issue (the tutorials' PER_IO_DATA),
+    /// unchanged.
+    pub value: T,
+    /// The buffers and products of the operation.
+    pub payload: Payload,
+    /// For multishot operations: more completions of the same operation
+    /// will follow. `false` for every single-shot operation.
+    pub more: bool,
+}
+
+/// An operation the port refused at issue time (bad or closed handle, port
+/// closed, wrong kind of handle): the error, and everything that was handed
+/// in, handed back. No completion will follow (SEMANTICS O1).
+pub struct Rejected<T> {
+    /// Why the operation was refused.
+    pub error: io::Error,
+    /// The per-operation value, unchanged.
+    pub value: T,
+    /// The buffers, unchanged.
+    pub payload: Payload,
+}
+
+impl<T> Rejected<T> {
+    pub(crate) fn new(error: io::Error, value: T, payload: Payload) -> Self {
+        Rejected {
+            error,
+            value,
+            payload,
+        }
+    }
+}
+
+impl<T> fmt::Debug for Rejected<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Rejected")
+            .field("error", &self.error)
+            .field("payload", &self.payload)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> fmt::Display for Rejected<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "operation refused: {}", self.error)
+    }
+}
+
+impl<T> Error for Rejected<T> {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+impl<T> From<Rejected<T>> for io::Error {
+    fn from(r: Rejected<T>) -> io::Error {
+        r.error
+    }
+}
+
+/// Why [`get`](crate::CompletionPort::get) dequeued nothing.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum GetError {
+    /// The timeout passed with nothing to dequeue (Windows: WAIT_TIMEOUT).
+    Timeout,
+    /// The port was closed (Windows: ERROR_ABANDONED_WAIT_0).
+    Closed,
+}
+
+impl fmt::Display for GetError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            GetError::Timeout => "no completion before the timeout",
+            GetError::Closed => "the completion port was closed",
+        })
+    }
+}
+
+impl Error for GetError {}
+
+impl From<GetError> for io::Error {
+    fn from(e: GetError) -> io::Error {
+        let kind = match e {
+            GetError::Timeout => io::ErrorKind::TimedOut,
+            GetError::Closed => io::ErrorKind::NotConnected,
+        };
+        io::Error::new(kind, e)
+    }
+}
+
+/// Whether `err` is the "operation aborted" outcome of a cancelled
+/// operation or of one pending when its handle was closed (Windows:
+/// ERROR_OPERATION_ABORTED, 995; Linux: `ECANCELED`).
+pub fn is_aborted(err: &io::Error) -> bool {
+    err.raw_os_error() == Some(crate::sys::ABORTED)
+}
+
+/// The "operation aborted" error: the raw OS code, so that it reads the same
+/// as the native port's.
+pub(crate) fn aborted() -> io::Error {
+    io::Error::from_raw_os_error(crate::sys::ABORTED)
+}
+
+pub(crate) fn port_closed() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "the completion port is closed")
+}
+
+pub(crate) fn bad_handle(what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("{what}: handle is not associated with this port (closed, or from another port)"),
+    )
+}

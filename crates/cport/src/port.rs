@@ -1,0 +1,707 @@
+//! [`CompletionPort`] and its [`Builder`].
+
+use std::cell::RefCell;
+use std::env;
+use std::fmt;
+use std::io;
+use std::net::{Shutdown, SocketAddr};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use crate::completion::{port_closed, Completion, GetError, Handle, OpId, OpKind, Payload, Rejected};
+use crate::queue::Queue;
+use crate::sys::{Driver, Op, Opts, Source, SourceInner};
+
+/// Which kernel mechanism a port runs on.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+#[non_exhaustive]
+pub enum Backend {
+    /// io_uring where the kernel allows it, else epoll (Linux). The
+    /// environment variable `CPORT_BACKEND=uring|epoll` overrides it.
+    Auto,
+    /// io_uring (Linux 5.19 or later): operations complete in the kernel.
+    Uring,
+    /// epoll (Linux): operations are done by the port on readiness.
+    Epoll,
+}
+
+impl Backend {
+    /// The backend's name as the CLI, the environment variable and
+    /// benchmark columns spell it: `auto`, `uring`, `epoll`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Auto => "auto",
+            Backend::Uring => "uring",
+            Backend::Epoll => "epoll",
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Backend {
+    type Err = io::Error;
+
+    fn from_str(s: &str) -> io::Result<Backend> {
+        match s {
+            "auto" => Ok(Backend::Auto),
+            "uring" | "io_uring" => Ok(Backend::Uring),
+            "epoll" => Ok(Backend::Epoll),
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("unknown backend {s:?} (expected auto, uring or epoll)"),
+            )),
+        }
+    }
+}
+
+/// Settings of a port, for [`CompletionPort::builder`].
+#[derive(Clone, Debug)]
+pub struct Builder {
+    concurrency: usize,
+    backend: Backend,
+    entries: u32,
+    pool_buffers: u16,
+    pool_buffer_size: usize,
+}
+
+/// What a backend is built from.
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    pub(crate) port_id: u32,
+    /// Submission queue size (io_uring).
+    pub(crate) entries: u32,
+    /// Buffers in the pool behind `recv_pooled`.
+    pub(crate) pool_buffers: u16,
+    pub(crate) pool_buffer_size: usize,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder {
+            concurrency: 0,
+            backend: Backend::Auto,
+            entries: 1024,
+            pool_buffers: 512,
+            pool_buffer_size: 4096,
+        }
+    }
+}
+
+impl Builder {
+    /// Default settings: concurrency = number of CPUs, backend `Auto`.
+    pub fn new() -> Builder {
+        Builder::default()
+    }
+
+    /// At most `n` threads run completions at once (SEMANTICS P1, C1);
+    /// 0 means the number of CPUs.
+    pub fn concurrency(mut self, n: usize) -> Builder {
+        self.concurrency = n;
+        self
+    }
+
+    /// Which backend to run on (default [`Backend::Auto`]).
+    pub fn backend(mut self, b: Backend) -> Builder {
+        self.backend = b;
+        self
+    }
+
+    /// io_uring submission queue entries (default 1024; rounded up to a
+    /// power of two by the kernel).
+    pub fn entries(mut self, n: u32) -> Builder {
+        self.entries = n;
+        self
+    }
+
+    /// The pool behind [`CompletionPort::recv_pooled`]: `count` buffers of
+    /// `size` bytes (default 512 × 4096). On io_uring they form the
+    /// provided-buffer ring; data is copied out of it into a buffer of the
+    /// same size, which [`CompletionPort::recycle`] takes back.
+    pub fn pool(mut self, count: u16, size: usize) -> Builder {
+        self.pool_buffers = count;
+        self.pool_buffer_size = size;
+        self
+    }
+
+    /// Creates the port (CreateIoCompletionPort with no handle).
+    ///
+    /// With [`Backend::Auto`], `CPORT_BACKEND` is read first; then io_uring
+    /// is tried, and on failure epoll is used with one log line (target
+    /// `cport`) naming the reason (SEMANTICS R1). An explicit backend that
+    /// cannot start is an error naming its cause.
+    pub fn build<T: Send + 'static>(self) -> io::Result<CompletionPort<T>> {
+        static NEXT_PORT: AtomicU32 = AtomicU32::new(1);
+        let concurrency = match self.concurrency {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        if self.pool_buffers == 0 || self.pool_buffer_size == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the receive pool needs at least one buffer of at least one byte",
+            ));
+        }
+        let config = Config {
+            port_id: NEXT_PORT.fetch_add(1, Ordering::Relaxed),
+            entries: self.entries.max(8),
+            pool_buffers: self.pool_buffers,
+            pool_buffer_size: self.pool_buffer_size,
+        };
+        let mut backend = self.backend;
+        if backend == Backend::Auto {
+            if let Ok(v) = env::var("CPORT_BACKEND") {
+                backend = v.parse().map_err(|e: io::Error| {
+                    io::Error::new(e.kind(), format!("CPORT_BACKEND: {e}"))
+                })?;
+            }
+        }
+        let driver = open_driver::<T>(backend, &config)?;
+        Ok(CompletionPort {
+            inner: Arc::new(Inner {
+                id: config.port_id,
+                queue: Queue::new(concurrency),
+                driver,
+            }),
+        })
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn open_driver<T: Send + 'static>(backend: Backend, config: &Config) -> io::Result<Box<dyn Driver<T>>> {
+    use crate::sys::{epoll, uring};
+    match backend {
+        Backend::Uring => Ok(Box::new(uring::Driver::new(config).map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot start the io_uring backend: {e}"))
+        })?)),
+        Backend::Epoll => Ok(Box::new(epoll::Driver::new(config).map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot start the epoll backend: {e}"))
+        })?)),
+        Backend::Auto => match uring::Driver::new(config) {
+            Ok(d) => Ok(Box::new(d)),
+            Err(e) => {
+                log::info!(target: "cport", "io_uring unavailable ({e}); using epoll");
+                open_driver(Backend::Epoll, config)
+            }
+        },
+    }
+}
+
+/// A completion port: the queue that overlapped operations complete into,
+/// and that worker threads dequeue from.
+///
+/// `T` is the per-operation value (the tutorials' `PER_IO_DATA`): every
+/// operation takes one and its completion gives it back, unchanged
+/// (SEMANTICS P4). The port is a shared handle: clones refer to the same
+/// port, and it is `Send + Sync` (P5). It closes when [`close_port`] is
+/// called or the last clone is dropped.
+///
+/// [`close_port`]: CompletionPort::close_port
+pub struct CompletionPort<T = ()> {
+    inner: Arc<Inner<T>>,
+}
+
+struct Inner<T> {
+    id: u32,
+    queue: Queue<Completion<T>>,
+    driver: Box<dyn Driver<T>>,
+}
+
+impl<T> Clone for CompletionPort<T> {
+    fn clone(&self) -> Self {
+        CompletionPort {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<T> fmt::Debug for CompletionPort<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CompletionPort")
+            .field("id", &self.inner.id)
+            .field("backend", &self.inner.driver.backend())
+            .field("concurrency", &self.inner.queue.concurrency())
+            .finish()
+    }
+}
+
+impl<T> Drop for Inner<T> {
+    fn drop(&mut self) {
+        let queued = self.queue.close(&*self.driver);
+        drop(queued);
+        self.driver.close_port();
+    }
+}
+
+/// The running record of a thread: which port it took a completion from
+/// and has not come back to (SEMANTICS C1). Dropping an armed record gives
+/// the slot back, which is how a worker that exits stops counting.
+struct RunningOn {
+    id: u32,
+    port: Option<Weak<dyn Release>>,
+}
+
+trait Release: Send + Sync {
+    fn release_running(&self);
+}
+
+impl<T: Send + 'static> Release for Inner<T> {
+    fn release_running(&self) {
+        self.driver.flush();
+        self.queue.release(&*self.driver);
+    }
+}
+
+impl Drop for RunningOn {
+    fn drop(&mut self) {
+        if let Some(port) = self.port.take().and_then(|w| w.upgrade()) {
+            port.release_running();
+        }
+    }
+}
+
+thread_local! {
+    static RUNNING: RefCell<Option<RunningOn>> = RefCell::new(None);
+}
+
+/// Collects one item from `Queue::get`.
+struct One<E>(Option<E>);
+
+impl<E> Extend<E> for One<E> {
+    fn extend<I: IntoIterator<Item = E>>(&mut self, iter: I) {
+        for e in iter {
+            debug_assert!(self.0.is_none());
+            self.0 = Some(e);
+        }
+    }
+}
+
+impl<T: Send + 'static> CompletionPort<T> {
+    /// A port with concurrency `concurrency` (0: number of CPUs) on the
+    /// default backend. See [`Builder::build`].
+    pub fn new(concurrency: usize) -> io::Result<CompletionPort<T>> {
+        Builder::new().concurrency(concurrency).build()
+    }
+
+    /// Settings beyond the concurrency value.
+    pub fn builder() -> Builder {
+        Builder::new()
+    }
+
+    /// The backend this port runs on (never `Auto`).
+    pub fn backend(&self) -> Backend {
+        self.inner.driver.backend()
+    }
+
+    /// The concurrency value N (SEMANTICS P1).
+    pub fn concurrency(&self) -> usize {
+        self.inner.queue.concurrency()
+    }
+
+    // ----- handles -------------------------------------------------------
+
+    /// Associates a socket or file with the port under `key` (SEMANTICS
+    /// P2, P3): CreateIoCompletionPort with an existing port. The port takes
+    /// ownership; every completion of an operation on the returned handle
+    /// carries `key`. Sockets are switched to non-blocking mode.
+    pub fn associate(&self, source: impl Into<Source>, key: u64) -> io::Result<Handle> {
+        if self.inner.queue.is_closed() {
+            return Err(port_closed());
+        }
+        self.inner.driver.associate(source.into(), key)
+    }
+
+    /// Closes a handle (closesocket / CloseHandle): its pending operations
+    /// complete with an aborted error ([`is_aborted`](crate::is_aborted)),
+    /// then the descriptor is closed, so the peer sees the connection end
+    /// (SEMANTICS X2). The handle is invalid from now on.
+    pub fn close(&self, handle: Handle) -> io::Result<()> {
+        let mut ready = Vec::new();
+        let r = self.inner.driver.close(handle, &mut ready);
+        self.queue_ready(&mut ready);
+        r
+    }
+
+    /// shutdown(2) on a socket handle: `Write` sends FIN after what was
+    /// sent (a half-close); receives on the peer then complete with 0 bytes.
+    pub fn shutdown(&self, handle: Handle, how: Shutdown) -> io::Result<()> {
+        self.inner.driver.shutdown(handle, how)
+    }
+
+    /// The local address of a socket handle (e.g. a listener bound to port 0).
+    pub fn local_addr(&self, handle: Handle) -> io::Result<SocketAddr> {
+        self.inner.driver.addr(handle, false)
+    }
+
+    /// The peer address of a connected socket handle.
+    pub fn peer_addr(&self, handle: Handle) -> io::Result<SocketAddr> {
+        self.inner.driver.addr(handle, true)
+    }
+
+    // ----- operations ----------------------------------------------------
+
+    /// Accepts one connection (AcceptEx; `IORING_OP_ACCEPT`; `accept4(2)`
+    /// on readiness). Completes with [`Payload::Accepted`]: the new stream
+    /// (not associated) and the peer address.
+    pub fn accept(&self, listener: Handle, value: T) -> Result<OpId, Rejected<T>> {
+        self.issue(listener, Op::Accept, value, None)
+    }
+
+    /// Accepts connections until cancelled or failed: one completion per
+    /// connection, each with a clone of `value` and `more == true`; the last
+    /// one (`more == false`) carries `value` itself and says why the
+    /// operation ended. (`IORING_OP_ACCEPT` multishot; on epoll, accept on
+    /// every readiness; on Windows, AcceptEx re-issued.)
+    pub fn accept_multi(&self, listener: Handle, value: T) -> Result<OpId, Rejected<T>>
+    where
+        T: Clone,
+    {
+        self.issue(listener, Op::Accept, value, Some(T::clone))
+    }
+
+    /// Creates a TCP socket, associates it under `key` and connects it to
+    /// `addr` (ConnectEx; `IORING_OP_CONNECT`; non-blocking `connect(2)` and
+    /// writability). Returns the handle at once; the completion says whether
+    /// the connection was made.
+    pub fn connect(&self, addr: SocketAddr, key: u64, value: T) -> Result<(Handle, OpId), Rejected<T>> {
+        let socket = match socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        ) {
+            Ok(s) => s,
+            Err(e) => return Err(Rejected::new(e, value, Payload::None)),
+        };
+        let handle = match self.associate(Source(SourceInner::TcpSocket(socket)), key) {
+            Ok(h) => h,
+            Err(e) => return Err(Rejected::new(e, value, Payload::None)),
+        };
+        match self.issue(handle, Op::Connect(addr), value, None) {
+            Ok(op) => Ok((handle, op)),
+            Err(r) => {
+                let _ = self.close(handle);
+                Err(r)
+            }
+        }
+    }
+
+    /// Receives into the spare capacity of `buf` (WSARecv with one WSABUF;
+    /// `IORING_OP_RECV`; `recv(2)` on readiness). Completes with 1..=n bytes
+    /// appended to `buf`, or **0 bytes when the peer closed** (SEMANTICS
+    /// O5); a reset is an error. A `buf` with no spare capacity is refused.
+    pub fn recv(&self, handle: Handle, buf: Vec<u8>, value: T) -> Result<OpId, Rejected<T>> {
+        if buf.capacity() == buf.len() {
+            return Err(no_room("recv", Payload::Buf(buf), value));
+        }
+        self.issue(handle, Op::Recv(buf), value, None)
+    }
+
+    /// Scatter receive: fills the spare capacity of each buffer in order
+    /// (WSARecv with several WSABUFs; `IORING_OP_RECVMSG`; `recvmsg(2)`).
+    pub fn recv_vectored(&self, handle: Handle, bufs: Vec<Vec<u8>>, value: T) -> Result<OpId, Rejected<T>> {
+        if bufs.iter().all(|b| b.capacity() == b.len()) {
+            return Err(no_room("recv_vectored", Payload::Bufs(bufs), value));
+        }
+        self.issue(handle, Op::RecvVectored(bufs), value, None)
+    }
+
+    /// A receive that pins no buffer while the connection is idle: Linux's
+    /// answer to IOCP's zero-byte WSARecv (SEMANTICS O6). A buffer is taken
+    /// from the port's pool only when data arrives (io_uring provided-buffer
+    /// ring; on epoll, after readiness) and comes back in
+    /// [`Payload::Buf`]; give it back with [`recycle`](Self::recycle).
+    pub fn recv_pooled(&self, handle: Handle, value: T) -> Result<OpId, Rejected<T>> {
+        self.issue(handle, Op::RecvPooled, value, None)
+    }
+
+    /// Sends all of `buf` (WSASend; `IORING_OP_SEND`; `send(2)` on
+    /// readiness). Completes only when every byte was taken by the kernel
+    /// (SEMANTICS O4): short writes are continued inside the port.
+    pub fn send(&self, handle: Handle, buf: Vec<u8>, value: T) -> Result<OpId, Rejected<T>> {
+        self.issue(handle, Op::Send(buf), value, None)
+    }
+
+    /// Gather send: all bytes of every buffer, in order (WSASend with several
+    /// WSABUFs; `IORING_OP_SENDMSG`; `sendmsg(2)`).
+    pub fn send_vectored(&self, handle: Handle, bufs: Vec<Vec<u8>>, value: T) -> Result<OpId, Rejected<T>> {
+        self.issue(handle, Op::SendVectored(bufs), value, None)
+    }
+
+    /// Receives one datagram into the spare capacity of `buf`
+    /// (WSARecvFrom; `IORING_OP_RECVMSG`; `recvmsg(2)`). Completes with
+    /// [`Payload::Datagram`]. A datagram larger than the room is an
+    /// `EMSGSIZE` error with the part that fit in the buffer (SEMANTICS O7).
+    pub fn recv_from(&self, handle: Handle, buf: Vec<u8>, value: T) -> Result<OpId, Rejected<T>> {
+        if buf.capacity() == buf.len() {
+            return Err(no_room("recv_from", Payload::Buf(buf), value));
+        }
+        self.issue(handle, Op::RecvFrom(buf), value, None)
+    }
+
+    /// Sends `buf` as one datagram to `addr` (WSASendTo; `IORING_OP_SENDMSG`;
+    /// `sendto(2)`).
+    pub fn send_to(&self, handle: Handle, buf: Vec<u8>, addr: SocketAddr, value: T) -> Result<OpId, Rejected<T>> {
+        self.issue(handle, Op::SendTo(buf, addr), value, None)
+    }
+
+    /// Reads into the spare capacity of `buf` from `offset` of a file
+    /// (ReadFile with OVERLAPPED.Offset; `IORING_OP_READ`; `pread(2)` at
+    /// issue on epoll, where regular files are always ready). The file
+    /// position never moves. At or past end of file it completes with 0
+    /// bytes (SEMANTICS O8).
+    pub fn read_at(&self, handle: Handle, buf: Vec<u8>, offset: u64, value: T) -> Result<OpId, Rejected<T>> {
+        if buf.capacity() == buf.len() {
+            return Err(no_room("read_at", Payload::Buf(buf), value));
+        }
+        self.issue(handle, Op::ReadAt(buf, offset), value, None)
+    }
+
+    /// Vectored [`read_at`](Self::read_at) (`IORING_OP_READV`; `preadv(2)`).
+    pub fn read_vectored_at(&self, handle: Handle, bufs: Vec<Vec<u8>>, offset: u64, value: T) -> Result<OpId, Rejected<T>> {
+        if bufs.iter().all(|b| b.capacity() == b.len()) {
+            return Err(no_room("read_vectored_at", Payload::Bufs(bufs), value));
+        }
+        self.issue(handle, Op::ReadVectoredAt(bufs, offset), value, None)
+    }
+
+    /// Writes all of `buf` at `offset` of a file (WriteFile with an offset;
+    /// `IORING_OP_WRITE`; `pwrite(2)`); short writes are continued.
+    pub fn write_at(&self, handle: Handle, buf: Vec<u8>, offset: u64, value: T) -> Result<OpId, Rejected<T>> {
+        self.issue(handle, Op::WriteAt(buf, offset), value, None)
+    }
+
+    /// Vectored [`write_at`](Self::write_at) (`IORING_OP_WRITEV`; `pwritev(2)`).
+    pub fn write_vectored_at(&self, handle: Handle, bufs: Vec<Vec<u8>>, offset: u64, value: T) -> Result<OpId, Rejected<T>> {
+        self.issue(handle, Op::WriteVectoredAt(bufs, offset), value, None)
+    }
+
+    /// Requests cancellation of one operation (CancelIoEx with its
+    /// OVERLAPPED; `IORING_OP_ASYNC_CANCEL`). Asynchronous: the operation
+    /// still yields exactly one completion, its real result if it won the
+    /// race, otherwise an aborted error (SEMANTICS X1). `NotFound` if the
+    /// operation is no longer in flight.
+    pub fn cancel(&self, op: OpId) -> io::Result<()> {
+        let mut ready = Vec::new();
+        let r = self.inner.driver.cancel(op, &mut ready);
+        self.queue_ready(&mut ready);
+        r
+    }
+
+    /// Requests cancellation of every operation on `handle` (CancelIoEx
+    /// with no OVERLAPPED); returns how many were in flight. `NotFound` when
+    /// none was.
+    pub fn cancel_handle(&self, handle: Handle) -> io::Result<usize> {
+        let mut ready = Vec::new();
+        let r = self.inner.driver.cancel_handle(handle, &mut ready);
+        self.queue_ready(&mut ready);
+        r
+    }
+
+    /// Gives a buffer back to the pool behind [`recv_pooled`](Self::recv_pooled).
+    /// Any buffer may be given; buffers of the wrong size are dropped.
+    pub fn recycle(&self, buf: Vec<u8>) {
+        self.inner.driver.recycle(buf);
+    }
+
+    // ----- posting and dequeuing ---------------------------------------
+
+    /// Queues a user completion (PostQueuedCompletionStatus): it comes back
+    /// from [`get`](Self::get) with `kind == OpKind::Post`, `key`,
+    /// `result == Ok(bytes)` and `value`, and obeys the same ordering and
+    /// concurrency rules as I/O completions (SEMANTICS PQ1, PQ2). Fails with
+    /// `NotConnected` once the port is closed.
+    pub fn post(&self, key: u64, bytes: usize, value: T) -> io::Result<()> {
+        if self.inner.queue.is_closed() {
+            return Err(port_closed());
+        }
+        let mut ready = vec![Completion {
+            key,
+            kind: OpKind::Post,
+            op: None,
+            handle: None,
+            result: Ok(bytes),
+            value,
+            payload: Payload::None,
+            more: false,
+        }];
+        // A post from a running thread releases a waiter too: unlike an
+        // operation's own completion, a post is how threads hand work to
+        // each other.
+        self.inner.queue.push(&*self.inner.driver, &mut ready, true);
+        Ok(())
+    }
+
+    /// Dequeues one completion (GetQueuedCompletionStatus), waiting at most
+    /// `timeout` (`None`: no limit; zero: do not wait) (SEMANTICS Q1).
+    ///
+    /// `Err` means nothing was dequeued: [`GetError::Timeout`] or
+    /// [`GetError::Closed`]; a failed operation is an `Ok` completion whose
+    /// `result` is the error (Q5). The calling thread counts as running
+    /// until it calls `get` again, enters [`blocking`](Self::blocking), or
+    /// exits (C1).
+    pub fn get(&self, timeout: Option<Duration>) -> Result<Completion<T>, GetError> {
+        let mut one = One(None);
+        self.dequeue(1, timeout, &mut one)?;
+        Ok(one.0.expect("queue returned Ok with no item"))
+    }
+
+    /// Dequeues up to `max` completions in one call
+    /// (GetQueuedCompletionStatusEx), appending them to `out`; returns how
+    /// many. Returns as soon as at least one is available (SEMANTICS Q4).
+    /// The thread counts as one running thread however many it took.
+    pub fn get_many(&self, out: &mut Vec<Completion<T>>, max: usize, timeout: Option<Duration>) -> Result<usize, GetError> {
+        let before = out.len();
+        self.dequeue(max, timeout, out)?;
+        Ok(out.len() - before)
+    }
+
+    /// Runs `f`, a section that blocks (a lock, a database call, a sleep),
+    /// with this thread's running slot given up, so another waiter may run
+    /// meanwhile (SEMANTICS C3). Windows does this for every kind of
+    /// blocking; a user-space port only sees the blocking it is told about.
+    /// After `f` the thread counts as running again, even if that exceeds
+    /// the limit for a while.
+    pub fn blocking<R>(&self, f: impl FnOnce() -> R) -> R {
+        if !self.running_here() {
+            return f();
+        }
+        self.inner.driver.flush();
+        self.inner.queue.release(&*self.inner.driver);
+        struct Reenter<'a, T>(&'a Inner<T>);
+        impl<T> Drop for Reenter<'_, T> {
+            fn drop(&mut self) {
+                self.0.queue.reenter();
+            }
+        }
+        let _back = Reenter(&self.inner);
+        f()
+    }
+
+    /// Stops counting this thread as running on the port without waiting
+    /// for another completion (what a worker does when it quits).
+    pub fn leave(&self) {
+        let mine = RUNNING
+            .try_with(|cell| {
+                let mut slot = cell.borrow_mut();
+                match slot.as_ref() {
+                    Some(on) if on.id == self.inner.id => slot.take(),
+                    _ => None,
+                }
+            })
+            .ok()
+            .flatten();
+        drop(mine);
+    }
+
+    /// Closes the port (CloseHandle on the port): every thread blocked in
+    /// [`get`](Self::get), and every later call, gets
+    /// [`GetError::Closed`] (SEMANTICS Q6); operations in flight are
+    /// cancelled and their completions dropped with their buffers; new
+    /// operations and posts are refused.
+    pub fn close_port(&self) {
+        let queued = self.inner.queue.close(&*self.inner.driver);
+        drop(queued);
+        self.inner.driver.close_port();
+    }
+
+    /// Whether [`close_port`](Self::close_port) was called.
+    pub fn is_closed(&self) -> bool {
+        self.inner.queue.is_closed()
+    }
+
+    // ----- internals -----------------------------------------------------
+
+    fn issue(&self, handle: Handle, op: Op, value: T, multishot: Option<fn(&T) -> T>) -> Result<OpId, Rejected<T>> {
+        if self.inner.queue.is_closed() {
+            return Err(Rejected::new(port_closed(), value, op.into_payload()));
+        }
+        let running = self.running_here();
+        let mut ready = Vec::new();
+        let r = self.inner.driver.submit(
+            handle,
+            op,
+            value,
+            Opts {
+                defer: running,
+                multishot,
+            },
+            &mut ready,
+        );
+        self.queue_ready_from(&mut ready, running);
+        r
+    }
+
+    fn queue_ready(&self, ready: &mut Vec<Completion<T>>) {
+        let running = self.running_here();
+        self.queue_ready_from(ready, running);
+    }
+
+    /// Queues completions produced inside a call. From a running thread no
+    /// waiter is released for them: the thread comes back to `get` and takes
+    /// them itself (C2), which spares a context switch per operation that
+    /// completes at once (the common case of a send on epoll).
+    fn queue_ready_from(&self, ready: &mut Vec<Completion<T>>, running: bool) {
+        self.inner.queue.push(&*self.inner.driver, ready, !running);
+    }
+
+    fn running_here(&self) -> bool {
+        let id = self.inner.id;
+        RUNNING
+            .try_with(|cell| matches!(&*cell.borrow(), Some(on) if on.id == id))
+            .unwrap_or(false)
+    }
+
+    fn dequeue<O: Extend<Completion<T>>>(&self, max: usize, timeout: Option<Duration>, out: &mut O) -> Result<(), GetError> {
+        let id = self.inner.id;
+        // Take this thread's running record: ours means we are coming back
+        // (disarmed, the queue gives the slot up); another port's is
+        // released, since a thread runs on one port at a time.
+        let (mine, other) = RUNNING
+            .try_with(|cell| {
+                let mut slot = cell.borrow_mut();
+                match slot.as_ref() {
+                    Some(on) if on.id == id => {
+                        let mut on = slot.take().expect("checked");
+                        let weak = on.port.take();
+                        (Some((on, weak)), None)
+                    }
+                    Some(_) => (None, slot.take()),
+                    None => (None, None),
+                }
+            })
+            .unwrap_or((None, None));
+        drop(other);
+        let returning = mine.is_some();
+        let r = self.inner.queue.get(&*self.inner.driver, returning, max, timeout, out);
+        if r.is_ok() {
+            let record = match mine {
+                Some((mut on, weak)) => {
+                    on.port = weak;
+                    on
+                }
+                None => {
+                    let weak: Weak<dyn Release> = Arc::downgrade(&self.inner) as Weak<dyn Release>;
+                    RunningOn { id, port: Some(weak) }
+                }
+            };
+            let _ = RUNNING.try_with(|cell| *cell.borrow_mut() = Some(record));
+        }
+        r
+    }
+}
+
+fn no_room<T>(what: &str, payload: Payload, value: T) -> Rejected<T> {
+    Rejected::new(
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{what}: the buffer has no spare capacity to receive into"),
+        ),
+        value,
+        payload,
+    )
+}

@@ -1,0 +1,343 @@
+//! The port's completion queue: the part of a Windows completion port that
+//! Linux does not have, built in user space (LESSONS 3: one io_uring must
+//! not be reaped by several threads, so the shared queue cannot be the
+//! kernel's).
+//!
+//! # What it does
+//!
+//! * **FIFO items, LIFO waiters** (SEMANTICS Q2, Q3). Items leave in the
+//!   order they were pushed; a blocked `get` is a [`Waiter`] on a stack,
+//!   and the most recent waiter is released first.
+//! * **Concurrency accounting** (C1–C3). `running` counts threads that took
+//!   an item and have not come back. No waiter is released while
+//!   `running >= concurrency`; a thread coming back (`returning`) gives its
+//!   slot up and may take the next item at once, without blocking (C2).
+//!   [`Queue::release`] and [`Queue::reenter`] bracket a blocking section
+//!   (C3), and the port calls `release` when a running thread exits.
+//! * **Leader/follower** (the scheme of Boost.Asio's scheduler). The kernel
+//!   side (an io_uring or an epoll set) is polled by one thread at a time,
+//!   the *leader*, through [`Reactor::wait`]. What it reaps goes into the
+//!   queue, and the leader takes the first item itself when the concurrency
+//!   limit allows: a completion does not cross threads when the thread that
+//!   reaped it can run it. Other blocked threads are *followers*. Whenever
+//!   the leader role is free, nothing is queued, and a follower could run
+//!   what a poll would find, one follower is released to take the role.
+//!   The leader is the only waiter whose release needs the kernel's help
+//!   ([`Reactor::wake`]); followers are released with their own condvar.
+//!
+//! The leader is therefore the *oldest* waiter and is released last: Q2's
+//! LIFO order holds among the threads blocked in user space, which is what
+//! keeps surplus threads asleep.
+//!
+//! Nothing here knows about the kernel or about the item type, so the
+//! whole protocol is model-checked with loom (`tests/loom_queue.rs`).
+
+use std::collections::VecDeque;
+use std::mem;
+use std::time::{Duration, Instant};
+
+use crate::completion::GetError;
+use crate::sync::{self, Arc, AtomicBool, Condvar, Mutex, Ordering};
+
+/// The kernel side of the port, as the queue sees it.
+pub(crate) trait Reactor<E> {
+    /// Submits operations whose submission was deferred (see
+    /// `sys::uring`). Called before a thread blocks as a follower or stops
+    /// running; must be cheap when nothing is deferred.
+    fn flush(&self);
+
+    /// Waits for kernel events for at most `timeout` (`None`: no limit,
+    /// zero: just look) and appends the completions they made to `out`.
+    /// Called by one thread at a time, the leader. Returns early, possibly
+    /// with nothing, after [`wake`](Reactor::wake).
+    fn wait(&self, timeout: Option<Duration>, out: &mut Vec<E>);
+
+    /// Makes a `wait` in progress, or the next one, return soon.
+    fn wake(&self);
+}
+
+/// One thread blocked as a follower.
+struct Waiter {
+    cv: Condvar,
+    /// Set, under the state lock, when the waiter was popped and signalled.
+    notified: AtomicBool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Leader {
+    /// No thread polls the kernel.
+    Idle,
+    /// A thread is inside [`Reactor::wait`].
+    Polling,
+    /// A thread is inside [`Reactor::wait`] and was asked to come out.
+    Woken,
+}
+
+struct State<E> {
+    items: VecDeque<E>,
+    /// Blocked followers; the top of the stack is the most recent.
+    waiters: Vec<Arc<Waiter>>,
+    /// Threads that took items and have not come back (C1).
+    running: usize,
+    /// Followers signalled but not yet back under the lock. Counted so one
+    /// item never releases two threads.
+    woken: usize,
+    leader: Leader,
+    closed: bool,
+    /// The leader's batch vector, kept to avoid an allocation per poll.
+    spare: Vec<E>,
+}
+
+pub(crate) struct Queue<E> {
+    concurrency: usize,
+    state: Mutex<State<E>>,
+}
+
+impl<E> Queue<E> {
+    /// A queue that lets at most `concurrency` threads run (at least 1).
+    pub(crate) fn new(concurrency: usize) -> Self {
+        Queue {
+            concurrency: concurrency.max(1),
+            state: Mutex::new(State {
+                items: VecDeque::new(),
+                waiters: Vec::new(),
+                running: 0,
+                woken: 0,
+                leader: Leader::Idle,
+                closed: false,
+                spare: Vec::new(),
+            }),
+        }
+    }
+
+    pub(crate) fn concurrency(&self) -> usize {
+        self.concurrency
+    }
+
+    /// Dequeues up to `max` items (at least one) into `out`.
+    ///
+    /// `returning` says the calling thread is running on this queue (took an
+    /// item earlier and has not released it): its slot is given up first,
+    /// so it can take the next item at once (C2). On `Ok` the caller is
+    /// running, one slot whatever `max` was (as with
+    /// GetQueuedCompletionStatusEx).
+    pub(crate) fn get<R: Reactor<E> + ?Sized>(
+        &self,
+        reactor: &R,
+        returning: bool,
+        max: usize,
+        timeout: Option<Duration>,
+        out: &mut impl Extend<E>,
+    ) -> Result<(), GetError> {
+        let max = max.max(1);
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut flushed = false;
+        let mut st = sync::lock(&self.state);
+        if returning {
+            st.running -= 1;
+        }
+        loop {
+            if st.closed {
+                return Err(GetError::Closed);
+            }
+            if !st.items.is_empty() && st.running < self.concurrency {
+                let n = max.min(st.items.len());
+                out.extend(st.items.drain(..n));
+                st.running += 1;
+                let wake = self.rebalance(&mut st);
+                drop(st);
+                if wake {
+                    reactor.wake();
+                }
+                return Ok(());
+            }
+            if st.items.is_empty() && st.leader == Leader::Idle {
+                // Lead: poll the kernel ourselves.
+                st.leader = Leader::Polling;
+                let mut batch = mem::take(&mut st.spare);
+                drop(st);
+                reactor.wait(remaining(deadline), &mut batch);
+                // A thread that polls has submitted what it deferred.
+                flushed = true;
+                st = sync::lock(&self.state);
+                st.leader = Leader::Idle;
+                st.items.extend(batch.drain(..));
+                st.spare = batch;
+                if st.items.is_empty() && expired(deadline) {
+                    return self.leave_empty(st, reactor, GetError::Timeout);
+                }
+                continue;
+            }
+            if expired(deadline) {
+                return self.leave_empty(st, reactor, GetError::Timeout);
+            }
+            if !flushed {
+                // About to sleep: submit what this thread deferred, or it
+                // would wait on operations the kernel has not seen.
+                drop(st);
+                reactor.flush();
+                flushed = true;
+                st = sync::lock(&self.state);
+                continue;
+            }
+            let w = Arc::new(Waiter {
+                cv: Condvar::new(),
+                notified: AtomicBool::new(false),
+            });
+            st.waiters.push(w.clone());
+            st = sync::wait(&w.cv, st, remaining(deadline));
+            if w.notified.load(Ordering::Relaxed) {
+                st.woken -= 1;
+            } else if let Some(i) = st.waiters.iter().rposition(|x| Arc::ptr_eq(x, &w)) {
+                // Timed out (or woke spuriously): leave the stack; the loop
+                // decides between trying again and reporting the timeout.
+                st.waiters.remove(i);
+            }
+        }
+    }
+
+    /// Returns from `get` with nothing dequeued; keeps the leader role
+    /// covered first, since this thread may have been the one to take it.
+    fn leave_empty<R: Reactor<E> + ?Sized>(
+        &self,
+        mut st: sync::MutexGuard<'_, State<E>>,
+        reactor: &R,
+        err: GetError,
+    ) -> Result<(), GetError> {
+        let wake = self.rebalance(&mut st);
+        drop(st);
+        if wake {
+            reactor.wake();
+        }
+        // The thread stops running: what it deferred must reach the kernel.
+        reactor.flush();
+        Err(err)
+    }
+
+    /// Queues `items` (drained) behind what is queued.
+    ///
+    /// With `release` a waiter is released for them when the concurrency
+    /// limit allows (C1). Without it nobody is woken: the caller is a
+    /// running thread that will come back and take them itself (C2); see
+    /// `CompletionPort` for when the port chooses that.
+    pub(crate) fn push<R: Reactor<E> + ?Sized>(&self, reactor: &R, items: &mut Vec<E>, release: bool) {
+        if items.is_empty() {
+            return;
+        }
+        let mut st = sync::lock(&self.state);
+        if st.closed {
+            // Dropped outside the lock: items may own descriptors.
+            drop(st);
+            items.clear();
+            return;
+        }
+        st.items.extend(items.drain(..));
+        let wake = release && self.rebalance(&mut st);
+        drop(st);
+        if wake {
+            reactor.wake();
+        }
+    }
+
+    /// A running thread stops running without coming back through `get`:
+    /// it entered a blocking section (C3) or exited.
+    pub(crate) fn release<R: Reactor<E> + ?Sized>(&self, reactor: &R) {
+        let mut st = sync::lock(&self.state);
+        st.running -= 1;
+        let wake = self.rebalance(&mut st);
+        drop(st);
+        if wake {
+            reactor.wake();
+        }
+    }
+
+    /// A thread that called [`release`](Queue::release) for a blocking
+    /// section runs again. The count may exceed the limit for a while (C3);
+    /// no waiter is released until it drops below.
+    pub(crate) fn reenter(&self) {
+        sync::lock(&self.state).running += 1;
+    }
+
+    /// Closes the queue: every waiter, and every later `get`, returns
+    /// [`GetError::Closed`]. Returns what was queued, for the caller to
+    /// drop outside the lock.
+    pub(crate) fn close<R: Reactor<E> + ?Sized>(&self, reactor: &R) -> Vec<E> {
+        let mut st = sync::lock(&self.state);
+        st.closed = true;
+        let waiters = mem::take(&mut st.waiters);
+        for w in &waiters {
+            w.notified.store(true, Ordering::Relaxed);
+            w.cv.notify_one();
+        }
+        st.woken += waiters.len();
+        let polling = st.leader != Leader::Idle;
+        let items = st.items.drain(..).collect();
+        drop(st);
+        if polling {
+            reactor.wake();
+        }
+        items
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        sync::lock(&self.state).closed
+    }
+
+    /// Restores the invariants after any change: queued items that a thread
+    /// may run have a released waiter each; the kernel has a poller whenever
+    /// what it reaps could run. Returns true when the leader must be woken
+    /// through the reactor (done by the caller, after unlocking).
+    fn rebalance(&self, st: &mut State<E>) -> bool {
+        // C1 and Q2: release the most recent waiters, one per queued item,
+        // while the running count allows.
+        while st.items.len() > st.woken && st.running + st.woken < self.concurrency {
+            match st.waiters.pop() {
+                Some(w) => {
+                    w.notified.store(true, Ordering::Relaxed);
+                    w.cv.notify_one();
+                    st.woken += 1;
+                }
+                None => break,
+            }
+        }
+        let runnable = st.items.len() > st.woken && st.running + st.woken < self.concurrency;
+        if runnable && st.leader == Leader::Polling {
+            // Nobody in user space to take it: the leader must come out.
+            st.leader = Leader::Woken;
+            return true;
+        }
+        if st.leader == Leader::Idle
+            && st.items.is_empty()
+            && st.woken == 0
+            && st.running < self.concurrency
+        {
+            // Hand the leader role on, or completions would sit in the
+            // kernel while a thread that could run them sleeps.
+            if let Some(w) = st.waiters.pop() {
+                w.notified.store(true, Ordering::Relaxed);
+                w.cv.notify_one();
+                st.woken += 1;
+            }
+        }
+        false
+    }
+
+    /// Test hook: (queued items, blocked followers, running threads).
+    #[cfg(any(test, loom))]
+    #[allow(dead_code)]
+    pub(crate) fn counts(&self) -> (usize, usize, usize) {
+        let st = sync::lock(&self.state);
+        (st.items.len(), st.waiters.len(), st.running)
+    }
+}
+
+fn remaining(deadline: Option<Instant>) -> Option<Duration> {
+    deadline.map(|d| d.saturating_duration_since(Instant::now()))
+}
+
+fn expired(deadline: Option<Instant>) -> bool {
+    match deadline {
+        Some(d) => Instant::now() >= d,
+        None => false,
+    }
+}

@@ -1,0 +1,46 @@
+//! The synchronisation primitives the queue is built on, swapped for
+//! loom's under `--cfg loom` so the queue's interleavings can be
+//! model-checked (tests/loom_queue.rs).
+
+#[cfg(loom)]
+pub(crate) use loom::sync::atomic::{AtomicBool, Ordering};
+#[cfg(loom)]
+pub(crate) use loom::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+#[cfg(loom)]
+pub(crate) use loom::thread_local;
+
+#[cfg(not(loom))]
+pub(crate) use std::sync::atomic::{AtomicBool, Ordering};
+#[cfg(not(loom))]
+pub(crate) use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+#[cfg(not(loom))]
+pub(crate) use std::thread_local;
+
+/// Locks `m`, ignoring poisoning: the queue's state stays consistent at
+/// every unlock, so a panic elsewhere (in a user's handler) must not stop
+/// the port.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+/// Waits on `cv`, for at most `timeout` when one is given. Returns the
+/// guard; the caller re-checks its condition (spurious wake-ups happen).
+pub(crate) fn wait<'a, T>(
+    cv: &Condvar,
+    g: MutexGuard<'a, T>,
+    timeout: Option<std::time::Duration>,
+) -> MutexGuard<'a, T> {
+    match timeout {
+        None => match cv.wait(g) {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        },
+        Some(t) => match cv.wait_timeout(g, t) {
+            Ok((g, _)) => g,
+            Err(p) => p.into_inner().0,
+        },
+    }
+}

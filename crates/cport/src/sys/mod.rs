@@ -1,0 +1,263 @@
+//! The backends, and the one contract each of them implements: [`Driver`].
+//!
+//! A backend owns the kernel object (an io_uring, an epoll set, a Windows
+//! port), the associated descriptors, and every in-flight operation with
+//! its buffers and value. It never touches the completion queue: what an
+//! operation produces at issue time, or what a cancel or close produces at
+//! once, it appends to the `ready` vector it is given, and the port queues
+//! it. What the kernel produces later it hands out from
+//! [`Reactor::wait`](crate::queue::Reactor::wait), called by the queue's
+//! leader.
+//!
+//! | backend | module | kernel object | native or emulated |
+//! |---|---|---|---|
+//! | io_uring | `uring` | one ring, submissions under a lock, reaped by the leader | completion-based, native |
+//! | epoll | `epoll` | one epoll set, edge-triggered, the operation done in user space on readiness | emulated on readiness |
+//!
+//! Every `unsafe` block of the crate lives under this module.
+
+use std::fmt;
+use std::fs::File;
+use std::io;
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
+
+use crate::completion::{Completion, Handle, OpId, OpKind, Payload, Rejected};
+use crate::port::Backend;
+use crate::queue::Reactor;
+
+#[cfg(target_os = "linux")]
+pub(crate) mod epoll;
+#[cfg(target_os = "linux")]
+pub(crate) mod uring;
+
+pub(crate) mod slab;
+
+/// The raw OS error of an aborted (cancelled) operation.
+#[cfg(unix)]
+pub(crate) const ABORTED: i32 = libc::ECANCELED;
+/// The raw OS error of an aborted (cancelled) operation:
+/// ERROR_OPERATION_ABORTED.
+#[cfg(windows)]
+pub(crate) const ABORTED: i32 = 995;
+
+/// Completions made at once by a call, for the port to queue.
+pub(crate) type Ready<T> = Vec<Completion<T>>;
+
+/// What each backend implements. All methods may be called from any thread
+/// at any time, except `Reactor::wait`, which the queue calls from one
+/// thread at a time.
+pub(crate) trait Driver<T>: Reactor<Completion<T>> + Send + Sync {
+    /// Which backend this is.
+    fn backend(&self) -> Backend;
+
+    /// Takes ownership of `source` and registers it under `key`.
+    /// Sockets are switched to non-blocking mode.
+    fn associate(&self, source: Source, key: u64) -> io::Result<Handle>;
+
+    /// Issues `op` on `handle`. On success the operation owns its buffers
+    /// and value until its one completion (for multishot operations: until
+    /// the completion with `more == false`). Completions produced before
+    /// returning go to `ready`. On refusal, everything comes back in the
+    /// `Rejected` and no completion follows.
+    fn submit(
+        &self,
+        handle: Handle,
+        op: Op,
+        value: T,
+        opts: Opts<T>,
+        ready: &mut Ready<T>,
+    ) -> Result<OpId, Rejected<T>>;
+
+    /// Requests cancellation of one operation (CancelIoEx with an
+    /// OVERLAPPED). Its completion still comes, aborted unless it had
+    /// already finished. `NotFound` if the operation is not in flight.
+    fn cancel(&self, op: OpId, ready: &mut Ready<T>) -> io::Result<()>;
+
+    /// Requests cancellation of every operation on `handle`; returns how
+    /// many were in flight. `NotFound` when none was.
+    fn cancel_handle(&self, handle: Handle, ready: &mut Ready<T>) -> io::Result<usize>;
+
+    /// Closes `handle`: its pending operations complete aborted, then the
+    /// descriptor is released (SEMANTICS X2). The handle is invalid at once.
+    fn close(&self, handle: Handle, ready: &mut Ready<T>) -> io::Result<()>;
+
+    /// shutdown(2) on a socket handle.
+    fn shutdown(&self, handle: Handle, how: Shutdown) -> io::Result<()>;
+
+    /// The handle's local (`peer == false`) or peer address.
+    fn addr(&self, handle: Handle, peer: bool) -> io::Result<SocketAddr>;
+
+    /// The port is closing: refuse new operations and cancel all in flight.
+    /// Their completions are dropped with the queue; the backend's `Drop`
+    /// must still not free a buffer the kernel may use (SEMANTICS X3).
+    fn close_port(&self);
+
+    /// Takes back a buffer that a pooled receive handed out, for reuse.
+    fn recycle(&self, buf: Vec<u8>);
+}
+
+/// Options of one submission.
+pub(crate) struct Opts<T> {
+    /// The issuing thread is running a completion of this port and will
+    /// come back to `get`: the backend may defer the submission syscall
+    /// until then (see `Reactor::flush`).
+    pub(crate) defer: bool,
+    /// Multishot: every completion but the last carries a clone of the value
+    /// made with this function.
+    pub(crate) multishot: Option<fn(&T) -> T>,
+}
+
+impl<T> fmt::Debug for Opts<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Opts")
+            .field("defer", &self.defer)
+            .field("multishot", &self.multishot.is_some())
+            .finish()
+    }
+}
+
+/// An operation as handed to a backend, owning its buffers.
+#[derive(Debug)]
+pub(crate) enum Op {
+    Accept,
+    Connect(SocketAddr),
+    Recv(Vec<u8>),
+    RecvVectored(Vec<Vec<u8>>),
+    RecvPooled,
+    Send(Vec<u8>),
+    SendVectored(Vec<Vec<u8>>),
+    RecvFrom(Vec<u8>),
+    SendTo(Vec<u8>, SocketAddr),
+    ReadAt(Vec<u8>, u64),
+    ReadVectoredAt(Vec<Vec<u8>>, u64),
+    WriteAt(Vec<u8>, u64),
+    WriteVectoredAt(Vec<Vec<u8>>, u64),
+}
+
+impl Op {
+    pub(crate) fn kind(&self) -> OpKind {
+        match self {
+            Op::Accept => OpKind::Accept,
+            Op::Connect(_) => OpKind::Connect,
+            Op::Recv(_) | Op::RecvVectored(_) => OpKind::Recv,
+            Op::RecvPooled => OpKind::RecvPooled,
+            Op::Send(_) | Op::SendVectored(_) => OpKind::Send,
+            Op::RecvFrom(_) => OpKind::RecvFrom,
+            Op::SendTo(..) => OpKind::SendTo,
+            Op::ReadAt(..) | Op::ReadVectoredAt(..) => OpKind::ReadAt,
+            Op::WriteAt(..) | Op::WriteVectoredAt(..) => OpKind::WriteAt,
+        }
+    }
+
+    /// Gives the buffers back, for a refusal.
+    pub(crate) fn into_payload(self) -> Payload {
+        match self {
+            Op::Accept | Op::Connect(_) | Op::RecvPooled => Payload::None,
+            Op::Recv(b)
+            | Op::Send(b)
+            | Op::RecvFrom(b)
+            | Op::SendTo(b, _)
+            | Op::ReadAt(b, _)
+            | Op::WriteAt(b, _) => Payload::Buf(b),
+            Op::RecvVectored(b)
+            | Op::SendVectored(b)
+            | Op::ReadVectoredAt(b, _)
+            | Op::WriteVectoredAt(b, _) => Payload::Bufs(b),
+        }
+    }
+
+    /// Whether an operation of this kind may run on a handle of `kind`.
+    pub(crate) fn fits(&self, kind: SourceKind) -> bool {
+        match self {
+            Op::Accept => kind == SourceKind::TcpListener,
+            Op::Connect(_) => kind == SourceKind::TcpSocket,
+            Op::Recv(_) | Op::RecvVectored(_) | Op::RecvPooled | Op::Send(_) | Op::SendVectored(_) => {
+                matches!(kind, SourceKind::TcpStream | SourceKind::TcpSocket | SourceKind::UdpSocket)
+            }
+            Op::RecvFrom(_) | Op::SendTo(..) => kind == SourceKind::UdpSocket,
+            Op::ReadAt(..) | Op::ReadVectoredAt(..) | Op::WriteAt(..) | Op::WriteVectoredAt(..) => {
+                kind == SourceKind::File
+            }
+        }
+    }
+}
+
+/// Something that can be associated with a port: a TCP listener or stream,
+/// a UDP socket, or a regular file. Made with `From`/`Into`.
+#[derive(Debug)]
+pub struct Source(pub(crate) SourceInner);
+
+#[derive(Debug)]
+pub(crate) enum SourceInner {
+    TcpListener(TcpListener),
+    TcpStream(TcpStream),
+    /// An unconnected TCP socket made by `CompletionPort::connect`.
+    TcpSocket(socket2::Socket),
+    UdpSocket(UdpSocket),
+    File(File),
+}
+
+/// The kind of an associated handle, to check that an operation fits it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum SourceKind {
+    TcpListener,
+    TcpStream,
+    TcpSocket,
+    UdpSocket,
+    File,
+}
+
+impl Source {
+    pub(crate) fn kind(&self) -> SourceKind {
+        match self.0 {
+            SourceInner::TcpListener(_) => SourceKind::TcpListener,
+            SourceInner::TcpStream(_) => SourceKind::TcpStream,
+            SourceInner::TcpSocket(_) => SourceKind::TcpSocket,
+            SourceInner::UdpSocket(_) => SourceKind::UdpSocket,
+            SourceInner::File(_) => SourceKind::File,
+        }
+    }
+
+    /// Whether this is a socket (switched to non-blocking on association).
+    pub(crate) fn is_socket(&self) -> bool {
+        self.kind() != SourceKind::File
+    }
+}
+
+#[cfg(unix)]
+impl Source {
+    /// Gives up the descriptor.
+    pub(crate) fn into_fd(self) -> std::os::unix::io::OwnedFd {
+        match self.0 {
+            SourceInner::TcpListener(s) => s.into(),
+            SourceInner::TcpStream(s) => s.into(),
+            SourceInner::TcpSocket(s) => s.into(),
+            SourceInner::UdpSocket(s) => s.into(),
+            SourceInner::File(s) => s.into(),
+        }
+    }
+}
+
+impl From<TcpListener> for Source {
+    fn from(s: TcpListener) -> Source {
+        Source(SourceInner::TcpListener(s))
+    }
+}
+
+impl From<TcpStream> for Source {
+    fn from(s: TcpStream) -> Source {
+        Source(SourceInner::TcpStream(s))
+    }
+}
+
+impl From<UdpSocket> for Source {
+    fn from(s: UdpSocket) -> Source {
+        Source(SourceInner::UdpSocket(s))
+    }
+}
+
+impl From<File> for Source {
+    fn from(s: File) -> Source {
+        Source(SourceInner::File(s))
+    }
+}
