@@ -27,18 +27,21 @@ pub struct Handle {
 /// pointer's identity).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub struct OpId {
+    pub(crate) port: u32,
     pub(crate) index: u32,
     pub(crate) gen: u32,
 }
 
 impl OpId {
-    /// Packs the id into the 64-bit user data a kernel carries for us.
+    /// Packs the id into the 64-bit user data a kernel carries for us (the
+    /// port is implied by the kernel object the data comes back from).
     pub(crate) fn to_u64(self) -> u64 {
         (u64::from(self.gen) << 32) | u64::from(self.index)
     }
 
-    pub(crate) fn from_u64(v: u64) -> OpId {
+    pub(crate) fn from_u64(port: u32, v: u64) -> OpId {
         OpId {
+            port,
             index: v as u32,
             gen: (v >> 32) as u32,
         }

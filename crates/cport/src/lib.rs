@@ -14,4 +14,5 @@ mod sys;
 pub use completion::{is_aborted, Completion, GetError, Handle, OpId, OpKind, Payload, Rejected};
 pub use pool::{WorkerPanic, Workers, QUIT_KEY};
 pub use port::{Backend, Builder, CompletionPort};
+pub use queue::QueueStats;
 pub use sys::Source;

@@ -31,7 +31,9 @@ pub struct Workers<T> {
 
 impl<T> fmt::Debug for Workers<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Workers").field("threads", &self.threads.len()).finish()
+        f.debug_struct("Workers")
+            .field("threads", &self.threads.len())
+            .finish()
     }
 }
 
@@ -98,7 +100,10 @@ impl<T: Send + 'static> Workers<T> {
             // Panics are caught in `work`; a join error would be a panic in
             // the pool's own code, reported the same way.
             if let Err(p) = t.join() {
-                self.panics.lock().unwrap_or_else(|p| p.into_inner()).push(message(&*p));
+                self.panics
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(message(&*p));
             }
         }
         let panics = std::mem::take(&mut *self.panics.lock().unwrap_or_else(|p| p.into_inner()));

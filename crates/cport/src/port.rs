@@ -9,8 +9,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use crate::completion::{port_closed, Completion, GetError, Handle, OpId, OpKind, Payload, Rejected};
-use crate::queue::Queue;
+use crate::completion::{
+    port_closed, Completion, GetError, Handle, OpId, OpKind, Payload, Rejected,
+};
+use crate::queue::{Queue, QueueStats};
 use crate::sys::{Driver, Op, Opts, Source, SourceInner};
 
 /// Which kernel mechanism a port runs on.
@@ -173,7 +175,10 @@ impl Builder {
 }
 
 #[cfg(target_os = "linux")]
-fn open_driver<T: Send + 'static>(backend: Backend, config: &Config) -> io::Result<Box<dyn Driver<T>>> {
+fn open_driver<T: Send + 'static>(
+    backend: Backend,
+    config: &Config,
+) -> io::Result<Box<dyn Driver<T>>> {
     use crate::sys::{epoll, uring};
     match backend {
         Backend::Uring => Ok(Box::new(uring::Driver::new(config).map_err(|e| {
@@ -266,7 +271,7 @@ impl Drop for RunningOn {
 }
 
 thread_local! {
-    static RUNNING: RefCell<Option<RunningOn>> = RefCell::new(None);
+    static RUNNING: RefCell<Option<RunningOn>> = const { RefCell::new(None) };
 }
 
 /// Collects one item from `Queue::get`.
@@ -368,7 +373,12 @@ impl<T: Send + 'static> CompletionPort<T> {
     /// `addr` (ConnectEx; `IORING_OP_CONNECT`; non-blocking `connect(2)` and
     /// writability). Returns the handle at once; the completion says whether
     /// the connection was made.
-    pub fn connect(&self, addr: SocketAddr, key: u64, value: T) -> Result<(Handle, OpId), Rejected<T>> {
+    pub fn connect(
+        &self,
+        addr: SocketAddr,
+        key: u64,
+        value: T,
+    ) -> Result<(Handle, OpId), Rejected<T>> {
         let socket = match socket2::Socket::new(
             socket2::Domain::for_address(addr),
             socket2::Type::STREAM,
@@ -403,7 +413,12 @@ impl<T: Send + 'static> CompletionPort<T> {
 
     /// Scatter receive: fills the spare capacity of each buffer in order
     /// (WSARecv with several WSABUFs; `IORING_OP_RECVMSG`; `recvmsg(2)`).
-    pub fn recv_vectored(&self, handle: Handle, bufs: Vec<Vec<u8>>, value: T) -> Result<OpId, Rejected<T>> {
+    pub fn recv_vectored(
+        &self,
+        handle: Handle,
+        bufs: Vec<Vec<u8>>,
+        value: T,
+    ) -> Result<OpId, Rejected<T>> {
         if bufs.iter().all(|b| b.capacity() == b.len()) {
             return Err(no_room("recv_vectored", Payload::Bufs(bufs), value));
         }
@@ -428,7 +443,12 @@ impl<T: Send + 'static> CompletionPort<T> {
 
     /// Gather send: all bytes of every buffer, in order (WSASend with several
     /// WSABUFs; `IORING_OP_SENDMSG`; `sendmsg(2)`).
-    pub fn send_vectored(&self, handle: Handle, bufs: Vec<Vec<u8>>, value: T) -> Result<OpId, Rejected<T>> {
+    pub fn send_vectored(
+        &self,
+        handle: Handle,
+        bufs: Vec<Vec<u8>>,
+        value: T,
+    ) -> Result<OpId, Rejected<T>> {
         self.issue(handle, Op::SendVectored(bufs), value, None)
     }
 
@@ -445,7 +465,13 @@ impl<T: Send + 'static> CompletionPort<T> {
 
     /// Sends `buf` as one datagram to `addr` (WSASendTo; `IORING_OP_SENDMSG`;
     /// `sendto(2)`).
-    pub fn send_to(&self, handle: Handle, buf: Vec<u8>, addr: SocketAddr, value: T) -> Result<OpId, Rejected<T>> {
+    pub fn send_to(
+        &self,
+        handle: Handle,
+        buf: Vec<u8>,
+        addr: SocketAddr,
+        value: T,
+    ) -> Result<OpId, Rejected<T>> {
         self.issue(handle, Op::SendTo(buf, addr), value, None)
     }
 
@@ -454,7 +480,13 @@ impl<T: Send + 'static> CompletionPort<T> {
     /// issue on epoll, where regular files are always ready). The file
     /// position never moves. At or past end of file it completes with 0
     /// bytes (SEMANTICS O8).
-    pub fn read_at(&self, handle: Handle, buf: Vec<u8>, offset: u64, value: T) -> Result<OpId, Rejected<T>> {
+    pub fn read_at(
+        &self,
+        handle: Handle,
+        buf: Vec<u8>,
+        offset: u64,
+        value: T,
+    ) -> Result<OpId, Rejected<T>> {
         if buf.capacity() == buf.len() {
             return Err(no_room("read_at", Payload::Buf(buf), value));
         }
@@ -462,7 +494,13 @@ impl<T: Send + 'static> CompletionPort<T> {
     }
 
     /// Vectored [`read_at`](Self::read_at) (`IORING_OP_READV`; `preadv(2)`).
-    pub fn read_vectored_at(&self, handle: Handle, bufs: Vec<Vec<u8>>, offset: u64, value: T) -> Result<OpId, Rejected<T>> {
+    pub fn read_vectored_at(
+        &self,
+        handle: Handle,
+        bufs: Vec<Vec<u8>>,
+        offset: u64,
+        value: T,
+    ) -> Result<OpId, Rejected<T>> {
         if bufs.iter().all(|b| b.capacity() == b.len()) {
             return Err(no_room("read_vectored_at", Payload::Bufs(bufs), value));
         }
@@ -471,12 +509,24 @@ impl<T: Send + 'static> CompletionPort<T> {
 
     /// Writes all of `buf` at `offset` of a file (WriteFile with an offset;
     /// `IORING_OP_WRITE`; `pwrite(2)`); short writes are continued.
-    pub fn write_at(&self, handle: Handle, buf: Vec<u8>, offset: u64, value: T) -> Result<OpId, Rejected<T>> {
+    pub fn write_at(
+        &self,
+        handle: Handle,
+        buf: Vec<u8>,
+        offset: u64,
+        value: T,
+    ) -> Result<OpId, Rejected<T>> {
         self.issue(handle, Op::WriteAt(buf, offset), value, None)
     }
 
     /// Vectored [`write_at`](Self::write_at) (`IORING_OP_WRITEV`; `pwritev(2)`).
-    pub fn write_vectored_at(&self, handle: Handle, bufs: Vec<Vec<u8>>, offset: u64, value: T) -> Result<OpId, Rejected<T>> {
+    pub fn write_vectored_at(
+        &self,
+        handle: Handle,
+        bufs: Vec<Vec<u8>>,
+        offset: u64,
+        value: T,
+    ) -> Result<OpId, Rejected<T>> {
         self.issue(handle, Op::WriteVectoredAt(bufs, offset), value, None)
     }
 
@@ -554,7 +604,12 @@ impl<T: Send + 'static> CompletionPort<T> {
     /// (GetQueuedCompletionStatusEx), appending them to `out`; returns how
     /// many. Returns as soon as at least one is available (SEMANTICS Q4).
     /// The thread counts as one running thread however many it took.
-    pub fn get_many(&self, out: &mut Vec<Completion<T>>, max: usize, timeout: Option<Duration>) -> Result<usize, GetError> {
+    pub fn get_many(
+        &self,
+        out: &mut Vec<Completion<T>>,
+        max: usize,
+        timeout: Option<Duration>,
+    ) -> Result<usize, GetError> {
         let before = out.len();
         self.dequeue(max, timeout, out)?;
         Ok(out.len() - before)
@@ -609,6 +664,11 @@ impl<T: Send + 'static> CompletionPort<T> {
         self.inner.driver.close_port();
     }
 
+    /// How many completions are queued, threads waiting, threads running.
+    pub fn stats(&self) -> QueueStats {
+        self.inner.queue.stats()
+    }
+
     /// Whether [`close_port`](Self::close_port) was called.
     pub fn is_closed(&self) -> bool {
         self.inner.queue.is_closed()
@@ -616,7 +676,13 @@ impl<T: Send + 'static> CompletionPort<T> {
 
     // ----- internals -----------------------------------------------------
 
-    fn issue(&self, handle: Handle, op: Op, value: T, multishot: Option<fn(&T) -> T>) -> Result<OpId, Rejected<T>> {
+    fn issue(
+        &self,
+        handle: Handle,
+        op: Op,
+        value: T,
+        multishot: Option<fn(&T) -> T>,
+    ) -> Result<OpId, Rejected<T>> {
         if self.inner.queue.is_closed() {
             return Err(Rejected::new(port_closed(), value, op.into_payload()));
         }
@@ -656,7 +722,12 @@ impl<T: Send + 'static> CompletionPort<T> {
             .unwrap_or(false)
     }
 
-    fn dequeue<O: Extend<Completion<T>>>(&self, max: usize, timeout: Option<Duration>, out: &mut O) -> Result<(), GetError> {
+    fn dequeue<O: Extend<Completion<T>>>(
+        &self,
+        max: usize,
+        timeout: Option<Duration>,
+        out: &mut O,
+    ) -> Result<(), GetError> {
         let id = self.inner.id;
         // Take this thread's running record: ours means we are coming back
         // (disarmed, the queue gives the slot up); another port's is
@@ -677,7 +748,10 @@ impl<T: Send + 'static> CompletionPort<T> {
             .unwrap_or((None, None));
         drop(other);
         let returning = mine.is_some();
-        let r = self.inner.queue.get(&*self.inner.driver, returning, max, timeout, out);
+        let r = self
+            .inner
+            .queue
+            .get(&*self.inner.driver, returning, max, timeout, out);
         if r.is_ok() {
             let record = match mine {
                 Some((mut on, weak)) => {
@@ -686,7 +760,10 @@ impl<T: Send + 'static> CompletionPort<T> {
                 }
                 None => {
                     let weak: Weak<dyn Release> = Arc::downgrade(&self.inner) as Weak<dyn Release>;
-                    RunningOn { id, port: Some(weak) }
+                    RunningOn {
+                        id,
+                        port: Some(weak),
+                    }
                 }
             };
             let _ = RUNNING.try_with(|cell| *cell.borrow_mut() = Some(record));

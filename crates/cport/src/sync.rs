@@ -1,20 +1,16 @@
 //! The synchronisation primitives the queue is built on, swapped for
 //! loom's under `--cfg loom` so the queue's interleavings can be
-//! model-checked (tests/loom_queue.rs).
+//! model-checked (`src/queue/loom_tests.rs`).
 
 #[cfg(loom)]
 pub(crate) use loom::sync::atomic::{AtomicBool, Ordering};
 #[cfg(loom)]
-pub(crate) use loom::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
-#[cfg(loom)]
-pub(crate) use loom::thread_local;
+pub(crate) use loom::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 #[cfg(not(loom))]
 pub(crate) use std::sync::atomic::{AtomicBool, Ordering};
 #[cfg(not(loom))]
-pub(crate) use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
-#[cfg(not(loom))]
-pub(crate) use std::thread_local;
+pub(crate) use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 /// Locks `m`, ignoring poisoning: the queue's state stays consistent at
 /// every unlock, so a panic elsewhere (in a user's handler) must not stop

@@ -171,8 +171,15 @@ impl Op {
         match self {
             Op::Accept => kind == SourceKind::TcpListener,
             Op::Connect(_) => kind == SourceKind::TcpSocket,
-            Op::Recv(_) | Op::RecvVectored(_) | Op::RecvPooled | Op::Send(_) | Op::SendVectored(_) => {
-                matches!(kind, SourceKind::TcpStream | SourceKind::TcpSocket | SourceKind::UdpSocket)
+            Op::Recv(_)
+            | Op::RecvVectored(_)
+            | Op::RecvPooled
+            | Op::Send(_)
+            | Op::SendVectored(_) => {
+                matches!(
+                    kind,
+                    SourceKind::TcpStream | SourceKind::TcpSocket | SourceKind::UdpSocket
+                )
             }
             Op::RecvFrom(_) | Op::SendTo(..) => kind == SourceKind::UdpSocket,
             Op::ReadAt(..) | Op::ReadVectoredAt(..) | Op::WriteAt(..) | Op::WriteVectoredAt(..) => {

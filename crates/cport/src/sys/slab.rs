@@ -106,18 +106,6 @@ impl<V> Slab<V> {
                 Slot::Free { .. } => None,
             })
     }
-
-    /// Removes every value.
-    pub(crate) fn drain(&mut self) -> Vec<V> {
-        let mut out = Vec::with_capacity(self.len);
-        for i in 0..self.entries.len() as u32 {
-            let gen = self.entries[i as usize].gen;
-            if let Some(v) = self.remove(i, gen) {
-                out.push(v);
-            }
-        }
-        out
-    }
 }
 
 #[cfg(test)]

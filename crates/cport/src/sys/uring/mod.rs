@@ -1,9 +1,1205 @@
-//! STUB: being written.
-use std::io;
-use std::marker::PhantomData;
-use crate::port::Config;
+//! The io_uring backend: a completion port on a kernel that completes
+//! operations itself.
+//!
+//! # How the model maps onto io_uring
+//!
+//! A Windows completion port is a kernel queue that many threads issue to
+//! and dequeue from. An io_uring is a pair of rings meant for one submitter
+//! and one completer (LESSONS 3), so the port's queue lives in user space
+//! (`crate::queue`) and this backend is its kernel side: **one ring per
+//! port**, fed by every thread and reaped by one.
+//!
+//! * **Submission.** Pushing SQEs and the two slabs (handles, operations)
+//!   are guarded by one mutex, the *state lock*. The SQ is touched through
+//!   `submission_shared()` only while that lock is held, which is what makes
+//!   the shared borrow exclusive. The `io_uring_enter` that hands SQEs to
+//!   the kernel needs no lock: the kernel reads the published SQ tail and
+//!   serialises concurrent enters itself, so a submitter never blocks
+//!   another in the kernel. No SQPOLL, SINGLE_ISSUER or DEFER_TASKRUN: any
+//!   thread submits, and `COOP_TASKRUN` is left off on purpose, because a
+//!   request's task work runs on the thread that submitted it, and that
+//!   thread may be asleep on the queue's condvar; without `COOP_TASKRUN`
+//!   the kernel interrupts it to run the work, with it the completion would
+//!   wait until that thread happens to enter the kernel.
+//! * **Deferred submission** (`Opts::defer`). A thread that runs a
+//!   completion and will come back to `get` only pushes; an atomic counts
+//!   unsubmitted SQEs, and `Reactor::flush` (called by the queue before a
+//!   thread sleeps or stops running) or the leader's next `wait` submits
+//!   them in one enter. Otherwise `submit` enters the kernel before
+//!   returning, because the leader may be blocked in the kernel and nobody
+//!   else would submit.
+//! * **Reaping.** The queue lets one thread at a time, the leader, call
+//!   `Reactor::wait`: it enters the kernel with the state lock released
+//!   (submitting what is pending and waiting for one CQE, with a timeout),
+//!   then takes the lock and drains the CQ (via `completion_shared()`,
+//!   exclusive by the same lock), turning CQEs into completions. user_data is
+//!   the operation's `OpId` (slab index and generation), so a CQE of a freed
+//!   slot can never reach its next occupant (SEMANTICS X4). Two values are
+//!   reserved: [`WAKE`] for the eventfd read and [`CANCEL`] for the cancel
+//!   requests' own CQEs (ignored).
+//! * **Wake-up.** One `IORING_OP_READ` of an eventfd is kept in flight;
+//!   `wake()` writes the eventfd, which completes that read and so ends the
+//!   leader's `io_uring_enter`. An atomic flag skips the write while a
+//!   wake-up is already pending. The read is re-armed by the reaper; its
+//!   SQE rides along with the next enter.
+//!
+//! # SEMANTICS, item by item
+//!
+//! * **O1, O3** An accepted operation lives in the op slab, owning its
+//!   value, buffers and everything a request points at (iovec array,
+//!   `msghdr`, socket address, in a heap cell that does not move when the
+//!   slab grows) until its final CQE; it then becomes exactly one
+//!   completion. Refusals hand everything back in `Rejected`.
+//! * **O4** A short send or write is continued under the same user_data
+//!   until every byte went; an error after partial progress is reported as
+//!   the error (the bytes that went are lost to the caller, as with a
+//!   failed WSASend).
+//! * **O5** `IORING_OP_RECV`: 0 bytes is the peer's FIN; ECONNRESET stays
+//!   an error.
+//! * **O4, O5 on a stream, several at once.** The kernel serves requests
+//!   waiting on one socket in no promised order, and a continued short send
+//!   would let a later send's bytes in between its pieces. IOCP fills
+//!   receives, and sends, in issue order. So each TCP handle has a receive
+//!   lane and a send lane holding at most one request in the kernel; later
+//!   operations are parked in the lane (in the slab, not in the kernel) and
+//!   issued as the one ahead finishes. A parked operation that is
+//!   cancelled, or whose handle closes, completes aborted at once through
+//!   `ready`. Datagrams, accepts and file operations (which carry their
+//!   offset) are not laned.
+//! * **O6, R3** `recv_pooled` is a single-shot `IORING_OP_RECV` with
+//!   `IOSQE_BUFFER_SELECT` on a provided-buffer ring ([`bufring`]): no
+//!   buffer is pinned while a connection is idle. On its CQE the bytes are
+//!   copied into a pool `Vec` and the ring buffer goes back at once. ENOBUFS
+//!   does not end the receive: it is re-submitted at the end of the reap
+//!   pass, after the pass has put its buffers back, so it never spins on an
+//!   empty ring and never reports a healthy stream as failed (LESSONS 4).
+//!   At end of stream the completion is `Ok(0)` with an empty,
+//!   capacity-less `Payload::Buf` (no pool buffer is spent on a FIN).
+//! * **O7** Accept: `IORING_OP_ACCEPT` with a sockaddr in the operation;
+//!   multishot (`IORING_ACCEPT_MULTISHOT`) returns no address, so the peer
+//!   comes from getpeername (a connection reset before that is dropped, as
+//!   if never accepted). A multishot the kernel ends without an error is
+//!   re-armed; an error ends it with the final completion, never a retry
+//!   loop (R2, LESSONS 6). Datagrams: `IORING_OP_RECVMSG` with `MSG_TRUNC`,
+//!   so the result is the datagram's true length and truncation is
+//!   reported as EMSGSIZE with the part that fit.
+//! * **O8** Files: `IORING_OP_READ`/`READV` at the given offset; writes are
+//!   continued like sends.
+//! * **X1** `cancel(op)` is `IORING_OP_ASYNC_CANCEL` by user_data; the
+//!   operation is also marked so that no continuation or re-arm follows.
+//!   The completion is whatever the kernel reports: ECANCELED (`aborted()`)
+//!   or the real result if it won the race.
+//! * **X2** `close(h)` invalidates the handle at once, cancels each pending
+//!   operation by user_data (precise even when two handles share one open
+//!   file, which cancel-by-fd is not), and closes the descriptor when the
+//!   last of them has completed, so no request can reference a closed (or
+//!   reused) descriptor and the peer sees FIN as soon as the cancellations
+//!   are reaped (LESSONS 2: close(2) alone cancels nothing on io_uring).
+//!   The close happens when the leader reaps those CQEs, which it does as
+//!   soon as they arrive if a thread is waiting on the port.
+//! * **X3** Dropping the driver cancels everything (`ASYNC_CANCEL_ANY`),
+//!   reaps until no operation is in flight (at most 5 s), closes the ring,
+//!   and only then frees operation state and the buffer ring. Operations
+//!   still in flight at the bound are leaked, with a warning, rather than
+//!   freed under the kernel's feet. Descriptors are always closed.
+//! * **R1** `Driver::new` names the cause of a failure:
+//!   `kernel.io_uring_disabled` and seccomp for EPERM, a kernel without
+//!   io_uring for ENOSYS, RLIMIT_MEMLOCK for ENOMEM, and the missing opcode
+//!   or 5.19 feature (provided-buffer rings, cancel-any) when probing fails.
+//!
+//! # Where it differs from Windows
+//!
+//! * Across handles (and between the two lanes of a stream) completion
+//!   order is the kernel's, not submission order.
+//! * A closed handle's descriptor is released when its cancelled
+//!   operations are reaped, not at `close`.
+//! * Requests belong to the thread that submitted them: the kernel cancels
+//!   a thread's pending requests when it exits. Since any thread may issue
+//!   on a port (P5), an ECANCELED that nobody asked for (no cancel, close
+//!   or port close) is taken to be that, and the reaper issues the
+//!   operation again from its own thread; a cancelled request moved no
+//!   data, so this is invisible to the caller. A connect whose attempt was
+//!   under way waits for writability (`IORING_OP_POLL_ADD`) and reads
+//!   SO_ERROR instead, since a second connect(2) would fail with EALREADY.
+//! * CQ overflow: the ring is made with a CQ four times the SQ, and
+//!   kernels since 5.5 (`IORING_FEAT_NODROP`, required) keep overflowed
+//!   CQEs and hand them over on the next enter, so none is lost.
 
-pub(crate) struct Driver<T>(PhantomData<T>);
+mod bufring;
+mod op;
+mod raw;
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::fs;
+use std::io;
+use std::mem::{self, ManuallyDrop};
+use std::net::{Shutdown, SocketAddr};
+use std::os::unix::io::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use io_uring::register::Probe;
+use io_uring::types::{CancelBuilder, Fd, SubmitArgs, Timespec};
+use io_uring::{opcode, squeue, IoUring};
+
+use self::bufring::BufRing;
+use self::op::{lock, Extra, Io, Next, OpState, Pool, Spares};
+use self::raw::Heap;
+use crate::completion::{aborted, bad_handle, port_closed, Completion, Handle, OpId, Rejected};
+use crate::port::{Backend, Config};
+use crate::queue::Reactor;
+use crate::sys::{Op, Opts, Ready, Source, SourceKind};
+
+// Neither reserved value is an `OpId`: index u32::MAX is the slab's "none"
+// and never handed out, and index u32::MAX - 1 would need four billion
+// live slots.
+/// user_data of the eventfd read that wakes the leader.
+const WAKE: u64 = u64::MAX;
+/// user_data of cancel requests; their CQEs carry nothing we need.
+const CANCEL: u64 = u64::MAX - 1;
+
+/// How long `Drop` waits for cancelled operations before leaking them.
+const DROP_BOUND: Duration = Duration::from_secs(5);
+
+/// A handle: the descriptor it owns and its pending operations.
+struct HandleEntry {
+    fd: OwnedFd,
+    key: u64,
+    kind: SourceKind,
+    /// Operations of this handle, in the kernel or parked (usually one to
+    /// three).
+    ops: Vec<OpId>,
+    /// Receive and send order on a stream ([`RECV_LANE`], [`SEND_LANE`]).
+    lanes: [Lane; 2],
+    /// `close` was called: the handle is invalid, the descriptor goes when
+    /// `ops` is empty.
+    closing: bool,
+}
+
+/// One direction of a stream. io_uring serves several requests waiting on
+/// one socket in no promised order, and a short send continued later would
+/// let a second send's bytes in between its pieces; IOCP fills receives and
+/// sends in issue order, whole. So a lane has at most one request in the
+/// kernel and the others wait here, issued one by one as each finishes.
+#[derive(Default)]
+struct Lane {
+    busy: bool,
+    waiting: VecDeque<OpId>,
+}
+
+const RECV_LANE: usize = 0;
+const SEND_LANE: usize = 1;
+
+/// The lane `op` is ordered in on a handle of `kind`. Datagrams, accepts,
+/// connects and offset-addressed file operations need none.
+fn lane_of(kind: SourceKind, op: &Op) -> Option<usize> {
+    if !matches!(kind, SourceKind::TcpStream | SourceKind::TcpSocket) {
+        return None;
+    }
+    match op {
+        Op::Recv(_) | Op::RecvVectored(_) | Op::RecvPooled => Some(RECV_LANE),
+        Op::Send(_) | Op::SendVectored(_) => Some(SEND_LANE),
+        _ => None,
+    }
+}
+
+/// Everything the state lock guards. Holding it is also what makes the
+/// shared SQ and CQ borrows exclusive.
+struct State<T> {
+    handles: crate::sys::slab::Slab<HandleEntry>,
+    ops: crate::sys::slab::Slab<OpState<T>>,
+    /// SQEs that found the SQ full even after a submit; pushed, in order,
+    /// before anything else.
+    backlog: VecDeque<squeue::Entry>,
+    /// Pooled receives that met ENOBUFS in this reap pass.
+    rearm: Vec<OpId>,
+    spares: Spares,
+    /// Freed by the driver's `Drop` after the ring is closed, or leaked.
+    bufring: ManuallyDrop<BufRing>,
+    /// The wake read's 8-byte target; freed or leaked like `bufring`.
+    wake_buf: ManuallyDrop<Heap<u64>>,
+    wake_inflight: bool,
+    closed: bool,
+    /// Descriptors of closed handles whose last operation ended; closed by
+    /// the caller after unlocking.
+    dead: Vec<OwnedFd>,
+}
+
+pub(crate) struct Driver<T> {
+    /// Dropped explicitly first in `Drop`: closing the ring ends every
+    /// request before the memory requests point at is freed.
+    ring: ManuallyDrop<IoUring>,
+    state: Mutex<State<T>>,
+    /// Buffers handed out by pooled receives and recycled, for reuse.
+    pool: Mutex<Vec<Vec<u8>>>,
+    wake_fd: OwnedFd,
+    /// A wake-up was written and its read not yet reaped.
+    wake_pending: AtomicBool,
+    /// SQEs pushed (or backlogged) and not yet handed to the kernel.
+    unsubmitted: AtomicUsize,
+    backlogged: AtomicBool,
+    port_id: u32,
+    pool_buffer_size: usize,
+    pool_keep: usize,
+}
+
 impl<T: Send + 'static> Driver<T> {
-    pub(crate) fn new(_c: &Config) -> io::Result<Self> { Err(io::Error::new(io::ErrorKind::Unsupported, "stub")) }
+    pub(crate) fn new(config: &Config) -> io::Result<Self> {
+        // Declared before the ring, so that on an early return the ring is
+        // closed before the memory registered with it is unmapped.
+        let bufring = BufRing::new(config.pool_buffers, config.pool_buffer_size)?;
+        let wake_buf = Heap::new(0u64);
+        // dontfork: a forked child must not share the rings' pages.
+        // submit_all: an SQE that fails to prepare must not strand the ones
+        // behind it in the SQ until some later enter.
+        let mut ring = IoUring::builder()
+            .dontfork()
+            .setup_clamp()
+            .setup_submit_all()
+            .setup_cqsize(config.entries.saturating_mul(4))
+            .build(config.entries)
+            .map_err(|e| setup_error(e, config.entries))?;
+        probe(&ring)?;
+        bufring.register(&ring).map_err(|e| {
+            let why = match e.raw_os_error() {
+                Some(libc::EINVAL) => {
+                    "kernel lacks provided-buffer rings (IORING_REGISTER_PBUF_RING, Linux 5.19)"
+                        .to_string()
+                }
+                Some(libc::ENOMEM) => format!(
+                    "out of memory pinning the provided-buffer ring: RLIMIT_MEMLOCK is {}",
+                    raw::memlock_limit()
+                ),
+                _ => "registering the provided-buffer ring failed".to_string(),
+            };
+            io::Error::new(e.kind(), format!("{why} ({e})"))
+        })?;
+        probe_cancel_any(&mut ring)?;
+
+        let wake_fd = raw::eventfd()?;
+        let wake_sqe = wake_read(&wake_fd, &wake_buf);
+        // SAFETY:
+        // - `&mut ring`: no other SubmissionQueue exists;
+        // - the entry points at `wake_buf`, which lives in the driver's
+        //   state until the ring is closed (or is leaked).
+        unsafe { ring.submission().push(&wake_sqe) }.map_err(|_| {
+            io::Error::new(io::ErrorKind::Other, "io_uring: empty SQ refused an entry")
+        })?;
+        ring.submit()?;
+
+        Ok(Driver {
+            ring: ManuallyDrop::new(ring),
+            state: Mutex::new(State {
+                handles: crate::sys::slab::Slab::new(),
+                ops: crate::sys::slab::Slab::new(),
+                backlog: VecDeque::new(),
+                rearm: Vec::new(),
+                spares: Spares::new(),
+                bufring: ManuallyDrop::new(bufring),
+                wake_buf: ManuallyDrop::new(wake_buf),
+                wake_inflight: true,
+                closed: false,
+                dead: Vec::new(),
+            }),
+            pool: Mutex::new(Vec::new()),
+            wake_fd,
+            wake_pending: AtomicBool::new(false),
+            unsubmitted: AtomicUsize::new(0),
+            backlogged: AtomicBool::new(false),
+            port_id: config.port_id,
+            pool_buffer_size: config.pool_buffer_size,
+            pool_keep: usize::from(config.pool_buffers),
+        })
+    }
+}
+
+/// Names the cause of an io_uring_setup failure (SEMANTICS R1, LESSONS 5, 9).
+fn setup_error(e: io::Error, entries: u32) -> io::Error {
+    let why = match e.raw_os_error() {
+        Some(libc::EPERM) | Some(libc::EACCES) => {
+            let disabled = fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_else(|_| "absent (kernel before 6.6)".to_string());
+            format!(
+                "io_uring_setup was refused: kernel.io_uring_disabled is {disabled} \
+                 (1: only for a group, 2: for everyone), or a seccomp filter blocks io_uring \
+                 (Docker's default profile does)"
+            )
+        }
+        Some(libc::ENOSYS) => {
+            "io_uring_setup does not exist here: a kernel built without io_uring, \
+                               or a seccomp filter that answers ENOSYS"
+                .to_string()
+        }
+        Some(libc::ENOMEM) => format!(
+            "io_uring_setup ran out of locked memory: RLIMIT_MEMLOCK is {} (raise `ulimit -l`)",
+            raw::memlock_limit()
+        ),
+        Some(libc::EINVAL) => format!(
+            "io_uring_setup rejected the parameters (entries {entries}, IORING_SETUP_SUBMIT_ALL): \
+             the kernel is probably older than 5.19"
+        ),
+        _ => "io_uring_setup failed".to_string(),
+    };
+    io::Error::new(e.kind(), format!("{why} ({e})"))
+}
+
+/// Checks every opcode and feature the backend relies on.
+fn probe(ring: &IoUring) -> io::Result<()> {
+    let lacks =
+        |what: &str| io::Error::new(io::ErrorKind::Unsupported, format!("kernel lacks {what}"));
+    let params = ring.params();
+    if !params.is_feature_nodrop() {
+        return Err(lacks("IORING_FEAT_NODROP (Linux 5.5)"));
+    }
+    if !params.is_feature_ext_arg() {
+        return Err(lacks("IORING_FEAT_EXT_ARG (Linux 5.11)"));
+    }
+    let mut probe = Probe::new();
+    ring.submitter()
+        .register_probe(&mut probe)
+        .map_err(|e| io::Error::new(e.kind(), format!("IORING_REGISTER_PROBE failed ({e})")))?;
+    let needed = [
+        (opcode::Read::CODE, "IORING_OP_READ"),
+        (opcode::Write::CODE, "IORING_OP_WRITE"),
+        (opcode::Readv::CODE, "IORING_OP_READV"),
+        (opcode::Writev::CODE, "IORING_OP_WRITEV"),
+        (opcode::Recv::CODE, "IORING_OP_RECV"),
+        (opcode::Send::CODE, "IORING_OP_SEND"),
+        (opcode::RecvMsg::CODE, "IORING_OP_RECVMSG"),
+        (opcode::SendMsg::CODE, "IORING_OP_SENDMSG"),
+        (opcode::Accept::CODE, "IORING_OP_ACCEPT"),
+        (opcode::Connect::CODE, "IORING_OP_CONNECT"),
+        (opcode::AsyncCancel::CODE, "IORING_OP_ASYNC_CANCEL"),
+        (opcode::PollAdd::CODE, "IORING_OP_POLL_ADD"),
+    ];
+    for (code, name) in needed {
+        if !probe.is_supported(code) {
+            return Err(lacks(name));
+        }
+    }
+    Ok(())
+}
+
+/// `close_port` cancels with IORING_ASYNC_CANCEL_ANY (5.19), which the
+/// opcode probe cannot see: with nothing in flight the kernel answers
+/// ENOENT if it knows the flag, EINVAL if not.
+fn probe_cancel_any(ring: &mut IoUring) -> io::Result<()> {
+    let sqe = opcode::AsyncCancel2::new(CancelBuilder::any())
+        .build()
+        .user_data(CANCEL);
+    // SAFETY:
+    // - `&mut ring`: no other SubmissionQueue exists;
+    // - a cancel request points at no memory.
+    unsafe { ring.submission().push(&sqe) }
+        .map_err(|_| io::Error::new(io::ErrorKind::Other, "io_uring: empty SQ refused an entry"))?;
+    ring.submit_and_wait(1)?;
+    let res = ring.completion().next().map_or(-libc::EIO, |c| c.result());
+    match -res {
+        libc::ENOENT | 0 => Ok(()),
+        libc::EINVAL => Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "kernel lacks IORING_ASYNC_CANCEL_ANY (Linux 5.19)",
+        )),
+        e => Err(io::Error::new(
+            io::Error::from_raw_os_error(e).kind(),
+            format!(
+                "probing IORING_ASYNC_CANCEL_ANY failed ({})",
+                io::Error::from_raw_os_error(e)
+            ),
+        )),
+    }
+}
+
+fn wake_read(fd: &OwnedFd, buf: &Heap<u64>) -> squeue::Entry {
+    // Offset -1: "the file position", the only one an eventfd accepts.
+    opcode::Read::new(Fd(fd.as_raw_fd()), buf.as_ptr().cast(), 8)
+        .offset(u64::MAX)
+        .build()
+        .user_data(WAKE)
+}
+
+fn op_name(op: &Op) -> &'static str {
+    match op {
+        Op::Accept => "accept",
+        Op::Connect(_) => "connect",
+        Op::Recv(_) => "recv",
+        Op::RecvVectored(_) => "recv_vectored",
+        Op::RecvPooled => "recv_pooled",
+        Op::Send(_) => "send",
+        Op::SendVectored(_) => "send_vectored",
+        Op::RecvFrom(_) => "recv_from",
+        Op::SendTo(..) => "send_to",
+        Op::ReadAt(..) => "read_at",
+        Op::ReadVectoredAt(..) => "read_vectored_at",
+        Op::WriteAt(..) => "write_at",
+        Op::WriteVectoredAt(..) => "write_vectored_at",
+    }
+}
+
+fn offset_of(op: &Op) -> Option<u64> {
+    match op {
+        Op::ReadAt(_, o)
+        | Op::ReadVectoredAt(_, o)
+        | Op::WriteAt(_, o)
+        | Op::WriteVectoredAt(_, o) => Some(*o),
+        _ => None,
+    }
+}
+
+impl<T> Driver<T> {
+    fn lock(&self) -> MutexGuard<'_, State<T>> {
+        lock(&self.state)
+    }
+
+    /// The entry of a live (not closing) handle of this port.
+    fn live<'s>(&self, st: &'s mut State<T>, h: Handle) -> Option<&'s mut HandleEntry> {
+        if h.port != self.port_id {
+            return None;
+        }
+        st.handles.get_mut(h.index, h.gen).filter(|e| !e.closing)
+    }
+
+    /// Pushes one SQE into the SQ. `_locked` proves the state lock is held.
+    fn try_push(&self, _locked: &mut State<T>, sqe: &squeue::Entry) -> bool {
+        // SAFETY:
+        // - the state lock is held (the caller has `&mut State` from its
+        //   guard, or `&mut self` in `Drop`), and every SubmissionQueue is
+        //   made under it: this one is the only one;
+        // - every pointer in the entry is into memory owned by an operation
+        //   in the slab (or the driver's wake buffer) until its last CQE.
+        unsafe { self.ring.submission_shared().push(sqe) }.is_ok()
+    }
+
+    /// Queues `sqe` for the kernel, counted for `flush`.
+    fn push(&self, st: &mut State<T>, sqe: squeue::Entry) {
+        self.push_uncounted(st, sqe);
+        // Counted only once published: a leader whose swap takes this count
+        // (acquire) then enters with the SQE visible in the tail. Counting
+        // first would let it enter without the SQE while the pusher's own
+        // swap finds 0 and skips the submit, stranding the SQE.
+        self.unsubmitted.fetch_add(1, Ordering::Release);
+    }
+
+    /// Queues `sqe`; the next `io_uring_enter` of any kind takes it.
+    fn push_uncounted(&self, st: &mut State<T>, sqe: squeue::Entry) {
+        if st.backlog.is_empty() {
+            if self.try_push(st, &sqe) {
+                return;
+            }
+            // Full. The kernel copies SQEs when it takes them, so one submit
+            // makes room (done under the lock: rare, and it must not race
+            // with the retry).
+            if let Err(e) = self.ring.submit() {
+                log::debug!(target: "cport", "io_uring: submit to make room failed: {e}");
+            }
+            if self.try_push(st, &sqe) {
+                return;
+            }
+        }
+        // The kernel would not take SQEs (out of memory?): keep them in
+        // order and get the leader to retry in its enter.
+        st.backlog.push_back(sqe);
+        self.backlogged.store(true, Ordering::Release);
+        self.wake_inner();
+    }
+
+    fn drain_backlog(&self, st: &mut State<T>) {
+        while let Some(sqe) = st.backlog.pop_front() {
+            if !self.try_push(st, &sqe) {
+                st.backlog.push_front(sqe);
+                return;
+            }
+        }
+        self.backlogged.store(false, Ordering::Release);
+    }
+
+    /// Hands everything pushed so far to the kernel, if anything was.
+    fn submit_pending(&self) {
+        if self.unsubmitted.swap(0, Ordering::AcqRel) == 0 {
+            // Nothing, or another thread's enter took it (an enter submits
+            // every published SQE, ours included).
+            return;
+        }
+        if let Err(e) = self.ring.submit() {
+            // EAGAIN/EBUSY: the SQEs stay in the SQ; the leader retries in
+            // its enter, so make it come round.
+            log::debug!(target: "cport", "io_uring: submit failed: {e}");
+            self.unsubmitted.fetch_add(1, Ordering::Release);
+            self.wake_inner();
+        }
+    }
+
+    /// Asks the kernel to cancel `id` (its CQE is ignored).
+    fn push_cancel(&self, st: &mut State<T>, id: OpId) {
+        if let Some(op) = st.ops.get_mut(id.index, id.gen) {
+            op.cancelled = true;
+        }
+        let sqe = opcode::AsyncCancel::new(id.to_u64())
+            .build()
+            .user_data(CANCEL)
+            .flags(squeue::Flags::SKIP_SUCCESS);
+        self.push(st, sqe);
+    }
+
+    /// Cancels every operation of the handle `h` (see `cancel_one`);
+    /// returns how many there were and whether a cancel SQE was pushed.
+    fn cancel_all_of(
+        &self,
+        st: &mut State<T>,
+        h: Handle,
+        ready: &mut Vec<Completion<T>>,
+    ) -> (usize, bool) {
+        let ids = match st.handles.get(h.index, h.gen) {
+            Some(e) => e.ops.clone(),
+            None => return (0, false),
+        };
+        let mut pushed = false;
+        for &id in &ids {
+            pushed |= self.cancel_one(st, id, ready);
+        }
+        (ids.len(), pushed)
+    }
+
+    /// Drains the CQ into `out`; then puts pool buffers back and re-arms
+    /// the receives that met an empty ring.
+    fn reap(&self, st: &mut State<T>, out: &mut Vec<Completion<T>>) {
+        // Bounded: a CQ refilled as fast as it drains must not keep the
+        // leader (and the lock) forever.
+        for _ in 0..4 {
+            // SAFETY:
+            // - the state lock is held, and every CompletionQueue is made
+            //   under it: this one is the only one.
+            let mut cq = unsafe { self.ring.completion_shared() };
+            if cq.is_empty() {
+                break;
+            }
+            for cqe in &mut cq {
+                self.on_cqe(st, cqe.user_data(), cqe.result(), cqe.flags(), out);
+            }
+        }
+        st.bufring.publish();
+        if st.rearm.is_empty() {
+            return;
+        }
+        let mut rearm = mem::take(&mut st.rearm);
+        for id in rearm.drain(..) {
+            self.again(st, id, out);
+        }
+        st.rearm = rearm;
+    }
+
+    fn on_cqe(
+        &self,
+        st: &mut State<T>,
+        user_data: u64,
+        res: i32,
+        flags: u32,
+        out: &mut Vec<Completion<T>>,
+    ) {
+        match user_data {
+            WAKE => {
+                self.wake_pending.store(false, Ordering::Release);
+                st.wake_inflight = false;
+                if res < 0 && res != -libc::ECANCELED {
+                    log::warn!(target: "cport", "io_uring: wake read failed: {}", io::Error::from_raw_os_error(-res));
+                }
+                if !st.closed {
+                    let sqe = wake_read(&self.wake_fd, &st.wake_buf);
+                    self.push_uncounted(st, sqe);
+                    st.wake_inflight = true;
+                }
+            }
+            CANCEL => {
+                // ENOENT: finished first; EALREADY: running, will finish.
+                if res < 0 && res != -libc::ENOENT && res != -libc::EALREADY {
+                    log::debug!(target: "cport", "io_uring: cancel failed: {}", io::Error::from_raw_os_error(-res));
+                }
+            }
+            _ => self.on_op_cqe(st, OpId::from_u64(self.port_id, user_data), res, flags, out),
+        }
+    }
+
+    fn on_op_cqe(
+        &self,
+        st: &mut State<T>,
+        id: OpId,
+        res: i32,
+        flags: u32,
+        out: &mut Vec<Completion<T>>,
+    ) {
+        let closed = st.closed;
+        let State {
+            ops,
+            handles,
+            bufring,
+            ..
+        } = st;
+        let op = match ops.get_mut(id.index, id.gen) {
+            Some(op) => op,
+            None => {
+                log::error!(target: "cport", "io_uring: CQE for unknown operation {id:?} (res {res})");
+                return;
+            }
+        };
+        let closing = handles
+            .get(op.handle.index, op.handle.gen)
+            .map_or(true, |h| h.closing);
+        let stop = op.cancelled || closing || closed;
+        if res == -libc::ECANCELED && !stop && !io_uring::cqueue::more(flags) {
+            // Nobody here asked for this: the kernel cancels a thread's
+            // requests when that thread exits, and any thread may issue on
+            // a port. Issue it again from this (reaping) thread.
+            if let Some(bid) = io_uring::cqueue::buffer_select(flags) {
+                if bufring.owns(bid) {
+                    bufring.put(bid);
+                }
+            }
+            op::lost_to_exit(&mut op.io);
+            self.again(st, id, out);
+            return;
+        }
+        let pool = match op.io {
+            Io::RecvPooled => Some(Pool {
+                ring: bufring,
+                free: &self.pool,
+                buffer_size: self.pool_buffer_size,
+            }),
+            _ => None,
+        };
+        let step = op.io.on_cqe(op.fd, res, flags, stop, pool);
+        if let Some((result, extra)) = step.event {
+            let value = match op.multishot {
+                Some(clone) => clone(&op.value),
+                None => unreachable!("a multishot event from a single-shot operation"),
+            };
+            out.push(Completion {
+                key: op.key,
+                kind: op.kind,
+                op: Some(id),
+                handle: Some(op.handle),
+                result,
+                value,
+                payload: op::extra_payload(extra),
+                more: true,
+            });
+        }
+        match step.next {
+            Next::Wait => {}
+            Next::Again => self.again(st, id, out),
+            Next::Rearm => st.rearm.push(id),
+            Next::Done(result, extra) => self.finish(st, id, result, extra, out),
+        }
+    }
+
+    /// Submits the next request of operation `id`, unless it was asked to
+    /// stop meanwhile (then it ends aborted).
+    fn again(&self, st: &mut State<T>, id: OpId, out: &mut Vec<Completion<T>>) {
+        let closed = st.closed;
+        let State { ops, handles, .. } = &mut *st;
+        let op = match ops.get_mut(id.index, id.gen) {
+            Some(op) => op,
+            None => return,
+        };
+        let closing = handles
+            .get(op.handle.index, op.handle.gen)
+            .map_or(true, |h| h.closing);
+        if op.cancelled || closing || closed {
+            self.finish(st, id, Err(aborted()), Extra::None, out);
+            return;
+        }
+        // SAFETY:
+        // - the operation's previous request ended (its CQE was reaped
+        //   without F_MORE), or it never had one (parked in its lane): none
+        //   is in flight;
+        // - the entry points into the operation, which stays in the slab
+        //   until its final CQE.
+        let sqe = unsafe { op.io.sqe(op.fd, self.pool_buffer_size) }.user_data(id.to_u64());
+        self.push(st, sqe);
+    }
+
+    /// Ends operation `id` with its one final completion.
+    fn finish(
+        &self,
+        st: &mut State<T>,
+        id: OpId,
+        result: io::Result<usize>,
+        extra: Extra,
+        out: &mut Vec<Completion<T>>,
+    ) {
+        let op = match st.ops.remove(id.index, id.gen) {
+            Some(op) => op,
+            None => return,
+        };
+        let OpState {
+            handle,
+            key,
+            kind,
+            value,
+            io,
+            lane,
+            parked,
+            ..
+        } = op;
+        let payload = io.into_payload(extra, &mut st.spares);
+        let mut next_in = None;
+        if let Some(h) = st.handles.get_mut(handle.index, handle.gen) {
+            if let Some(i) = h.ops.iter().position(|&o| o == id) {
+                h.ops.swap_remove(i);
+            }
+            if let Some(l) = lane {
+                if parked {
+                    h.lanes[l].waiting.retain(|&o| o != id);
+                } else {
+                    h.lanes[l].busy = false;
+                    next_in = Some(l);
+                }
+            }
+            if h.closing && h.ops.is_empty() {
+                if let Some(h) = st.handles.remove(handle.index, handle.gen) {
+                    st.dead.push(h.fd);
+                }
+            }
+        }
+        out.push(Completion {
+            key,
+            kind,
+            op: Some(id),
+            handle: Some(handle),
+            result,
+            value,
+            payload,
+            more: false,
+        });
+        if let Some(l) = next_in {
+            self.start_next(st, handle, l, out);
+        }
+    }
+
+    /// Issues the first operation waiting in lane `l` of `handle`.
+    fn start_next(
+        &self,
+        st: &mut State<T>,
+        handle: Handle,
+        l: usize,
+        out: &mut Vec<Completion<T>>,
+    ) {
+        let id = match st.handles.get_mut(handle.index, handle.gen) {
+            Some(h) => match h.lanes[l].waiting.pop_front() {
+                Some(id) => {
+                    h.lanes[l].busy = true;
+                    id
+                }
+                None => return,
+            },
+            None => return,
+        };
+        if let Some(op) = st.ops.get_mut(id.index, id.gen) {
+            op.parked = false;
+        }
+        // Ends it aborted instead if it was asked to stop meanwhile.
+        self.again(st, id, out);
+    }
+
+    /// Ends a parked operation (never issued) aborted, or asks the kernel
+    /// to cancel an issued one. Returns whether a cancel SQE was pushed.
+    fn cancel_one(&self, st: &mut State<T>, id: OpId, ready: &mut Vec<Completion<T>>) -> bool {
+        match st.ops.get(id.index, id.gen) {
+            Some(op) if op.parked => {
+                self.finish(st, id, Err(aborted()), Extra::None, ready);
+                false
+            }
+            Some(_) => {
+                self.push_cancel(st, id);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Unlocks, then closes the descriptors of handles that finished
+    /// closing meanwhile (close(2) may send a FIN: not under the lock).
+    fn unlock(&self, mut st: MutexGuard<'_, State<T>>) {
+        let dead = mem::take(&mut st.dead);
+        drop(st);
+        drop(dead);
+    }
+
+    /// Operations (and the wake read) the kernel may still be working on.
+    fn in_flight(st: &State<T>) -> usize {
+        st.ops.len() + usize::from(st.wake_inflight)
+    }
+
+    fn flush_inner(&self) {
+        if self.unsubmitted.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        if self.backlogged.load(Ordering::Acquire) {
+            let mut st = self.lock();
+            self.drain_backlog(&mut st);
+        }
+        self.submit_pending();
+    }
+
+    fn wait_inner(&self, timeout: Option<Duration>, out: &mut Vec<Completion<T>>) {
+        if self.backlogged.load(Ordering::Acquire) {
+            let mut st = self.lock();
+            self.drain_backlog(&mut st);
+        }
+        // This enter submits every SQE published before the swap (acquire
+        // pairs with `push`), so their counts are taken; a push counted after
+        // the swap is submitted by its own thread.
+        self.unsubmitted.swap(0, Ordering::AcqRel);
+        let submitter = self.ring.submitter();
+        let r = match timeout {
+            Some(d) if d.is_zero() => submitter.submit(),
+            // Beyond a year is "forever"; it also keeps tv_sec in range.
+            Some(d) if d < Duration::from_secs(365 * 24 * 3600) => {
+                let ts = Timespec::from(d);
+                submitter.submit_with_args(1, &SubmitArgs::new().timespec(&ts))
+            }
+            _ => submitter.submit_and_wait(1),
+        };
+        if let Err(e) = r {
+            match e.raw_os_error() {
+                // Timed out, interrupted, or the CQ is full (EBUSY): reap.
+                Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN) => {}
+                _ => log::warn!(target: "cport", "io_uring_enter failed: {e}"),
+            }
+        }
+        let mut st = self.lock();
+        self.reap(&mut st, out);
+        self.unlock(st);
+        // Continuations and re-arms pushed while reaping go now: the leader
+        // may run a completion for a long time before it enters again.
+        self.submit_pending();
+    }
+
+    fn wake_inner(&self) {
+        if !self.wake_pending.swap(true, Ordering::AcqRel) {
+            raw::eventfd_signal(self.wake_fd.as_raw_fd());
+        }
+    }
+
+    fn close_port_inner(&self) {
+        let mut st = self.lock();
+        if st.closed {
+            return;
+        }
+        st.closed = true;
+        let mut parked = Vec::new();
+        for ((index, gen), op) in st.ops.iter_mut() {
+            op.cancelled = true;
+            if op.parked {
+                parked.push(OpId {
+                    port: self.port_id,
+                    index,
+                    gen,
+                });
+            }
+        }
+        // Never issued: they end here (the queue is closed, so their
+        // completions are dropped, outside the lock).
+        let mut dropped = Vec::new();
+        for id in parked {
+            self.finish(&mut st, id, Err(aborted()), Extra::None, &mut dropped);
+        }
+        // One request cancels everything else, the wake read included; the
+        // completions that follow end any wait in progress.
+        let sqe = opcode::AsyncCancel2::new(CancelBuilder::any())
+            .build()
+            .user_data(CANCEL)
+            .flags(squeue::Flags::SKIP_SUCCESS);
+        self.push(&mut st, sqe);
+        self.unlock(st);
+        drop(dropped);
+        self.submit_pending();
+        self.wake_inner();
+    }
+}
+
+impl<T: Send + 'static> Reactor<Completion<T>> for Driver<T> {
+    fn flush(&self) {
+        self.flush_inner();
+    }
+
+    fn wait(&self, timeout: Option<Duration>, out: &mut Vec<Completion<T>>) {
+        self.wait_inner(timeout, out);
+    }
+
+    fn wake(&self) {
+        self.wake_inner();
+    }
+}
+
+impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
+    fn backend(&self) -> Backend {
+        Backend::Uring
+    }
+
+    fn associate(&self, source: Source, key: u64) -> io::Result<Handle> {
+        let kind = source.kind();
+        let socket = source.is_socket();
+        let fd = source.into_fd();
+        if socket {
+            socket2::SockRef::from(&fd).set_nonblocking(true)?;
+        }
+        let mut st = self.lock();
+        if st.closed {
+            return Err(port_closed());
+        }
+        let (index, gen) = st.handles.insert(HandleEntry {
+            fd,
+            key,
+            kind,
+            ops: Vec::new(),
+            lanes: Default::default(),
+            closing: false,
+        });
+        Ok(Handle {
+            port: self.port_id,
+            index,
+            gen,
+        })
+    }
+
+    fn submit(
+        &self,
+        handle: Handle,
+        op: Op,
+        value: T,
+        opts: Opts<T>,
+        _ready: &mut Ready<T>,
+    ) -> Result<OpId, Rejected<T>> {
+        let name = op_name(&op);
+        if offset_of(&op).map_or(false, |o| o > i64::MAX as u64) {
+            let e = io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{name}: offset beyond i64::MAX"),
+            );
+            return Err(Rejected::new(e, value, op.into_payload()));
+        }
+        let mut st = self.lock();
+        if st.closed {
+            return Err(Rejected::new(port_closed(), value, op.into_payload()));
+        }
+        let (fd, kind, key) = match self.live(&mut st, handle) {
+            Some(e) => (e.fd.as_raw_fd(), e.kind, e.key),
+            None => return Err(Rejected::new(bad_handle(name), value, op.into_payload())),
+        };
+        if !op.fits(kind) {
+            let e = io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{name}: not possible on a {kind:?} handle"),
+            );
+            return Err(Rejected::new(e, value, op.into_payload()));
+        }
+        let op_kind = op.kind();
+        let lane = lane_of(kind, &op);
+        let multishot = match op {
+            Op::Accept => opts.multishot,
+            _ => None,
+        };
+        let io = Io::new(op, multishot.is_some(), &mut st.spares);
+        let (index, gen) = st.ops.insert(OpState {
+            handle,
+            fd,
+            key,
+            kind: op_kind,
+            value,
+            multishot,
+            cancelled: false,
+            lane,
+            parked: false,
+            io,
+        });
+        let id = OpId {
+            port: self.port_id,
+            index,
+            gen,
+        };
+        let mut parked = false;
+        if let Some(e) = st.handles.get_mut(handle.index, handle.gen) {
+            e.ops.push(id);
+            if let Some(l) = lane {
+                parked = e.lanes[l].busy;
+                if parked {
+                    e.lanes[l].waiting.push_back(id);
+                } else {
+                    e.lanes[l].busy = true;
+                }
+            }
+        }
+        if parked {
+            if let Some(o) = st.ops.get_mut(index, gen) {
+                o.parked = true;
+            }
+            // Issued when the operation ahead of it finishes.
+            return Ok(id);
+        }
+        let sqe = match st.ops.get_mut(index, gen) {
+            // SAFETY:
+            // - the operation was just made: no request of it is in flight;
+            // - the entry points into the operation, which stays in the
+            //   slab until its final CQE.
+            Some(o) => unsafe { o.io.sqe(fd, self.pool_buffer_size) }.user_data(id.to_u64()),
+            None => unreachable!("an operation just inserted"),
+        };
+        self.push(&mut st, sqe);
+        drop(st);
+        if !opts.defer {
+            self.submit_pending();
+        }
+        Ok(id)
+    }
+
+    fn cancel(&self, op: OpId, ready: &mut Ready<T>) -> io::Result<()> {
+        let mut st = self.lock();
+        if op.port != self.port_id || st.ops.get(op.index, op.gen).is_none() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "cancel: the operation is not in flight",
+            ));
+        }
+        let pushed = self.cancel_one(&mut st, op, ready);
+        self.unlock(st);
+        if pushed {
+            self.submit_pending();
+        }
+        Ok(())
+    }
+
+    fn cancel_handle(&self, handle: Handle, ready: &mut Ready<T>) -> io::Result<usize> {
+        let mut st = self.lock();
+        if self.live(&mut st, handle).is_none() {
+            return Err(bad_handle("cancel_handle"));
+        }
+        let (n, pushed) = self.cancel_all_of(&mut st, handle, ready);
+        self.unlock(st);
+        if pushed {
+            self.submit_pending();
+        }
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "cancel_handle: no operation in flight on the handle",
+            ));
+        }
+        Ok(n)
+    }
+
+    fn close(&self, handle: Handle, ready: &mut Ready<T>) -> io::Result<()> {
+        let mut st = self.lock();
+        let pending = match self.live(&mut st, handle) {
+            Some(e) => {
+                e.closing = true;
+                !e.ops.is_empty()
+            }
+            None => return Err(bad_handle("close")),
+        };
+        if !pending {
+            if let Some(entry) = st.handles.remove(handle.index, handle.gen) {
+                st.dead.push(entry.fd);
+            }
+            self.unlock(st);
+            return Ok(());
+        }
+        // The descriptor stays open until the last cancelled operation is
+        // reaped (`finish`): no request can then refer to it, or to a
+        // descriptor that reused its number.
+        let (_, pushed) = self.cancel_all_of(&mut st, handle, ready);
+        self.unlock(st);
+        if pushed {
+            self.submit_pending();
+        }
+        Ok(())
+    }
+
+    fn shutdown(&self, handle: Handle, how: Shutdown) -> io::Result<()> {
+        let mut st = self.lock();
+        // Under the lock: the descriptor cannot be closed (and its number
+        // reused) meanwhile.
+        match self.live(&mut st, handle) {
+            Some(e) => socket2::SockRef::from(&e.fd).shutdown(how),
+            None => Err(bad_handle("shutdown")),
+        }
+    }
+
+    fn addr(&self, handle: Handle, peer: bool) -> io::Result<SocketAddr> {
+        let mut st = self.lock();
+        let e = match self.live(&mut st, handle) {
+            Some(e) => e,
+            None => return Err(bad_handle(if peer { "peer_addr" } else { "local_addr" })),
+        };
+        let sock = socket2::SockRef::from(&e.fd);
+        let a = if peer {
+            sock.peer_addr()?
+        } else {
+            sock.local_addr()?
+        };
+        a.as_socket()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not an IP socket"))
+    }
+
+    fn close_port(&self) {
+        self.close_port_inner();
+    }
+
+    fn recycle(&self, mut buf: Vec<u8>) {
+        if buf.capacity() != self.pool_buffer_size {
+            return;
+        }
+        buf.clear();
+        let mut free = lock(&self.pool);
+        if free.len() < self.pool_keep {
+            free.push(buf);
+        }
+    }
+}
+
+impl<T> Drop for Driver<T> {
+    fn drop(&mut self) {
+        self.close_port_inner();
+        let deadline = Instant::now() + DROP_BOUND;
+        let mut out = Vec::new();
+        while Self::in_flight(&self.lock()) > 0 && Instant::now() < deadline {
+            self.wait_inner(Some(Duration::from_millis(100)), &mut out);
+            // The queue is closed: the completions (values, buffers,
+            // accepted streams) are dropped here.
+            out.clear();
+        }
+        // SAFETY:
+        // - dropped exactly once, here, and never used again: closing the
+        //   ring fd and unmapping its rings ends the kernel's use of every
+        //   request that had completed, before any memory below is freed.
+        unsafe { ManuallyDrop::drop(&mut self.ring) };
+        let st = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+        if st.ops.len() == 0 {
+            // SAFETY:
+            // - no operation is left, so no receive can be writing a pool
+            //   buffer, and the ring that had the buffer ring registered is
+            //   closed; dropped once, never used again.
+            unsafe { ManuallyDrop::drop(&mut st.bufring) };
+        } else {
+            log::warn!(
+                target: "cport",
+                "io_uring: {} operation(s) still in flight {DROP_BOUND:?} after the port closed; \
+                 leaking their buffers rather than freeing memory the kernel may still write",
+                st.ops.len()
+            );
+            // Their buffers, and the pool (bufring stays un-dropped), leak.
+            mem::forget(mem::replace(&mut st.ops, crate::sys::slab::Slab::new()));
+        }
+        if !st.wake_inflight {
+            // SAFETY:
+            // - the wake read's CQE was reaped: nothing writes the buffer;
+            //   dropped once, never used again.
+            unsafe { ManuallyDrop::drop(&mut st.wake_buf) };
+        }
+        // Handle descriptors close when the state drops: a request still in
+        // flight holds its own reference to the file.
+    }
 }

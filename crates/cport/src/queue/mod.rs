@@ -30,7 +30,7 @@
 //! keeps surplus threads asleep.
 //!
 //! Nothing here knows about the kernel or about the item type, so the
-//! whole protocol is model-checked with loom (`tests/loom_queue.rs`).
+//! whole protocol is model-checked with loom (`loom_tests.rs`).
 
 use std::collections::VecDeque;
 use std::mem;
@@ -220,7 +220,12 @@ impl<E> Queue<E> {
     /// limit allows (C1). Without it nobody is woken: the caller is a
     /// running thread that will come back and take them itself (C2); see
     /// `CompletionPort` for when the port chooses that.
-    pub(crate) fn push<R: Reactor<E> + ?Sized>(&self, reactor: &R, items: &mut Vec<E>, release: bool) {
+    pub(crate) fn push<R: Reactor<E> + ?Sized>(
+        &self,
+        reactor: &R,
+        items: &mut Vec<E>,
+        release: bool,
+    ) {
         if items.is_empty() {
             return;
         }
@@ -322,13 +327,28 @@ impl<E> Queue<E> {
         false
     }
 
-    /// Test hook: (queued items, blocked followers, running threads).
-    #[cfg(any(test, loom))]
-    #[allow(dead_code)]
-    pub(crate) fn counts(&self) -> (usize, usize, usize) {
+    /// A snapshot of the counts, for monitoring and tests.
+    pub(crate) fn stats(&self) -> QueueStats {
         let st = sync::lock(&self.state);
-        (st.items.len(), st.waiters.len(), st.running)
+        QueueStats {
+            queued: st.items.len(),
+            waiting: st.waiters.len() + usize::from(st.leader != Leader::Idle),
+            running: st.running,
+        }
     }
+}
+
+/// Counts of a port's queue at one moment; see
+/// [`CompletionPort::stats`](crate::CompletionPort::stats).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+#[non_exhaustive]
+pub struct QueueStats {
+    /// Completions queued and not yet dequeued.
+    pub queued: usize,
+    /// Threads blocked in `get` (the one polling the kernel included).
+    pub waiting: usize,
+    /// Threads that dequeued a completion and have not come back (C1).
+    pub running: usize,
 }
 
 fn remaining(deadline: Option<Instant>) -> Option<Duration> {
@@ -341,3 +361,9 @@ fn expired(deadline: Option<Instant>) -> bool {
         None => false,
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests;
+
+#[cfg(all(test, loom))]
+mod loom_tests;

@@ -1,0 +1,127 @@
+//! The queue's protocol under every interleaving loom explores:
+//! `RUSTFLAGS="--cfg loom" cargo test -p cport --release --lib loom`.
+
+use std::time::Duration;
+
+use loom::sync::atomic::{AtomicUsize, Ordering};
+use loom::sync::{Arc, Condvar, Mutex};
+use loom::thread;
+
+use super::{Queue, Reactor};
+use crate::completion::GetError;
+
+/// A kernel that never completes anything by itself: only `wake` ends a
+/// blocking wait.
+#[derive(Default)]
+struct Kernel {
+    woken: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Reactor<u32> for Kernel {
+    fn flush(&self) {}
+
+    fn wait(&self, timeout: Option<Duration>, _out: &mut Vec<u32>) {
+        let mut w = self.woken.lock().unwrap();
+        if timeout == Some(Duration::ZERO) {
+            *w = false;
+            return;
+        }
+        while !*w {
+            w = self.cv.wait(w).unwrap();
+        }
+        *w = false;
+    }
+
+    fn wake(&self) {
+        *self.woken.lock().unwrap() = true;
+        self.cv.notify_all();
+    }
+}
+
+type Shared = Arc<(Queue<u32>, Kernel)>;
+
+fn get(q: &Shared, returning: bool) -> Result<u32, GetError> {
+    let mut out = Vec::new();
+    q.0.get(&q.1, returning, 1, None, &mut out).map(|()| out[0])
+}
+
+#[test]
+fn loom_post_reaches_a_blocked_thread() {
+    loom::model(|| {
+        let q: Shared = Arc::new((Queue::new(1), Kernel::default()));
+        let q2 = q.clone();
+        let t = thread::spawn(move || get(&q2, false));
+        q.0.push(&q.1, &mut vec![5], true);
+        assert_eq!(t.join().unwrap(), Ok(5));
+    });
+}
+
+#[test]
+fn loom_posts_from_two_threads_reach_two_getters() {
+    loom::model(|| {
+        let q: Shared = Arc::new((Queue::new(2), Kernel::default()));
+        let getters: Vec<_> = (0..2)
+            .map(|_| {
+                let q = q.clone();
+                thread::spawn(move || get(&q, false))
+            })
+            .collect();
+        let q3 = q.clone();
+        let poster = thread::spawn(move || q3.0.push(&q3.1, &mut vec![1], true));
+        q.0.push(&q.1, &mut vec![2], true);
+        poster.join().unwrap();
+        let mut got: Vec<u32> = getters
+            .into_iter()
+            .map(|t| t.join().unwrap().unwrap())
+            .collect();
+        got.sort_unstable();
+        assert_eq!(got, vec![1, 2]);
+    });
+}
+
+#[test]
+fn loom_concurrency_limit_holds() {
+    loom::model(|| {
+        let q: Shared = Arc::new((Queue::new(1), Kernel::default()));
+        let running = Arc::new(AtomicUsize::new(0));
+        let workers: Vec<_> = (0..2)
+            .map(|_| {
+                let (q, running) = (q.clone(), running.clone());
+                thread::spawn(move || {
+                    let v = get(&q, false).unwrap();
+                    assert_eq!(
+                        running.fetch_add(1, Ordering::SeqCst),
+                        0,
+                        "two threads ran with N = 1"
+                    );
+                    running.fetch_sub(1, Ordering::SeqCst);
+                    // Exit: give the slot back as the port does for a thread that ends.
+                    q.0.release(&q.1);
+                    v
+                })
+            })
+            .collect();
+        q.0.push(&q.1, &mut vec![1, 2], true);
+        let mut got: Vec<u32> = workers.into_iter().map(|t| t.join().unwrap()).collect();
+        got.sort_unstable();
+        assert_eq!(got, vec![1, 2]);
+    });
+}
+
+#[test]
+fn loom_close_wakes_every_waiter() {
+    loom::model(|| {
+        let q: Shared = Arc::new((Queue::new(2), Kernel::default()));
+        let waiters: Vec<_> = (0..2)
+            .map(|_| {
+                let q = q.clone();
+                thread::spawn(move || get(&q, false))
+            })
+            .collect();
+        q.0.close(&q.1);
+        for t in waiters {
+            assert_eq!(t.join().unwrap(), Err(GetError::Closed));
+        }
+    });
+}

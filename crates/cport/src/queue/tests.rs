@@ -1,0 +1,339 @@
+//! The queue's protocol with real threads and a scripted kernel
+//! ([`MockReactor`]). Threads are started one at a time and each is seen
+//! blocked (through `stats`) before the next step, so the order under test
+//! is the queue's, not the scheduler's.
+
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::{Queue, Reactor};
+use crate::completion::GetError;
+
+/// A kernel stand-in: `complete` makes items that the leader's `wait`
+/// reaps; `wake` interrupts a wait.
+#[derive(Default)]
+struct MockReactor {
+    state: Mutex<Kernel>,
+    cv: Condvar,
+}
+
+#[derive(Default)]
+struct Kernel {
+    done: Vec<u32>,
+    woken: bool,
+    /// Threads inside `wait` right now.
+    polling: usize,
+}
+
+impl MockReactor {
+    fn complete(&self, item: u32) {
+        self.state.lock().unwrap().done.push(item);
+        self.cv.notify_all();
+    }
+
+    fn polling(&self) -> usize {
+        self.state.lock().unwrap().polling
+    }
+}
+
+impl Reactor<u32> for MockReactor {
+    fn flush(&self) {}
+
+    fn wait(&self, timeout: Option<Duration>, out: &mut Vec<u32>) {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut k = self.state.lock().unwrap();
+        k.polling += 1;
+        assert_eq!(k.polling, 1, "two threads polled the kernel at once");
+        loop {
+            if k.woken || !k.done.is_empty() {
+                k.woken = false;
+                out.append(&mut k.done);
+                break;
+            }
+            match deadline {
+                Some(d) if Instant::now() >= d => break,
+                Some(d) => k = self.cv.wait_timeout(k, d - Instant::now()).unwrap().0,
+                None => k = self.cv.wait(k).unwrap(),
+            }
+        }
+        k.polling -= 1;
+    }
+
+    fn wake(&self) {
+        self.state.lock().unwrap().woken = true;
+        self.cv.notify_all();
+    }
+}
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+/// Waits (bounded) until `cond` holds; panics naming `what` otherwise.
+#[track_caller]
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + LIMIT;
+    while !cond() {
+        assert!(Instant::now() < end, "timed out waiting until {what}");
+        thread::yield_now();
+    }
+}
+
+type Shared = Arc<(Queue<u32>, MockReactor)>;
+
+fn queue(concurrency: usize) -> Shared {
+    Arc::new((Queue::new(concurrency), MockReactor::default()))
+}
+
+/// Starts a thread that calls `get` once (no timeout) and reports
+/// `(id, item)` on `tx`; returns once the thread is seen waiting.
+fn waiter(
+    q: &Shared,
+    id: usize,
+    tx: &mpsc::Sender<(usize, Result<u32, GetError>)>,
+) -> thread::JoinHandle<()> {
+    let before = q.0.stats().waiting;
+    let (q2, tx) = (q.clone(), tx.clone());
+    let t = thread::spawn(move || {
+        let mut out = Vec::new();
+        let r =
+            q2.0.get(&q2.1, false, 1, Some(LIMIT), &mut out)
+                .map(|()| out[0]);
+        tx.send((id, r)).unwrap();
+    });
+    wait_until("the new thread waits", || q.0.stats().waiting == before + 1);
+    t
+}
+
+fn push(q: &Shared, item: u32) {
+    q.0.push(&q.1, &mut vec![item], true);
+}
+
+#[test]
+fn q2_most_recent_waiter_is_released_first() {
+    let q = queue(8);
+    let (tx, rx) = mpsc::channel();
+    // Thread 0 becomes the leader (it polls the kernel); 1, 2, 3 follow.
+    let threads: Vec<_> = (0..4).map(|i| waiter(&q, i, &tx)).collect();
+    wait_until("thread 0 polls", || q.1.polling() == 1);
+    for (n, expect) in [3, 2, 1].iter().enumerate() {
+        push(&q, n as u32);
+        let (id, r) = rx.recv_timeout(LIMIT).unwrap();
+        assert_eq!(
+            (id, r),
+            (*expect, Ok(n as u32)),
+            "LIFO among waiting threads"
+        );
+    }
+    // Only the leader is left; a post must get it out of the kernel.
+    push(&q, 9);
+    assert_eq!(rx.recv_timeout(LIMIT).unwrap(), (0, Ok(9)));
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
+#[test]
+fn q3_single_consumer_sees_push_order() {
+    let q = queue(1);
+    for i in 0..100 {
+        push(&q, i);
+    }
+    let mut got = Vec::new();
+    let mut returning = false;
+    for _ in 0..100 {
+        let mut out = Vec::new();
+        q.0.get(&q.1, returning, 1, Some(Duration::ZERO), &mut out)
+            .unwrap();
+        returning = true;
+        got.extend(out);
+    }
+    assert_eq!(got, (0..100).collect::<Vec<_>>());
+}
+
+#[test]
+fn q4_get_many_takes_up_to_max_as_one_running_thread() {
+    let q = queue(1);
+    for i in 0..5 {
+        push(&q, i);
+    }
+    let mut out = Vec::new();
+    q.0.get(&q.1, false, 3, Some(Duration::ZERO), &mut out)
+        .unwrap();
+    assert_eq!(out, vec![0, 1, 2]);
+    assert_eq!(
+        q.0.stats().running,
+        1,
+        "a batch counts as one running thread"
+    );
+    out.clear();
+    q.0.get(&q.1, true, 10, Some(Duration::ZERO), &mut out)
+        .unwrap();
+    assert_eq!(
+        out,
+        vec![3, 4],
+        "returns what there is, not waiting for max"
+    );
+}
+
+#[test]
+fn q1_timeout_zero_returns_at_once_and_timeout_is_not_an_item() {
+    let q = queue(1);
+    let mut out = Vec::new();
+    let t = Instant::now();
+    assert_eq!(
+        q.0.get(&q.1, false, 1, Some(Duration::ZERO), &mut out),
+        Err(GetError::Timeout)
+    );
+    assert!(t.elapsed() < Duration::from_secs(1));
+    let t = Instant::now();
+    assert_eq!(
+        q.0.get(&q.1, false, 1, Some(Duration::from_millis(50)), &mut out),
+        Err(GetError::Timeout)
+    );
+    assert!(
+        t.elapsed() >= Duration::from_millis(50),
+        "waited the whole timeout"
+    );
+    assert!(out.is_empty());
+    assert_eq!(q.0.stats().running, 0, "a timed-out thread is not running");
+}
+
+#[test]
+fn c1_no_waiter_released_while_n_threads_run() {
+    let q = queue(1);
+    let (tx, rx) = mpsc::channel();
+    let t0 = waiter(&q, 0, &tx); // leader
+    let t1 = waiter(&q, 1, &tx); // follower
+    push(&q, 1);
+    let (first, r) = rx.recv_timeout(LIMIT).unwrap();
+    assert_eq!(r, Ok(1));
+    assert_eq!(q.0.stats().running, 1);
+    // The first is running and does not come back: the limit is reached.
+    push(&q, 2);
+    let s = q.0.stats();
+    assert_eq!(
+        (s.queued, s.running, s.waiting),
+        (1, 1, 1),
+        "queued, not released"
+    );
+    assert!(rx.try_recv().is_err());
+    // The running thread leaves (as a worker does on exit): the other runs.
+    q.0.release(&q.1);
+    let (second, r) = rx.recv_timeout(LIMIT).unwrap();
+    assert_eq!(r, Ok(2));
+    assert_ne!(first, second);
+    t0.join().unwrap();
+    t1.join().unwrap();
+}
+
+#[test]
+fn c2_running_thread_takes_next_without_blocking() {
+    let q = queue(1);
+    push(&q, 1);
+    push(&q, 2);
+    let mut out = Vec::new();
+    q.0.get(&q.1, false, 1, Some(Duration::ZERO), &mut out)
+        .unwrap();
+    // Coming back with a zero timeout: the slot it gives up is its own.
+    q.0.get(&q.1, true, 1, Some(Duration::ZERO), &mut out)
+        .unwrap();
+    assert_eq!(out, vec![1, 2]);
+    assert_eq!(q.1.polling(), 0);
+}
+
+#[test]
+fn c3_blocking_section_frees_the_slot_and_may_exceed_the_limit() {
+    let q = queue(1);
+    push(&q, 1);
+    let mut out = Vec::new();
+    q.0.get(&q.1, false, 1, Some(Duration::ZERO), &mut out)
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let t = waiter(&q, 1, &tx);
+    push(&q, 2);
+    assert!(rx.try_recv().is_err(), "limit reached: not released");
+    // The running thread blocks: its slot goes to the waiter.
+    q.0.release(&q.1);
+    assert_eq!(rx.recv_timeout(LIMIT).unwrap(), (1, Ok(2)));
+    // It comes back: two run with a limit of one, and nobody else is released.
+    q.0.reenter();
+    assert_eq!(q.0.stats().running, 2);
+    let t2 = waiter(&q, 2, &tx);
+    push(&q, 3);
+    assert!(rx.try_recv().is_err());
+    assert_eq!(q.0.stats().queued, 1);
+    // Both leave; below the limit again, the waiter runs.
+    q.0.release(&q.1);
+    q.0.release(&q.1);
+    assert_eq!(rx.recv_timeout(LIMIT).unwrap(), (2, Ok(3)));
+    t.join().unwrap();
+    t2.join().unwrap();
+}
+
+#[test]
+fn q6_close_wakes_every_waiter_with_closed() {
+    let q = queue(4);
+    let (tx, rx) = mpsc::channel();
+    let threads: Vec<_> = (0..3).map(|i| waiter(&q, i, &tx)).collect();
+    let queued = q.0.close(&q.1);
+    assert!(queued.is_empty());
+    let mut ids: Vec<_> = (0..3)
+        .map(|_| {
+            let (id, r) = rx.recv_timeout(LIMIT).unwrap();
+            assert_eq!(r, Err(GetError::Closed));
+            id
+        })
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, vec![0, 1, 2]);
+    let mut out = Vec::new();
+    assert_eq!(
+        q.0.get(&q.1, false, 1, None, &mut out),
+        Err(GetError::Closed)
+    );
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
+#[test]
+fn leader_reaps_and_runs_and_hands_polling_on() {
+    let q = queue(2);
+    let (tx, rx) = mpsc::channel();
+    let t0 = waiter(&q, 0, &tx);
+    wait_until("thread 0 polls", || q.1.polling() == 1);
+    let t1 = waiter(&q, 1, &tx);
+    q.1.complete(7);
+    // The thread that reaped the item runs it: no hand-over to a follower.
+    assert_eq!(rx.recv_timeout(LIMIT).unwrap(), (0, Ok(7)));
+    // The follower took over polling, so the next kernel item is not stuck.
+    wait_until("thread 1 polls", || q.1.polling() == 1);
+    q.1.complete(8);
+    assert_eq!(rx.recv_timeout(LIMIT).unwrap(), (1, Ok(8)));
+    t0.join().unwrap();
+    t1.join().unwrap();
+}
+
+#[test]
+fn push_from_running_thread_releases_nobody() {
+    let q = queue(2);
+    push(&q, 1);
+    let mut out = Vec::new();
+    q.0.get(&q.1, false, 1, Some(Duration::ZERO), &mut out)
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let t0 = waiter(&q, 0, &tx); // leader
+    let t1 = waiter(&q, 1, &tx); // follower
+    q.0.push(&q.1, &mut vec![2], false);
+    assert_eq!(q.0.stats().waiting, 2, "nobody released for a lazy push");
+    q.0.get(&q.1, true, 1, Some(Duration::ZERO), &mut out)
+        .unwrap();
+    assert_eq!(out, vec![1, 2]);
+    q.0.close(&q.1);
+    for _ in 0..2 {
+        assert_eq!(rx.recv_timeout(LIMIT).unwrap().1, Err(GetError::Closed));
+    }
+    t0.join().unwrap();
+    t1.join().unwrap();
+}

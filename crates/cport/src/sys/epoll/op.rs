@@ -1,0 +1,337 @@
+//! One attempt of each operation on readiness, and what its completion
+//! carries. Nothing here locks a handle: the caller holds its lock.
+
+use std::io;
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::io::OwnedFd;
+use std::sync::Mutex;
+
+use socket2::SockRef;
+
+use super::{lock, sys};
+use crate::completion::{Completion, Handle, OpId, Payload};
+use crate::sys::Op;
+
+/// An operation waiting in a handle's queue.
+pub(super) struct Pending<T> {
+    pub(super) id: OpId,
+    pub(super) op: Op,
+    pub(super) value: T,
+    pub(super) multishot: Option<fn(&T) -> T>,
+    /// Bytes the kernel has taken so far (sends): a short send keeps the op
+    /// at the head of its queue with its progress (SEMANTICS O4).
+    pub(super) done: usize,
+}
+
+/// Which readiness an operation waits for.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Side {
+    Read,
+    Write,
+}
+
+impl<T> Pending<T> {
+    pub(super) fn side(&self) -> Side {
+        match self.op {
+            Op::Send(_) | Op::SendVectored(_) | Op::SendTo(..) | Op::Connect(_) => Side::Write,
+            _ => Side::Read,
+        }
+    }
+}
+
+/// The outcome of one attempt.
+pub(super) enum Step<T> {
+    /// The socket has nothing for the operation now. Only returned after
+    /// the kernel said EAGAIN (or, for connect, that the handshake is still
+    /// on), so an edge-triggered event follows when that changes.
+    Wait,
+    /// The operation is over.
+    Done(io::Result<usize>, Extra),
+    /// A multishot operation produced one result and goes on.
+    More(fn(&T) -> T, io::Result<usize>, Extra),
+}
+
+/// What an attempt produced besides the operation's own buffers.
+pub(super) enum Extra {
+    None,
+    From(Option<SocketAddr>),
+    Pooled(Vec<u8>),
+    Accepted(TcpStream, SocketAddr),
+}
+
+/// Where a completion comes from.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Origin {
+    pub(super) handle: Handle,
+    pub(super) key: u64,
+}
+
+impl Origin {
+    pub(super) fn finish<T>(
+        &self,
+        p: Pending<T>,
+        result: io::Result<usize>,
+        extra: Extra,
+    ) -> Completion<T> {
+        Completion {
+            key: self.key,
+            kind: p.op.kind(),
+            op: Some(p.id),
+            handle: Some(self.handle),
+            result,
+            value: p.value,
+            payload: payload(p.op, extra),
+            more: false,
+        }
+    }
+
+    /// A completion of a multishot operation that stays in flight.
+    pub(super) fn more<T>(
+        &self,
+        p: &Pending<T>,
+        clone: fn(&T) -> T,
+        result: io::Result<usize>,
+        extra: Extra,
+    ) -> Completion<T> {
+        Completion {
+            key: self.key,
+            kind: p.op.kind(),
+            op: Some(p.id),
+            handle: Some(self.handle),
+            result,
+            value: clone(&p.value),
+            payload: match extra {
+                Extra::Accepted(stream, peer) => Payload::Accepted { stream, peer },
+                _ => Payload::None,
+            },
+            more: true,
+        }
+    }
+}
+
+fn payload(op: Op, extra: Extra) -> Payload {
+    match (op, extra) {
+        (_, Extra::Accepted(stream, peer)) => Payload::Accepted { stream, peer },
+        (_, Extra::Pooled(buf)) => Payload::Buf(buf),
+        (Op::RecvFrom(buf), Extra::From(from)) => Payload::Datagram { buf, from },
+        (Op::RecvFrom(buf), _) => Payload::Datagram { buf, from: None },
+        (op, _) => op.into_payload(),
+    }
+}
+
+/// The buffers behind `recv_pooled`: taken only when a socket is readable
+/// (SEMANTICS O6), kept for reuse when given back.
+#[derive(Debug)]
+pub(super) struct Pool {
+    free: Mutex<Vec<Vec<u8>>>,
+    keep: usize,
+    size: usize,
+}
+
+impl Pool {
+    pub(super) fn new(keep: usize, size: usize) -> Pool {
+        Pool {
+            free: Mutex::new(Vec::new()),
+            keep,
+            size,
+        }
+    }
+
+    /// A buffer of `size` bytes' capacity: a recycled one, else a new one,
+    /// so a pooled receive never waits for a buffer (no R3 stall on epoll).
+    fn take(&self) -> Vec<u8> {
+        let reused = lock(&self.free).pop();
+        reused.unwrap_or_else(|| Vec::with_capacity(self.size))
+    }
+
+    pub(super) fn give(&self, mut buf: Vec<u8>) {
+        if buf.capacity() != self.size {
+            return;
+        }
+        buf.clear();
+        let mut free = lock(&self.free);
+        if free.len() < self.keep {
+            free.push(buf);
+        }
+    }
+}
+
+fn would_block(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock
+}
+
+/// Runs one step of `p` on `fd`.
+pub(super) fn attempt<T>(p: &mut Pending<T>, fd: &OwnedFd, pool: &Pool) -> Step<T> {
+    match &mut p.op {
+        Op::Recv(buf) => done_unless_blocked(sys::retry(|| sys::recv(fd, buf)), Extra::None),
+        Op::RecvVectored(bufs) => {
+            done_unless_blocked(sys::retry(|| sys::recv_vectored(fd, bufs)), Extra::None)
+        }
+        Op::RecvPooled => {
+            let mut buf = pool.take();
+            match sys::retry(|| sys::recv(fd, &mut buf)) {
+                Ok(n) if n > 0 => Step::Done(Ok(n), Extra::Pooled(buf)),
+                // At end of stream an empty Vec, as on io_uring: a pooled
+                // receive's payload is a buffer whenever it succeeded.
+                Ok(_) => {
+                    pool.give(buf);
+                    Step::Done(Ok(0), Extra::Pooled(Vec::new()))
+                }
+                r => {
+                    pool.give(buf);
+                    done_unless_blocked(r, Extra::None)
+                }
+            }
+        }
+        Op::RecvFrom(buf) => match sys::retry(|| sys::recv_from(fd, buf)) {
+            Err(e) if would_block(&e) => Step::Wait,
+            Err(e) => Step::Done(Err(e), Extra::From(None)),
+            Ok((_, true, from)) => Step::Done(
+                Err(io::Error::from_raw_os_error(libc::EMSGSIZE)),
+                Extra::From(from),
+            ),
+            Ok((n, false, from)) => Step::Done(Ok(n), Extra::From(from)),
+        },
+        Op::Send(buf) => {
+            let buf = &buf[..];
+            send_all(&mut p.done, buf.len(), |done| sys::send(fd, &buf[done..]))
+        }
+        Op::SendVectored(bufs) => {
+            let bufs = &bufs[..];
+            let total = bufs.iter().map(Vec::len).sum();
+            send_all(&mut p.done, total, |done| {
+                sys::send_vectored(fd, bufs, done)
+            })
+        }
+        Op::SendTo(buf, addr) => {
+            done_unless_blocked(sys::retry(|| sys::send_to(fd, buf, *addr)), Extra::None)
+        }
+        Op::Accept => accept(fd, p.multishot),
+        Op::Connect(_) => connected(fd),
+        Op::ReadAt(..) | Op::ReadVectoredAt(..) | Op::WriteAt(..) | Op::WriteVectoredAt(..) => {
+            // `Op::fits` keeps file operations off socket handles, and
+            // file handles have no queue.
+            Step::Done(
+                Err(io::Error::from_raw_os_error(libc::ENOTSOCK)),
+                Extra::None,
+            )
+        }
+    }
+}
+
+fn done_unless_blocked<T>(r: io::Result<usize>, extra: Extra) -> Step<T> {
+    match r {
+        Err(e) if would_block(&e) => Step::Wait,
+        r => Step::Done(r, extra),
+    }
+}
+
+/// Sends until every byte is taken or the socket is full. A short send is
+/// followed by another try rather than a wait: the edge-triggered event is
+/// only promised once the kernel has said EAGAIN.
+fn send_all<T>(
+    done: &mut usize,
+    total: usize,
+    mut send: impl FnMut(usize) -> io::Result<usize>,
+) -> Step<T> {
+    while *done < total {
+        match sys::retry(|| send(*done)) {
+            Ok(0) => return Step::Done(Err(io::ErrorKind::WriteZero.into()), Extra::None),
+            Ok(n) => *done += n,
+            Err(e) if would_block(&e) => return Step::Wait,
+            Err(e) => return Step::Done(Err(e), Extra::None),
+        }
+    }
+    Step::Done(Ok(total), Extra::None)
+}
+
+fn accept<T>(fd: &OwnedFd, multishot: Option<fn(&T) -> T>) -> Step<T> {
+    loop {
+        match SockRef::from(fd).accept() {
+            Ok((socket, addr)) => {
+                // accept4 with SOCK_CLOEXEC and without SOCK_NONBLOCK: the
+                // stream is handed out in blocking mode, as std makes them;
+                // associating it makes it non-blocking.
+                let peer = addr
+                    .as_socket()
+                    .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+                let extra = Extra::Accepted(TcpStream::from(socket), peer);
+                return match multishot {
+                    Some(clone) => Step::More(clone, Ok(0), extra),
+                    None => Step::Done(Ok(0), extra),
+                };
+            }
+            Err(e) if would_block(&e) => return Step::Wait,
+            // A connection reset before we took it is not the listener's
+            // failure; the next one may be fine (what libuv does too).
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ECONNABORTED | libc::EINTR)) => {}
+            // EMFILE, ENFILE, ENOBUFS, ENOMEM included: the operation ends
+            // with the error. Retrying here would spin while the listener
+            // stays readable (LESSONS 6, SEMANTICS R2).
+            Err(e) => return Step::Done(Err(e), Extra::None),
+        }
+    }
+}
+
+/// Whether a non-blocking connect has finished. Writability alone is not
+/// proof: a socket registered before connect(2) reports EPOLLOUT|EPOLLHUP
+/// for its unconnected state, and that event may be handled after the
+/// connect was queued.
+fn connected<T>(fd: &OwnedFd) -> Step<T> {
+    let s = SockRef::from(fd);
+    match s.take_error() {
+        Ok(Some(e)) | Err(e) => Step::Done(Err(e), Extra::None),
+        Ok(None) => match s.peer_addr() {
+            Ok(_) => Step::Done(Ok(0), Extra::None),
+            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => Step::Wait,
+            Err(e) => Step::Done(Err(e), Extra::None),
+        },
+    }
+}
+
+/// A file operation, done at once on the calling thread (regular files are
+/// always "ready": epoll refuses them). Writes go on until every byte is
+/// written or an error occurs.
+pub(super) fn file_op(fd: &OwnedFd, op: Op) -> (io::Result<usize>, Payload) {
+    match op {
+        Op::ReadAt(mut buf, off) => {
+            let r = sys::retry(|| sys::pread(fd, &mut buf, off));
+            (r, Payload::Buf(buf))
+        }
+        Op::ReadVectoredAt(mut bufs, off) => {
+            let r = sys::retry(|| sys::preadv(fd, &mut bufs, off));
+            (r, Payload::Bufs(bufs))
+        }
+        Op::WriteAt(buf, off) => {
+            let r = write_all(buf.len(), off, |done, at| sys::pwrite(fd, &buf[done..], at));
+            (r, Payload::Buf(buf))
+        }
+        Op::WriteVectoredAt(bufs, off) => {
+            let total = bufs.iter().map(Vec::len).sum();
+            let r = write_all(total, off, |done, at| sys::pwritev(fd, &bufs, done, at));
+            (r, Payload::Bufs(bufs))
+        }
+        op => (
+            Err(io::Error::from_raw_os_error(libc::ESPIPE)),
+            op.into_payload(),
+        ),
+    }
+}
+
+fn write_all(
+    total: usize,
+    off: u64,
+    mut write: impl FnMut(usize, u64) -> io::Result<usize>,
+) -> io::Result<usize> {
+    let mut done = 0;
+    while done < total {
+        let at = off.checked_add(done as u64).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "file offset out of range")
+        })?;
+        match sys::retry(|| write(done, at))? {
+            0 => return Err(io::ErrorKind::WriteZero.into()),
+            n => done += n,
+        }
+    }
+    Ok(total)
+}

@@ -1,0 +1,436 @@
+//! The system calls of the epoll backend, each wrapped once: descriptors
+//! become `OwnedFd` at once, `-1`/errno becomes `io::Error` in [`cvt`], and
+//! every receive fills a `Vec`'s spare capacity and advances its length by
+//! exactly what the kernel wrote. All `unsafe` of the backend is here.
+
+use std::io;
+use std::mem;
+use std::net::SocketAddr;
+use std::os::unix::io::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::ptr;
+use std::time::Duration;
+
+use socket2::{MaybeUninitSlice, SockRef};
+
+/// Return values whose `-1` means "see errno".
+pub(super) trait IsMinusOne: Copy {
+    fn is_minus_one(self) -> bool;
+}
+
+impl IsMinusOne for i32 {
+    fn is_minus_one(self) -> bool {
+        self == -1
+    }
+}
+
+impl IsMinusOne for isize {
+    fn is_minus_one(self) -> bool {
+        self == -1
+    }
+}
+
+/// The errno convention, once: `-1` becomes the thread's last OS error.
+pub(super) fn cvt<R: IsMinusOne>(r: R) -> io::Result<R> {
+    if r.is_minus_one() {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// Repeats `f` while a signal interrupts it: an `EINTR` is not the
+/// operation's outcome and must not reach a completion.
+pub(super) fn retry<R>(mut f: impl FnMut() -> io::Result<R>) -> io::Result<R> {
+    loop {
+        match f() {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            r => return r,
+        }
+    }
+}
+
+/// A byte count from a system call that succeeded (never negative).
+fn count(n: isize) -> usize {
+    n as usize
+}
+
+/// epoll_wait's timeout: milliseconds, rounded up so that a short timeout
+/// does not turn into a busy poll (`Some(0)` still just looks).
+pub(super) fn timeout_ms(timeout: Option<Duration>) -> i32 {
+    match timeout {
+        None => -1,
+        Some(d) => {
+            let ms = d.as_nanos().saturating_add(999_999) / 1_000_000;
+            i32::try_from(ms).unwrap_or(i32::MAX)
+        }
+    }
+}
+
+/// One epoll instance.
+#[derive(Debug)]
+pub(super) struct Epoll {
+    fd: OwnedFd,
+}
+
+impl Epoll {
+    pub(super) fn new() -> io::Result<Epoll> {
+        // SAFETY:
+        // - epoll_create1 takes no pointers; the flag is a valid constant.
+        let fd = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
+        // SAFETY:
+        // - `fd` was just returned by the kernel and is owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Epoll { fd })
+    }
+
+    pub(super) fn add(&self, fd: RawFd, events: u32, data: u64) -> io::Result<()> {
+        let mut ev = libc::epoll_event { events, u64: data };
+        // SAFETY:
+        // - `ev` is a valid epoll_event that outlives the call.
+        // - Both descriptors are open: `self.fd` is owned here and the
+        //   caller holds `fd`.
+        cvt(unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) })?;
+        Ok(())
+    }
+
+    pub(super) fn delete(&self, fd: RawFd) -> io::Result<()> {
+        // SAFETY:
+        // - EPOLL_CTL_DEL ignores the event pointer (null is accepted since
+        //   Linux 2.6.9); both descriptors are open.
+        cvt(unsafe {
+            libc::epoll_ctl(
+                self.fd.as_raw_fd(),
+                libc::EPOLL_CTL_DEL,
+                fd,
+                ptr::null_mut(),
+            )
+        })?;
+        Ok(())
+    }
+
+    /// Replaces the contents of `events` with what the kernel reports,
+    /// at most `events.capacity()` entries.
+    pub(super) fn wait(
+        &self,
+        events: &mut Vec<libc::epoll_event>,
+        timeout_ms: i32,
+    ) -> io::Result<()> {
+        events.clear();
+        events.reserve(1);
+        let room = i32::try_from(events.capacity()).unwrap_or(i32::MAX);
+        // SAFETY:
+        // - The pointer is to `events`' allocation, with room for `room`
+        //   entries (capacity >= room >= 1).
+        // - The kernel writes only whole entries, and at most `room`.
+        let n = cvt(unsafe {
+            libc::epoll_wait(self.fd.as_raw_fd(), events.as_mut_ptr(), room, timeout_ms)
+        })?;
+        // SAFETY:
+        // - epoll_wait initialised the first `n` entries, `n <= room <=
+        //   capacity`.
+        unsafe { events.set_len(n as usize) };
+        Ok(())
+    }
+}
+
+/// The eventfd that makes a blocked `epoll_wait` return.
+#[derive(Debug)]
+pub(super) struct EventFd {
+    fd: OwnedFd,
+}
+
+impl EventFd {
+    pub(super) fn new() -> io::Result<EventFd> {
+        // SAFETY:
+        // - eventfd takes no pointers; the flags are valid constants.
+        let fd = cvt(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
+        // SAFETY:
+        // - `fd` was just returned by the kernel and is owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(EventFd { fd })
+    }
+
+    pub(super) fn raw(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    pub(super) fn notify(&self) {
+        let one: u64 = 1;
+        // SAFETY:
+        // - The pointer is to 8 readable bytes, the size eventfd requires.
+        // EAGAIN means the counter is saturated: a wake is pending already,
+        // which is all this call promises, so the result is not needed.
+        let _ = unsafe { libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    /// Resets the counter, or the level-triggered registration would make
+    /// every later wait return at once.
+    pub(super) fn drain(&self) {
+        let mut v: u64 = 0;
+        // SAFETY:
+        // - The pointer is to 8 writable bytes, the size eventfd requires.
+        // EAGAIN (already drained) is the only failure of a valid eventfd.
+        let _ = unsafe { libc::read(self.fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+    }
+}
+
+// ----- receiving into spare capacity ----------------------------------------
+
+/// Marks `n` more bytes of `buf` as initialised.
+///
+/// # Safety
+/// The kernel must have written `n` bytes at `buf.len()..`, within the
+/// capacity.
+unsafe fn advance(buf: &mut Vec<u8>, n: usize) {
+    debug_assert!(n <= buf.capacity() - buf.len());
+    // SAFETY:
+    // - The caller promises these bytes were written and fit the capacity.
+    unsafe { buf.set_len(buf.len() + n) };
+}
+
+/// Spreads `n` received bytes over the buffers' spare capacity, in order,
+/// the way the kernel filled them.
+///
+/// # Safety
+/// The kernel must have written `n` bytes into the spare capacities of
+/// `bufs`, filling each in order before the next.
+unsafe fn advance_all(bufs: &mut [Vec<u8>], mut n: usize) {
+    for b in bufs {
+        if n == 0 {
+            break;
+        }
+        let k = (b.capacity() - b.len()).min(n);
+        // SAFETY:
+        // - The kernel filled `k` bytes of this buffer's spare room.
+        unsafe { advance(b, k) };
+        n -= k;
+    }
+}
+
+/// recv(2) into the spare capacity of `buf`.
+pub(super) fn recv(fd: &OwnedFd, buf: &mut Vec<u8>) -> io::Result<usize> {
+    let n = SockRef::from(fd).recv(buf.spare_capacity_mut())?;
+    // SAFETY:
+    // - recv wrote `n` bytes at the start of the spare capacity.
+    unsafe { advance(buf, n) };
+    Ok(n)
+}
+
+/// recvmsg(2) of one datagram into the spare capacity of `buf`: the count,
+/// whether the datagram was cut to fit (MSG_TRUNC), and the sender.
+pub(super) fn recv_from(
+    fd: &OwnedFd,
+    buf: &mut Vec<u8>,
+) -> io::Result<(usize, bool, Option<SocketAddr>)> {
+    let mut slices = [MaybeUninitSlice::new(buf.spare_capacity_mut())];
+    let (n, flags, from) = SockRef::from(fd).recv_from_vectored_with_flags(&mut slices, 0)?;
+    // SAFETY:
+    // - Without MSG_TRUNC in the request flags, recvmsg returns the bytes
+    //   it copied into the single slice: the start of the spare capacity.
+    unsafe { advance(buf, n) };
+    Ok((n, flags.is_truncated(), from.as_socket()))
+}
+
+/// Up to this many iovecs live on the stack; more go to the heap (rare:
+/// scatter/gather lists are short).
+const STACK_IOVECS: usize = 16;
+
+/// The kernel's limit on iovecs per call (UIO_MAXIOV); a longer list is
+/// handled in several calls (sends, writes) or a shorter transfer (receives,
+/// reads, which may be short anyway).
+const MAX_IOVECS: usize = 1024;
+
+const EMPTY_IOVEC: libc::iovec = libc::iovec {
+    iov_base: ptr::null_mut(),
+    iov_len: 0,
+};
+
+/// Calls `f` with the iovecs of `parts`, empty ones left out, without
+/// allocating for short lists.
+fn with_iovecs<R>(
+    parts: impl Iterator<Item = libc::iovec>,
+    f: impl FnOnce(&mut [libc::iovec]) -> R,
+) -> R {
+    let mut stack = [EMPTY_IOVEC; STACK_IOVECS];
+    let mut heap = Vec::new();
+    let mut n = 0;
+    for v in parts.filter(|v| v.iov_len > 0).take(MAX_IOVECS) {
+        if n < STACK_IOVECS {
+            stack[n] = v;
+        } else {
+            if heap.is_empty() {
+                heap.extend_from_slice(&stack);
+            }
+            heap.push(v);
+        }
+        n += 1;
+    }
+    if heap.is_empty() {
+        f(&mut stack[..n])
+    } else {
+        f(&mut heap)
+    }
+}
+
+/// iovecs over the spare capacity of each buffer, in order.
+fn spare_iovecs(bufs: &mut [Vec<u8>]) -> impl Iterator<Item = libc::iovec> + '_ {
+    bufs.iter_mut().map(|b| {
+        let spare = b.spare_capacity_mut();
+        libc::iovec {
+            iov_base: spare.as_mut_ptr().cast(),
+            iov_len: spare.len(),
+        }
+    })
+}
+
+/// iovecs over the bytes of `bufs` after the first `skip`.
+fn data_iovecs(bufs: &[Vec<u8>], mut skip: usize) -> impl Iterator<Item = libc::iovec> + '_ {
+    bufs.iter().map(move |b| {
+        let k = skip.min(b.len());
+        skip -= k;
+        libc::iovec {
+            // The kernel only reads through this pointer.
+            iov_base: b[k..].as_ptr() as *mut libc::c_void,
+            iov_len: b.len() - k,
+        }
+    })
+}
+
+fn msghdr(iov: &mut [libc::iovec]) -> libc::msghdr {
+    // SAFETY:
+    // - msghdr is plain data (integers and pointers): all zeroes is a
+    //   valid value (no name, no control data).
+    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    msg.msg_iov = iov.as_mut_ptr();
+    msg.msg_iovlen = iov.len() as _;
+    msg
+}
+
+/// recvmsg(2) scattering into the spare capacity of each buffer in order.
+pub(super) fn recv_vectored(fd: &OwnedFd, bufs: &mut [Vec<u8>]) -> io::Result<usize> {
+    let r = with_iovecs(spare_iovecs(bufs), |iov| {
+        let mut msg = msghdr(iov);
+        // SAFETY:
+        // - `msg` points to `iov`, whose entries point into the spare
+        //   capacity of `bufs`, writable and alive for the call.
+        cvt(unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, 0) })
+    })?;
+    let n = count(r);
+    // SAFETY:
+    // - recvmsg filled the iovecs in order; the empty ones left out took
+    //   nothing, so the bytes fill each buffer's spare room in turn.
+    unsafe { advance_all(bufs, n) };
+    Ok(n)
+}
+
+/// send(2) of `buf` (MSG_NOSIGNAL: a closed peer is EPIPE, never SIGPIPE).
+pub(super) fn send(fd: &OwnedFd, buf: &[u8]) -> io::Result<usize> {
+    SockRef::from(fd).send_with_flags(buf, libc::MSG_NOSIGNAL)
+}
+
+/// sendto(2) of one datagram.
+pub(super) fn send_to(fd: &OwnedFd, buf: &[u8], addr: SocketAddr) -> io::Result<usize> {
+    SockRef::from(fd).send_to_with_flags(buf, &addr.into(), libc::MSG_NOSIGNAL)
+}
+
+/// sendmsg(2) of the bytes of `bufs` after the first `skip` (writev has no
+/// MSG_NOSIGNAL).
+pub(super) fn send_vectored(fd: &OwnedFd, bufs: &[Vec<u8>], skip: usize) -> io::Result<usize> {
+    with_iovecs(data_iovecs(bufs, skip), |iov| {
+        let msg = msghdr(iov);
+        // SAFETY:
+        // - `msg` points to `iov`, whose entries point to initialised
+        //   bytes of `bufs`, alive for the call; the kernel only reads them.
+        cvt(unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) })
+    })
+    .map(count)
+}
+
+// ----- positional file I/O ---------------------------------------------------
+
+fn offset(off: u64) -> io::Result<libc::off_t> {
+    libc::off_t::try_from(off)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "file offset out of range"))
+}
+
+/// pread(2) into the spare capacity of `buf`.
+pub(super) fn pread(fd: &OwnedFd, buf: &mut Vec<u8>, off: u64) -> io::Result<usize> {
+    let off = offset(off)?;
+    let spare = buf.spare_capacity_mut();
+    // SAFETY:
+    // - The pointer and length describe `buf`'s spare capacity, writable
+    //   and alive for the call.
+    let n = count(cvt(unsafe {
+        libc::pread(fd.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len(), off)
+    })?);
+    // SAFETY:
+    // - pread wrote `n` bytes at the start of the spare capacity.
+    unsafe { advance(buf, n) };
+    Ok(n)
+}
+
+/// preadv(2) into the spare capacity of each buffer in order.
+pub(super) fn preadv(fd: &OwnedFd, bufs: &mut [Vec<u8>], off: u64) -> io::Result<usize> {
+    let off = offset(off)?;
+    let r = with_iovecs(spare_iovecs(bufs), |iov| {
+        // SAFETY:
+        // - The iovecs point into the spare capacity of `bufs`, writable
+        //   and alive for the call; their count fits the kernel's limit.
+        cvt(unsafe { libc::preadv(fd.as_raw_fd(), iov.as_ptr(), iov.len() as _, off) })
+    })?;
+    let n = count(r);
+    // SAFETY:
+    // - preadv fills the iovecs in order (empty ones were left out).
+    unsafe { advance_all(bufs, n) };
+    Ok(n)
+}
+
+/// pwrite(2) of `buf` at `off`.
+pub(super) fn pwrite(fd: &OwnedFd, buf: &[u8], off: u64) -> io::Result<usize> {
+    let off = offset(off)?;
+    // SAFETY:
+    // - The pointer and length describe initialised bytes of `buf`, alive
+    //   for the call; the kernel only reads them.
+    cvt(unsafe { libc::pwrite(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len(), off) }).map(count)
+}
+
+/// pwritev(2) of the bytes of `bufs` after the first `skip`, at `off`.
+pub(super) fn pwritev(fd: &OwnedFd, bufs: &[Vec<u8>], skip: usize, off: u64) -> io::Result<usize> {
+    let off = offset(off)?;
+    with_iovecs(data_iovecs(bufs, skip), |iov| {
+        // SAFETY:
+        // - The iovecs point to initialised bytes of `bufs`, alive for the
+        //   call; the kernel only reads them; their count fits its limit.
+        cvt(unsafe { libc::pwritev(fd.as_raw_fd(), iov.as_ptr(), iov.len() as _, off) })
+    })
+    .map(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeout_rounds_up() {
+        assert_eq!(timeout_ms(None), -1);
+        assert_eq!(timeout_ms(Some(Duration::ZERO)), 0);
+        assert_eq!(timeout_ms(Some(Duration::from_nanos(1))), 1);
+        assert_eq!(timeout_ms(Some(Duration::from_micros(1500))), 2);
+        assert_eq!(timeout_ms(Some(Duration::from_millis(7))), 7);
+        assert_eq!(timeout_ms(Some(Duration::from_secs(u64::MAX))), i32::MAX);
+    }
+
+    #[test]
+    fn iovecs_skip_sent_bytes_and_empty_buffers() {
+        let bufs = vec![b"abc".to_vec(), Vec::new(), b"defg".to_vec()];
+        let lens: Vec<usize> = with_iovecs(data_iovecs(&bufs, 4), |iov| {
+            iov.iter().map(|v| v.iov_len).collect()
+        });
+        assert_eq!(lens, [3]);
+        let many = vec![vec![1u8]; STACK_IOVECS + 3];
+        assert_eq!(
+            with_iovecs(data_iovecs(&many, 1), |iov| iov.len()),
+            STACK_IOVECS + 2
+        );
+    }
+}

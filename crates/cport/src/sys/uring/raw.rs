@@ -1,0 +1,199 @@
+//! Owners of the raw resources the io_uring backend hands to the kernel:
+//! heap cells whose address a request holds, anonymous mappings, the wake
+//! eventfd, socket addresses in their C layout.
+
+use std::io;
+use std::mem;
+use std::net::SocketAddr;
+use std::os::unix::io::{FromRawFd, OwnedFd, RawFd};
+use std::ptr::{self, NonNull};
+
+/// Turns the `-1`-and-errno convention into `io::Result`.
+pub(super) fn cvt(r: i32) -> io::Result<i32> {
+    if r == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// A heap value whose address a kernel request may hold.
+///
+/// A `Box<T>` is asserted unique whenever it moves (it is `noalias`), so the
+/// kernel writing through its address while the owning operation moves
+/// inside a growing slab would be undefined behaviour. A `Heap` is only a
+/// raw pointer: it moves freely, and references to the value are made only
+/// through the `unsafe` accessors, whose contract is "no request is in
+/// flight".
+pub(super) struct Heap<T>(NonNull<T>);
+
+impl<T> Heap<T> {
+    pub(super) fn new(v: T) -> Heap<T> {
+        Heap(NonNull::from(Box::leak(Box::new(v))))
+    }
+
+    /// The address to give the kernel.
+    pub(super) fn as_ptr(&self) -> *mut T {
+        self.0.as_ptr()
+    }
+
+    /// # Safety
+    ///
+    /// No kernel request that holds this address may be in flight.
+    pub(super) unsafe fn get(&self) -> &T {
+        // SAFETY:
+        // - the pointer came from a live `Box` and is freed only by `drop`;
+        // - no request writes through it now (the caller's contract).
+        unsafe { &*self.0.as_ptr() }
+    }
+
+    /// # Safety
+    ///
+    /// No kernel request that holds this address may be in flight.
+    pub(super) unsafe fn get_mut(&mut self) -> &mut T {
+        // SAFETY:
+        // - the pointer came from a live `Box` and is freed only by `drop`;
+        // - `&mut self` excludes every other Rust access;
+        // - no request reads or writes through it now (the caller's contract).
+        unsafe { &mut *self.0.as_ptr() }
+    }
+}
+
+impl<T> Drop for Heap<T> {
+    fn drop(&mut self) {
+        // SAFETY:
+        // - the pointer came from `Box::leak` in `new` and is dropped once;
+        // - an owner that may still have a request in flight forgets the
+        //   `Heap` instead of dropping it (the driver's `Drop`).
+        drop(unsafe { Box::from_raw(self.0.as_ptr()) });
+    }
+}
+
+// SAFETY: a `Heap<T>` owns its `T` exactly as a `Box<T>` does; nothing about
+// it is tied to a thread.
+unsafe impl<T: Send> Send for Heap<T> {}
+
+/// An anonymous private mapping: page-aligned, as a provided-buffer ring
+/// must be, and committed only where touched, so an unused receive pool
+/// costs address space, not memory.
+pub(super) struct Mmap {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+impl Mmap {
+    pub(super) fn anon(len: usize) -> io::Result<Mmap> {
+        // SAFETY:
+        // - no address hint and no descriptor: the kernel picks fresh pages
+        //   that alias nothing in the program.
+        let p = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                len.max(1),
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        match NonNull::new(p.cast::<u8>()) {
+            Some(ptr) => Ok(Mmap {
+                ptr,
+                len: len.max(1),
+            }),
+            None => Err(io::Error::new(
+                io::ErrorKind::Other,
+                "mmap returned a null mapping",
+            )),
+        }
+    }
+
+    pub(super) fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+}
+
+impl Drop for Mmap {
+    fn drop(&mut self) {
+        // SAFETY:
+        // - `ptr`/`len` are exactly the mapping made in `anon`, unmapped once;
+        // - an owner whose pages the kernel may still write forgets the
+        //   `Mmap` instead (the driver's `Drop`).
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+// SAFETY: the mapping is plain memory owned by this value; access to its
+// contents is synchronised by the owner (the driver's state lock).
+unsafe impl Send for Mmap {}
+
+/// A blocking eventfd: the io_uring read on it waits by poll, not in a
+/// kernel worker, and a write never blocks since the counter is drained by
+/// every read.
+pub(super) fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY:
+    // - eventfd takes no pointers.
+    let fd = cvt(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) })?;
+    // SAFETY:
+    // - `fd` was just returned to us and is owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+pub(super) fn eventfd_signal(fd: RawFd) {
+    let one: u64 = 1;
+    // SAFETY:
+    // - the buffer is a live 8-byte local, as eventfd requires;
+    // - `fd` is the driver's eventfd, open for the driver's lifetime.
+    let r = unsafe { libc::write(fd, (&one as *const u64).cast(), mem::size_of::<u64>()) };
+    if r < 0 {
+        log::warn!(target: "cport", "io_uring: writing the wake eventfd failed: {}", io::Error::last_os_error());
+    }
+}
+
+/// A zeroed `sockaddr_storage`.
+pub(super) fn storage() -> libc::sockaddr_storage {
+    // SAFETY:
+    // - all-zero bytes are a valid `sockaddr_storage` (family AF_UNSPEC).
+    unsafe { mem::zeroed() }
+}
+
+/// The socket address in `s`, by its family. The length the kernel writes
+/// back is not relied upon, so an address it did not fill (family 0) is
+/// `None` rather than garbage.
+pub(super) fn to_socket_addr(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    let len = match i32::from(s.ss_family) {
+        libc::AF_INET => mem::size_of::<libc::sockaddr_in>(),
+        libc::AF_INET6 => mem::size_of::<libc::sockaddr_in6>(),
+        _ => return None,
+    };
+    // SAFETY:
+    // - `s` is an initialised `sockaddr_storage` of the family just read,
+    //   and `len` is that family's size, within the storage.
+    let addr = unsafe { socket2::SockAddr::new(*s, len as libc::socklen_t) };
+    addr.as_socket()
+}
+
+/// `addr` in its C layout, with its length.
+pub(super) fn from_socket_addr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    let a = socket2::SockAddr::from(addr);
+    let len = a.len();
+    (a.as_storage(), len)
+}
+
+/// RLIMIT_MEMLOCK, for error messages.
+pub(super) fn memlock_limit() -> String {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY:
+    // - `lim` is a live, writable `rlimit`.
+    match cvt(unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) }) {
+        Ok(_) if lim.rlim_cur == libc::RLIM_INFINITY => "unlimited".to_string(),
+        Ok(_) => format!("{} KiB", lim.rlim_cur / 1024),
+        Err(e) => format!("unknown ({e})"),
+    }
+}
