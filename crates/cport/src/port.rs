@@ -187,13 +187,25 @@ fn open_driver<T: Send + 'static>(
         Backend::Epoll => Ok(Box::new(epoll::Driver::new(config).map_err(|e| {
             io::Error::new(e.kind(), format!("cannot start the epoll backend: {e}"))
         })?)),
-        Backend::Auto => match uring::Driver::new(config) {
-            Ok(d) => Ok(Box::new(d)),
-            Err(e) => {
-                log::info!(target: "cport", "io_uring unavailable ({e}); using epoll");
-                open_driver(Backend::Epoll, config)
-            }
-        },
+        Backend::Auto => fall_back(config, |c| {
+            uring::Driver::new(c).map(|d| Box::new(d) as Box<dyn Driver<T>>)
+        }),
+    }
+}
+
+/// `Auto`: io_uring if `try_uring` starts it, else epoll, with the one log
+/// line that says why (SEMANTICS R1, LESSONS 5).
+#[cfg(target_os = "linux")]
+fn fall_back<T: Send + 'static>(
+    config: &Config,
+    try_uring: impl FnOnce(&Config) -> io::Result<Box<dyn Driver<T>>>,
+) -> io::Result<Box<dyn Driver<T>>> {
+    match try_uring(config) {
+        Ok(d) => Ok(d),
+        Err(e) => {
+            log::info!(target: "cport", "io_uring unavailable ({e}); using epoll");
+            open_driver(Backend::Epoll, config)
+        }
     }
 }
 
@@ -781,4 +793,83 @@ fn no_room<T>(what: &str, payload: Payload, value: T) -> Rejected<T> {
         value,
         payload,
     )
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Keeps the `cport` log lines of this test binary.
+    struct Capture(Mutex<Vec<String>>);
+
+    impl log::Log for Capture {
+        fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+            m.target() == "cport"
+        }
+        fn log(&self, r: &log::Record<'_>) {
+            if self.enabled(r.metadata()) {
+                self.0
+                    .lock()
+                    .unwrap()
+                    .push(format!("{} {}", r.level(), r.args()));
+            }
+        }
+        fn flush(&self) {}
+    }
+
+    static CAPTURE: Capture = Capture(Mutex::new(Vec::new()));
+
+    #[test]
+    fn r1_auto_falls_back_to_epoll_with_one_line_naming_the_cause() {
+        let _ = log::set_logger(&CAPTURE);
+        log::set_max_level(log::LevelFilter::Info);
+        let config = Config {
+            port_id: u32::MAX - 1,
+            entries: 8,
+            pool_buffers: 1,
+            pool_buffer_size: 1,
+        };
+        let refused = |_: &Config| -> io::Result<Box<dyn Driver<()>>> {
+            Err(io::Error::from_raw_os_error(libc::EPERM))
+        };
+        let driver = fall_back(&config, refused).expect("epoll starts");
+        assert_eq!(driver.backend(), Backend::Epoll);
+        let lines: Vec<String> = CAPTURE
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains("io_uring unavailable"))
+            .cloned()
+            .collect();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].starts_with("INFO"), "{}", lines[0]);
+        assert!(
+            lines[0].contains("Operation not permitted"),
+            "the cause is named: {}",
+            lines[0]
+        );
+        assert!(lines[0].contains("using epoll"), "{}", lines[0]);
+    }
+
+    #[test]
+    fn r1_auto_keeps_io_uring_when_it_starts() {
+        let config = Config {
+            port_id: u32::MAX - 2,
+            entries: 8,
+            pool_buffers: 1,
+            pool_buffer_size: 1,
+        };
+        match crate::sys::uring::Driver::<()>::new(&config) {
+            Ok(_) => {
+                let d = fall_back::<()>(&config, |c| {
+                    crate::sys::uring::Driver::new(c).map(|d| Box::new(d) as Box<dyn Driver<()>>)
+                })
+                .unwrap();
+                assert_eq!(d.backend(), Backend::Uring);
+            }
+            Err(e) => eprintln!("skipped: io_uring refused here: {e}"),
+        }
+    }
 }

@@ -1,0 +1,132 @@
+//! What every contract test shares: one body run per backend, bounded
+//! waits, loopback pairs.
+//!
+//! Each test file starts with `mod common;` and wraps its bodies in
+//! [`backends!`], which expands every `fn name(backend: Backend)` into a
+//! `#[test]` per backend (`uring::name`, `epoll::name`). The io_uring variant
+//! skips, printing why, when the kernel refuses io_uring (SEMANTICS R1);
+//! nothing else is ever skipped.
+
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use cport::{Backend, Builder, Completion, CompletionPort, Handle};
+
+/// The longest any single wait in a test may take before it fails.
+pub const LONG: Option<Duration> = Some(Duration::from_secs(10));
+
+/// Expands each `fn name(backend: Backend) { .. }` into `uring::name` and
+/// `epoll::name` tests.
+#[macro_export]
+macro_rules! backends {
+    ($(
+        $(#[$meta:meta])*
+        fn $name:ident($backend:ident : Backend) $body:block
+    )*) => {
+        $(
+            $(#[$meta])*
+            fn $name($backend: cport::Backend) $body
+        )*
+        mod uring {
+            $(
+                #[test]
+                fn $name() {
+                    if let Some(b) = $crate::common::available(cport::Backend::Uring) {
+                        super::$name(b);
+                    }
+                }
+            )*
+        }
+        mod epoll {
+            $(
+                #[test]
+                fn $name() {
+                    if let Some(b) = $crate::common::available(cport::Backend::Epoll) {
+                        super::$name(b);
+                    }
+                }
+            )*
+        }
+    };
+}
+
+/// `Some(backend)` when a port can run on it here. io_uring may be refused
+/// by the kernel (disabled, seccomp): then the test prints why and is
+/// skipped. epoll must always start.
+pub fn available(backend: Backend) -> Option<Backend> {
+    match Builder::new().backend(backend).build::<()>() {
+        Ok(_) => Some(backend),
+        Err(e) if backend == Backend::Uring => {
+            eprintln!("skipped on io_uring: the kernel refuses it here: {e}");
+            None
+        }
+        Err(e) => panic!("the {backend} backend must start: {e}"),
+    }
+}
+
+/// A port on `backend` with concurrency `concurrency` and a small receive
+/// pool (4 × 1024), so pool exhaustion is easy to reach.
+pub fn port<T: Send + 'static>(backend: Backend, concurrency: usize) -> CompletionPort<T> {
+    Builder::new()
+        .backend(backend)
+        .concurrency(concurrency)
+        .pool(4, 1024)
+        .build()
+        .unwrap_or_else(|e| panic!("a {backend} port: {e}"))
+}
+
+/// The next completion, failing the test after [`LONG`].
+#[track_caller]
+pub fn next<T: Send + 'static>(port: &CompletionPort<T>) -> Completion<T> {
+    match port.get(LONG) {
+        Ok(c) => c,
+        Err(e) => panic!("expected a completion within {LONG:?}: {e}"),
+    }
+}
+
+/// Asserts that nothing is queued right now (a `get` that does not wait).
+#[track_caller]
+pub fn assert_empty<T: Send + std::fmt::Debug + 'static>(port: &CompletionPort<T>) {
+    match port.get(Some(Duration::ZERO)) {
+        Err(cport::GetError::Timeout) => {}
+        other => panic!("expected nothing queued, got {other:?}"),
+    }
+}
+
+/// A connected TCP pair on 127.0.0.1: one end associated with `port` under
+/// `key`, the other a plain blocking stream with bounded reads and writes.
+pub fn pair<T: Send + 'static>(port: &CompletionPort<T>, key: u64) -> (Handle, TcpStream) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (b, _) = l.accept().unwrap();
+    b.set_read_timeout(LONG).unwrap();
+    b.set_write_timeout(LONG).unwrap();
+    (port.associate(a, key).unwrap(), b)
+}
+
+/// An address on 127.0.0.1 that nothing listens on (bound, then released).
+pub fn closed_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// Waits until `cond` holds, failing the test after [`LONG`]: for states
+/// another thread reaches (a waiter parked, a count reached), never a
+/// fixed sleep.
+#[track_caller]
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + LONG.unwrap();
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Bytes 0..len with every byte value, in a pattern that shows shifts.
+pub fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
