@@ -135,6 +135,25 @@ pub(crate) enum Op {
 }
 
 impl Op {
+    /// The name of the port method that issued it, for error messages.
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Op::Accept => "accept",
+            Op::Connect(_) => "connect",
+            Op::Recv(_) => "recv",
+            Op::RecvVectored(_) => "recv_vectored",
+            Op::RecvPooled => "recv_pooled",
+            Op::Send(_) => "send",
+            Op::SendVectored(_) => "send_vectored",
+            Op::RecvFrom(_) => "recv_from",
+            Op::SendTo(..) => "send_to",
+            Op::ReadAt(..) => "read_at",
+            Op::ReadVectoredAt(..) => "read_vectored_at",
+            Op::WriteAt(..) => "write_at",
+            Op::WriteVectoredAt(..) => "write_vectored_at",
+        }
+    }
+
     pub(crate) fn kind(&self) -> OpKind {
         match self {
             Op::Accept => OpKind::Accept,

@@ -384,24 +384,6 @@ impl<T> Socket<T> {
     }
 }
 
-fn op_name(op: &Op) -> &'static str {
-    match op {
-        Op::Accept => "accept",
-        Op::Connect(_) => "connect",
-        Op::Recv(_) => "recv",
-        Op::RecvVectored(_) => "recv_vectored",
-        Op::RecvPooled => "recv_pooled",
-        Op::Send(_) => "send",
-        Op::SendVectored(_) => "send_vectored",
-        Op::RecvFrom(_) => "recv_from",
-        Op::SendTo(..) => "send_to",
-        Op::ReadAt(..) => "read_at",
-        Op::ReadVectoredAt(..) => "read_vectored_at",
-        Op::WriteAt(..) => "write_at",
-        Op::WriteVectoredAt(..) => "write_vectored_at",
-    }
-}
-
 impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
     fn backend(&self) -> Backend {
         Backend::Epoll
@@ -476,7 +458,7 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
             Some(e) => e,
             None => {
                 return Err(Rejected::new(
-                    bad_handle(op_name(&op)),
+                    bad_handle(op.name()),
                     value,
                     op.into_payload(),
                 ))
@@ -485,11 +467,7 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
         if !op.fits(entry.kind) {
             let err = io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!(
-                    "{}: not supported on a {:?} handle",
-                    op_name(&op),
-                    entry.kind
-                ),
+                format!("{}: not supported on a {:?} handle", op.name(), entry.kind),
             );
             return Err(Rejected::new(err, value, op.into_payload()));
         }
@@ -506,7 +484,7 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
                     Some(fd) => fd,
                     None => {
                         return Err(Rejected::new(
-                            bad_handle(op_name(&op)),
+                            bad_handle(op.name()),
                             value,
                             op.into_payload(),
                         ))
@@ -529,7 +507,7 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
                 let mut s = lock(m);
                 if s.fd.is_none() {
                     return Err(Rejected::new(
-                        bad_handle(op_name(&op)),
+                        bad_handle(op.name()),
                         value,
                         op.into_payload(),
                     ));

@@ -422,24 +422,6 @@ fn wake_read(fd: &OwnedFd, buf: &Heap<u64>) -> squeue::Entry {
         .user_data(WAKE)
 }
 
-fn op_name(op: &Op) -> &'static str {
-    match op {
-        Op::Accept => "accept",
-        Op::Connect(_) => "connect",
-        Op::Recv(_) => "recv",
-        Op::RecvVectored(_) => "recv_vectored",
-        Op::RecvPooled => "recv_pooled",
-        Op::Send(_) => "send",
-        Op::SendVectored(_) => "send_vectored",
-        Op::RecvFrom(_) => "recv_from",
-        Op::SendTo(..) => "send_to",
-        Op::ReadAt(..) => "read_at",
-        Op::ReadVectoredAt(..) => "read_vectored_at",
-        Op::WriteAt(..) => "write_at",
-        Op::WriteVectoredAt(..) => "write_vectored_at",
-    }
-}
-
 fn offset_of(op: &Op) -> Option<u64> {
     match op {
         Op::ReadAt(_, o)
@@ -974,7 +956,7 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
         opts: Opts<T>,
         _ready: &mut Ready<T>,
     ) -> Result<OpId, Rejected<T>> {
-        let name = op_name(&op);
+        let name = op.name();
         if offset_of(&op).map_or(false, |o| o > i64::MAX as u64) {
             let e = io::Error::new(
                 io::ErrorKind::InvalidInput,
