@@ -698,6 +698,15 @@ impl<T: Send + 'static> CompletionPort<T> {
         if self.inner.queue.is_closed() {
             return Err(Rejected::new(port_closed(), value, op.into_payload()));
         }
+        if op.offset().map_or(false, |o| o > i64::MAX as u64) {
+            // Both kernels take a signed offset; refuse here so that every
+            // backend refuses alike instead of failing in its own way.
+            let e = io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{}: offset beyond i64::MAX", op.name()),
+            );
+            return Err(Rejected::new(e, value, op.into_payload()));
+        }
         let running = self.running_here();
         let mut ready = Vec::new();
         let r = self.inner.driver.submit(

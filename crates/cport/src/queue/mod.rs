@@ -156,7 +156,9 @@ impl<E> Queue<E> {
                 st.leader = Leader::Polling;
                 let mut batch = mem::take(&mut st.spare);
                 drop(st);
+                let lead = Lead(self);
                 reactor.wait(remaining(deadline), &mut batch);
+                mem::forget(lead);
                 // A thread that polls has submitted what it deferred.
                 flushed = true;
                 st = sync::lock(&self.state);
@@ -335,6 +337,22 @@ impl<E> Queue<E> {
             waiting: st.waiters.len() + usize::from(st.leader != Leader::Idle),
             running: st.running,
         }
+    }
+}
+
+/// Armed while a thread polls the kernel. If the poll unwinds (a user's
+/// `Clone` or `Drop` of a per-operation value panicked inside the
+/// backend), the leader role is handed on: left set, no thread would ever
+/// poll again and every later I/O completion would be lost.
+struct Lead<'a, E>(&'a Queue<E>);
+
+impl<E> Drop for Lead<'_, E> {
+    fn drop(&mut self) {
+        let mut st = sync::lock(&self.0.state);
+        st.leader = Leader::Idle;
+        // With the leader idle, rebalance never asks for a kernel wake-up;
+        // it releases a follower to take the role if one is needed.
+        let _ = self.0.rebalance(&mut st);
     }
 }
 

@@ -337,3 +337,48 @@ fn push_from_running_thread_releases_nobody() {
     t0.join().unwrap();
     t1.join().unwrap();
 }
+
+/// A kernel whose first poll panics, as a backend does when a user's
+/// per-operation `Clone` or `Drop` panics while the leader reaps.
+struct PanicsOnce {
+    kernel: MockReactor,
+    panicked: std::sync::atomic::AtomicBool,
+}
+
+impl Reactor<u32> for PanicsOnce {
+    fn flush(&self) {}
+
+    fn wait(&self, timeout: Option<Duration>, out: &mut Vec<u32>) {
+        if !self
+            .panicked
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            panic!("a value's Clone panicked while reaping");
+        }
+        self.kernel.wait(timeout, out);
+    }
+
+    fn wake(&self) {
+        self.kernel.wake();
+    }
+}
+
+#[test]
+fn a_poll_that_panics_hands_the_leader_role_on() {
+    let reactor = PanicsOnce {
+        kernel: MockReactor::default(),
+        panicked: Default::default(),
+    };
+    let q = Queue::<u32>::new(2);
+    let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut out = Vec::new();
+        q.get(&reactor, false, 1, Some(LIMIT), &mut out)
+    }));
+    assert!(unwound.is_err(), "the poll panicked through get");
+    assert_eq!(q.stats().waiting, 0, "nobody polls after the unwind");
+    // The next thread must become the leader and reap what completes.
+    reactor.kernel.complete(7);
+    let mut out = Vec::new();
+    assert_eq!(q.get(&reactor, false, 1, Some(LIMIT), &mut out), Ok(()));
+    assert_eq!(out, vec![7]);
+}

@@ -154,6 +154,17 @@ impl Op {
         }
     }
 
+    /// The file offset of a positional operation.
+    pub(crate) fn offset(&self) -> Option<u64> {
+        match self {
+            Op::ReadAt(_, o)
+            | Op::ReadVectoredAt(_, o)
+            | Op::WriteAt(_, o)
+            | Op::WriteVectoredAt(_, o) => Some(*o),
+            _ => None,
+        }
+    }
+
     pub(crate) fn kind(&self) -> OpKind {
         match self {
             Op::Accept => OpKind::Accept,

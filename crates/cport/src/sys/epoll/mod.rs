@@ -244,8 +244,9 @@ impl<T: Send + 'static> Driver<T> {
                 slab: Slab::new(),
                 gens: Vec::new(),
             }),
-            // Spread the ports' id ranges apart: an OpId has no port field,
-            // and a foreign id must not name one of ours.
+            // Spread the ports' sequence ranges apart, so that ids of
+            // different ports differ even in their own fields (an OpId's
+            // port field is what `cancel` checks).
             next_seq: AtomicU32::new(config.port_id.wrapping_mul(0x9E37_79B9)),
             closed: AtomicBool::new(false),
             leader: Mutex::new(LeaderBufs {

@@ -97,11 +97,13 @@
 //!   are reaped (LESSONS 2: close(2) alone cancels nothing on io_uring).
 //!   The close happens when the leader reaps those CQEs, which it does as
 //!   soon as they arrive if a thread is waiting on the port.
-//! * **X3** Dropping the driver cancels everything (`ASYNC_CANCEL_ANY`),
-//!   reaps until no operation is in flight (at most 5 s), closes the ring,
-//!   and only then frees operation state and the buffer ring. Operations
-//!   still in flight at the bound are leaked, with a warning, rather than
-//!   freed under the kernel's feet. Descriptors are always closed.
+//! * **X3** Dropping the driver cancels everything (`ASYNC_CANCEL_ANY`)
+//!   and reaps until no operation is in flight (at most 5 s); each reaped
+//!   operation's state is freed as its final CQE arrives, as usual. Then the
+//!   ring closes, and only after that is the buffer ring freed. Operations
+//!   still in flight at the bound (or when a value's `Drop` panics during
+//!   the reaping) are leaked, with a log line, rather than freed under the
+//!   kernel's feet. Descriptors are always closed.
 //! * **R1** `Driver::new` names the cause of a failure:
 //!   `kernel.io_uring_disabled` and seccomp for EPERM, a kernel without
 //!   io_uring for ENOSYS, RLIMIT_MEMLOCK for ENOMEM, and the missing opcode
@@ -137,6 +139,7 @@ use std::io;
 use std::mem::{self, ManuallyDrop};
 use std::net::{Shutdown, SocketAddr};
 use std::os::unix::io::{AsRawFd, OwnedFd};
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -420,16 +423,6 @@ fn wake_read(fd: &OwnedFd, buf: &Heap<u64>) -> squeue::Entry {
         .offset(u64::MAX)
         .build()
         .user_data(WAKE)
-}
-
-fn offset_of(op: &Op) -> Option<u64> {
-    match op {
-        Op::ReadAt(_, o)
-        | Op::ReadVectoredAt(_, o)
-        | Op::WriteAt(_, o)
-        | Op::WriteVectoredAt(_, o) => Some(*o),
-        _ => None,
-    }
 }
 
 impl<T> Driver<T> {
@@ -957,13 +950,6 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
         _ready: &mut Ready<T>,
     ) -> Result<OpId, Rejected<T>> {
         let name = op.name();
-        if offset_of(&op).map_or(false, |o| o > i64::MAX as u64) {
-            let e = io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{name}: offset beyond i64::MAX"),
-            );
-            return Err(Rejected::new(e, value, op.into_payload()));
-        }
         let mut st = self.lock();
         if st.closed {
             return Err(Rejected::new(port_closed(), value, op.into_payload()));
@@ -1147,11 +1133,24 @@ impl<T> Drop for Driver<T> {
         self.close_port_inner();
         let deadline = Instant::now() + DROP_BOUND;
         let mut out = Vec::new();
-        while Self::in_flight(&self.lock()) > 0 && Instant::now() < deadline {
-            self.wait_inner(Some(Duration::from_millis(100)), &mut out);
-            // The queue is closed: the completions (values, buffers,
-            // accepted streams) are dropped here.
-            out.clear();
+        // A panic in a value's `Drop` (or a multishot `Clone`) must not
+        // unwind past this point: the slab would be freed with the ring open
+        // and requests still writing into its buffers. Caught, the rest of
+        // this function runs, leaking whatever is still in flight.
+        let reaped = panic::catch_unwind(AssertUnwindSafe(|| {
+            while Self::in_flight(&self.lock()) > 0 && Instant::now() < deadline {
+                self.wait_inner(Some(Duration::from_millis(100)), &mut out);
+                // The queue is closed: the completions (values, buffers,
+                // accepted streams) are dropped here.
+                out.clear();
+            }
+        }));
+        if reaped.is_err() {
+            log::error!(
+                target: "cport",
+                "io_uring: a per-operation value panicked while the port was dropped; \
+                 operations still in flight are leaked"
+            );
         }
         // SAFETY:
         // - dropped exactly once, here, and never used again: closing the
