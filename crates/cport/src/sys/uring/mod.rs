@@ -1083,6 +1083,19 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
         if pushed {
             self.submit_pending();
         }
+        // The descriptor is closed only when the cancellations are reaped,
+        // which takes a thread in `get`. Shut a stream down now, after the
+        // cancellations went in (so a pending recv ends aborted, not with
+        // 0 bytes), so that the peer sees the end at once, as after
+        // closesocket (SEMANTICS X2, LESSONS 2). The port owns the socket,
+        // so no other owner of it is affected.
+        let st = self.lock();
+        if let Some(e) = st.handles.get(handle.index, handle.gen) {
+            if matches!(e.kind, SourceKind::TcpStream | SourceKind::TcpSocket) {
+                let _ = socket2::SockRef::from(&e.fd).shutdown(Shutdown::Both);
+            }
+        }
+        self.unlock(st);
         Ok(())
     }
 

@@ -1,0 +1,225 @@
+//! SEMANTICS R1: how a backend is chosen (`Backend::Auto`, the
+//! `CPORT_BACKEND` override) and what a backend that cannot start says.
+//!
+//! One test in a binary of its own: it changes the process environment, the
+//! global logger and the descriptor limit, none of which may change under
+//! another test.
+
+mod common;
+
+use std::env;
+use std::fs::File;
+use std::io;
+use std::process::Command;
+use std::sync::Mutex;
+
+use cport::{Backend, Builder};
+
+/// Log records seen: (target, message).
+static LINES: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+
+struct Capture;
+
+impl log::Log for Capture {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        let line = (record.target().to_string(), record.args().to_string());
+        LINES.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+    }
+
+    fn flush(&self) {}
+}
+
+static CAPTURE: Capture = Capture;
+
+/// Takes the log records seen so far.
+fn take_lines() -> Vec<(String, String)> {
+    std::mem::take(&mut *LINES.lock().unwrap_or_else(|p| p.into_inner()))
+}
+
+fn build(b: Builder) -> io::Result<Backend> {
+    b.build::<()>().map(|p| p.backend())
+}
+
+/// RLIMIT_NOFILE of this process (soft, hard), as /proc/self/limits says.
+fn nofile() -> (String, String) {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    let mut f = line["Max open files".len()..].split_whitespace();
+    (f.next().unwrap().to_string(), f.next().unwrap().to_string())
+}
+
+/// Sets this process's RLIMIT_NOFILE with prlimit(1) from util-linux.
+fn set_nofile(soft: &str, hard: &str) -> io::Result<()> {
+    let status = Command::new("prlimit")
+        .arg("--pid")
+        .arg(std::process::id().to_string())
+        .arg(format!("--nofile={soft}:{hard}"))
+        .status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::Other,
+            format!("prlimit: {status}"),
+        ))
+    }
+}
+
+fn highest_fd() -> u64 {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+        .max()
+        .unwrap()
+}
+
+/// Opens /dev/null until the table is full.
+fn fill_table() -> Vec<File> {
+    let mut fillers = Vec::new();
+    loop {
+        match File::open("/dev/null") {
+            Ok(f) => fillers.push(f),
+            Err(e) if e.raw_os_error() == Some(libc::EMFILE) => return fillers,
+            Err(e) => panic!("filling the descriptor table: {e}"),
+        }
+        assert!(fillers.len() < 100_000, "the lowered limit did not take");
+    }
+}
+
+#[track_caller]
+fn assert_mentions(e: &io::Error, words: &[&str]) {
+    let msg = e.to_string();
+    for w in words {
+        assert!(msg.contains(w), "the error should mention {w:?}: {msg}");
+    }
+}
+
+#[test]
+fn r1_backend_choice_and_startup_failures_name_their_cause() {
+    log::set_logger(&CAPTURE).unwrap();
+    log::set_max_level(log::LevelFilter::Trace);
+    env::remove_var("CPORT_BACKEND");
+    let uring = common::available(Backend::Uring).is_some();
+
+    // No override: Auto is io_uring where it starts, else epoll.
+    let auto = build(Builder::new()).unwrap();
+    assert_eq!(
+        auto,
+        if uring {
+            Backend::Uring
+        } else {
+            Backend::Epoll
+        }
+    );
+    if uring {
+        assert!(
+            take_lines().iter().all(|(t, _)| t != "cport"),
+            "no fallback line when io_uring starts"
+        );
+    }
+
+    // CPORT_BACKEND=epoll selects epoll for Auto, and only for Auto.
+    env::set_var("CPORT_BACKEND", "epoll");
+    assert_eq!(build(Builder::new()).unwrap(), Backend::Epoll);
+    if uring {
+        assert_eq!(
+            build(Builder::new().backend(Backend::Uring)).unwrap(),
+            Backend::Uring
+        );
+    }
+    env::set_var("CPORT_BACKEND", "uring");
+    match build(Builder::new()) {
+        Ok(b) => assert_eq!(b, Backend::Uring),
+        Err(e) => {
+            assert!(
+                !uring,
+                "CPORT_BACKEND=uring failed although io_uring starts: {e}"
+            );
+            assert_mentions(&e, &["io_uring"]);
+        }
+    }
+
+    // A value that names no backend is an error naming the variable.
+    env::set_var("CPORT_BACKEND", "bogus");
+    let e = build(Builder::new()).unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");
+    assert_mentions(&e, &["CPORT_BACKEND", "bogus"]);
+    assert_eq!(
+        build(Builder::new().backend(Backend::Epoll)).unwrap(),
+        Backend::Epoll
+    );
+    env::remove_var("CPORT_BACKEND");
+
+    // io_uring cannot start with a pool buffer over 4 GiB (its ring entries
+    // hold 32-bit lengths); epoll can. Explicit io_uring says why; Auto
+    // falls back to epoll with one log line naming the reason.
+    let huge = Builder::new().pool(1, (1 << 32) + 1);
+    let e = build(huge.clone().backend(Backend::Uring)).unwrap_err();
+    assert_mentions(&e, &["io_uring"]);
+    if uring {
+        assert_mentions(&e, &["32 bits"]);
+    }
+    take_lines();
+    assert_eq!(build(huge).unwrap(), Backend::Epoll);
+    let lines: Vec<String> = take_lines()
+        .into_iter()
+        .filter(|(t, _)| t == "cport")
+        .map(|(_, m)| m)
+        .collect();
+    assert_eq!(lines.len(), 1, "one log line for the fallback: {lines:?}");
+    assert!(
+        lines[0].contains("io_uring") && lines[0].contains("epoll"),
+        "{}",
+        lines[0]
+    );
+    if uring {
+        assert!(
+            lines[0].contains("32 bits"),
+            "the line names the reason: {}",
+            lines[0]
+        );
+    }
+    println!("fallback line: {}", lines[0]);
+
+    // With the descriptor table full neither backend can start: each says
+    // which backend and why.
+    let (soft, hard) = nofile();
+    let lowered = (highest_fd() + 1 + 16).to_string();
+    if let Err(e) = set_nofile(&lowered, &hard) {
+        println!("skipped the descriptor-exhaustion case: cannot run prlimit(1): {e}");
+        return;
+    }
+    let fillers = fill_table();
+    let epoll = build(Builder::new().backend(Backend::Epoll));
+    let uring_full = build(Builder::new().backend(Backend::Uring));
+    take_lines();
+    let auto_full = build(Builder::new());
+    let fallback = take_lines();
+    drop(fillers);
+    set_nofile(&soft, &hard).expect("restore RLIMIT_NOFILE");
+    assert_eq!(nofile().0, soft);
+
+    let e = epoll.unwrap_err();
+    println!("epoll with the table full: {e}");
+    assert_mentions(&e, &["epoll", "Too many open files"]);
+    let e = uring_full.unwrap_err();
+    println!("io_uring with the table full: {e}");
+    assert_mentions(&e, &["io_uring", "Too many open files"]);
+    let e = auto_full.unwrap_err();
+    assert_mentions(&e, &["epoll", "Too many open files"]);
+    if uring {
+        assert!(
+            fallback
+                .iter()
+                .any(|(t, m)| t == "cport" && m.contains("Too many open files")),
+            "Auto logged why io_uring did not start: {fallback:?}"
+        );
+    }
+}

@@ -1,0 +1,190 @@
+//! SEMANTICS O6 and R3: the receive that pins no buffer while idle
+//! (`recv_pooled`), and what happens when its pool runs dry.
+//!
+//! `common::port` makes a pool of 4 buffers of 1024 bytes, so sixteen
+//! connections receiving at once are four times what the pool holds.
+
+mod common;
+
+use std::io::Write;
+use std::net::{Shutdown, TcpStream};
+use std::thread;
+use std::time::Duration;
+
+use common::{assert_empty, next, pair};
+use cport::{is_aborted, CompletionPort, Handle, OpKind, Payload};
+
+/// The pool geometry `common::port` sets up.
+const POOL_BUFFERS: usize = 4;
+const POOL_SIZE: usize = 1024;
+
+/// The bytes connection `k` sends, distinct per connection and position,
+/// so a byte delivered to the wrong connection or out of order shows.
+fn stream_of(k: usize, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| ((i * 7 + k * 31 + i / 253) % 256) as u8)
+        .collect()
+}
+
+fn pairs(port: &CompletionPort<usize>, n: usize) -> (Vec<Handle>, Vec<TcpStream>) {
+    (0..n).map(|k| pair(port, k as u64)).unzip()
+}
+
+#[track_caller]
+fn pooled_buf(p: Payload) -> Vec<u8> {
+    match p {
+        Payload::Buf(b) => b,
+        p => panic!("a pooled receive that succeeded carries Payload::Buf, got {p:?}"),
+    }
+}
+
+backends! {
+    /// Sixteen idle connections, each with a pending pooled receive, on a
+    /// pool of four buffers: when data arrives every receive completes with
+    /// exactly its connection's bytes, in a pool-sized buffer that is then
+    /// recycled. A receive that pinned a buffer while idle could not all be
+    /// pending at once with four buffers.
+    fn o6_sixteen_idle_pooled_receives_share_four_buffers(backend: Backend) {
+        let port = common::port::<usize>(backend, 4);
+        let n = 4 * POOL_BUFFERS;
+        let len = 600;
+        let (handles, mut peers) = pairs(&port, n);
+        for (k, &h) in handles.iter().enumerate() {
+            port.recv_pooled(h, k).unwrap();
+        }
+        // Idle: nothing completes, however many receives wait.
+        assert_empty(&port);
+        for (k, p) in peers.iter_mut().enumerate() {
+            p.write_all(&stream_of(k, len)).unwrap();
+        }
+        let mut got = vec![Vec::new(); n];
+        let mut done = 0;
+        let mut completions = 0;
+        while done < n {
+            let c = next(&port);
+            completions += 1;
+            assert_eq!(c.kind, OpKind::RecvPooled);
+            let k = c.value;
+            assert_eq!(c.key, k as u64, "the completion carries its handle's key");
+            let bytes = c.result.unwrap_or_else(|e| panic!("connection {k}: {e}"));
+            assert!(bytes > 0, "connection {k} ended early");
+            let buf = pooled_buf(c.payload);
+            assert_eq!(buf.len(), bytes, "the buffer holds exactly the bytes received");
+            assert_eq!(buf.capacity(), POOL_SIZE, "a pool buffer");
+            got[k].extend_from_slice(&buf);
+            assert!(got[k].len() <= len, "connection {k} received more than was sent");
+            port.recycle(buf);
+            if got[k].len() < len {
+                port.recv_pooled(handles[k], k).unwrap();
+            } else {
+                done += 1;
+            }
+        }
+        for (k, g) in got.iter().enumerate() {
+            assert!(*g == stream_of(k, len), "connection {k} received its own bytes, in order");
+        }
+        println!("{backend}: {n} connections took {completions} pooled completions");
+        assert_empty(&port);
+    }
+
+    /// At end of stream a pooled receive completes with 0 bytes and an
+    /// empty buffer; a cancelled one gives back no buffer at all, since it
+    /// never held one.
+    fn o6_pooled_receive_at_eof_is_zero_with_empty_buffer(backend: Backend) {
+        let port = common::port::<usize>(backend, 4);
+        let (h, peer) = pair(&port, 1);
+        let op = port.recv_pooled(h, 1).unwrap();
+        port.cancel(op).unwrap();
+        let c = next(&port);
+        assert_eq!(c.op, Some(op));
+        assert!(is_aborted(&c.result.unwrap_err()));
+        assert!(matches!(c.payload, Payload::None), "no buffer was pinned: {:?}", c.payload);
+
+        port.recv_pooled(h, 2).unwrap();
+        peer.shutdown(Shutdown::Write).unwrap();
+        let c = next(&port);
+        assert_eq!(c.kind, OpKind::RecvPooled);
+        assert_eq!(c.result.unwrap(), 0, "0 bytes means the peer closed");
+        let buf = pooled_buf(c.payload);
+        assert!(buf.is_empty(), "an empty buffer at end of stream, got {} bytes", buf.len());
+        port.recycle(buf);
+        port.recv_pooled(h, 3).unwrap();
+        assert_eq!(next(&port).result.unwrap(), 0, "end of stream stays end of stream");
+        assert_empty(&port);
+    }
+
+    /// Sixteen connections stream 64 KiB each at once into four pool
+    /// buffers, and some received buffers are held back before recycling:
+    /// the pool runs dry again and again. Every receive still completes
+    /// with data (never ENOBUFS), and every stream arrives whole and in
+    /// order, then ends with its FIN.
+    fn r3_dry_pool_pauses_receives_and_never_ends_a_stream(backend: Backend) {
+        let port = common::port::<usize>(backend, 4);
+        let n = 4 * POOL_BUFFERS;
+        let len = 64 * 1024;
+        let (handles, peers) = pairs(&port, n);
+        for (k, &h) in handles.iter().enumerate() {
+            port.recv_pooled(h, k).unwrap();
+        }
+        let writer = thread::spawn(move || {
+            let mut peers = peers;
+            // Interleaved pieces, so all sixteen have data at the same time.
+            for piece in 0..16 {
+                for (k, p) in peers.iter_mut().enumerate() {
+                    let s = stream_of(k, len);
+                    let at = piece * len / 16;
+                    p.write_all(&s[at..at + len / 16]).unwrap();
+                }
+            }
+            for p in &peers {
+                p.shutdown(Shutdown::Write).unwrap();
+            }
+            peers
+        });
+        let mut got: Vec<Vec<u8>> = (0..n).map(|_| Vec::with_capacity(len)).collect();
+        let mut ended = vec![false; n];
+        let mut held = Vec::new();
+        let mut completions = 0;
+        while ended.iter().any(|e| !e) {
+            let c = next(&port);
+            completions += 1;
+            let k = c.value;
+            let bytes = match c.result {
+                Ok(b) => b,
+                Err(e) => panic!(
+                    "connection {k} failed after {} of {len} bytes: {e} \
+                     (a dry pool must pause the receive, not end it)",
+                    got[k].len()
+                ),
+            };
+            let buf = pooled_buf(c.payload);
+            assert_eq!(buf.len(), bytes);
+            if bytes == 0 {
+                assert_eq!(got[k].len(), len, "connection {k} saw its FIN before all its bytes");
+                ended[k] = true;
+                continue;
+            }
+            got[k].extend_from_slice(&buf);
+            // Keep up to eight buffers out of the pool for a while.
+            held.push(buf);
+            if held.len() >= 2 * POOL_BUFFERS {
+                for b in held.drain(..) {
+                    port.recycle(b);
+                }
+            }
+            port.recv_pooled(handles[k], k).unwrap();
+        }
+        for b in held {
+            port.recycle(b);
+        }
+        let _peers = writer.join().unwrap();
+        for (k, g) in got.iter().enumerate() {
+            assert!(*g == stream_of(k, len), "connection {k}: its stream, whole and in order");
+        }
+        println!("{backend}: {n} × {len} bytes in {completions} pooled completions");
+        match port.get(Some(Duration::from_millis(50))) {
+            Err(cport::GetError::Timeout) => {}
+            other => panic!("nothing may follow the last FIN, got {other:?}"),
+        }
+    }
+}
