@@ -578,10 +578,7 @@ impl<T: Send + 'static> CompletionPort<T> {
     /// concurrency rules as I/O completions (SEMANTICS PQ1, PQ2). Fails with
     /// `NotConnected` once the port is closed.
     pub fn post(&self, key: u64, bytes: usize, value: T) -> io::Result<()> {
-        if self.inner.queue.is_closed() {
-            return Err(port_closed());
-        }
-        let mut ready = vec![Completion {
+        let post = Completion {
             key,
             kind: OpKind::Post,
             op: None,
@@ -590,11 +587,14 @@ impl<T: Send + 'static> CompletionPort<T> {
             value,
             payload: Payload::None,
             more: false,
-        }];
+        };
         // A post from a running thread releases a waiter too: unlike an
         // operation's own completion, a post is how threads hand work to
         // each other.
-        self.inner.queue.push(&*self.inner.driver, &mut ready, true);
+        self.inner
+            .queue
+            .push_one(&*self.inner.driver, post)
+            .map_err(|_| port_closed())?;
         Ok(())
     }
 

@@ -37,7 +37,7 @@ use std::mem;
 use std::time::{Duration, Instant};
 
 use crate::completion::GetError;
-use crate::sync::{self, Arc, AtomicBool, Condvar, Mutex, Ordering};
+use crate::sync::{self, Arc, AtomicBool, AtomicUsize, Condvar, Mutex, Ordering};
 
 /// The kernel side of the port, as the queue sees it.
 pub(crate) trait Reactor<E> {
@@ -91,6 +91,11 @@ struct State<E> {
 pub(crate) struct Queue<E> {
     concurrency: usize,
     state: Mutex<State<E>>,
+    /// `state.items.len()`, stored under the lock, read without it by a
+    /// thread spinning before it sleeps.
+    queued: AtomicUsize,
+    /// `state.closed`, readable without the lock (every issue checks it).
+    closed: AtomicBool,
 }
 
 impl<E> Queue<E> {
@@ -107,6 +112,8 @@ impl<E> Queue<E> {
                 closed: false,
                 spare: Vec::new(),
             }),
+            queued: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
         }
     }
 
@@ -132,6 +139,7 @@ impl<E> Queue<E> {
         let max = max.max(1);
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut flushed = false;
+        let mut spun = timeout == Some(Duration::ZERO);
         let mut st = sync::lock(&self.state);
         if returning {
             st.running -= 1;
@@ -143,6 +151,7 @@ impl<E> Queue<E> {
             if !st.items.is_empty() && st.running < self.concurrency {
                 let n = max.min(st.items.len());
                 out.extend(st.items.drain(..n));
+                self.queued.store(st.items.len(), Ordering::Relaxed);
                 st.running += 1;
                 let wake = self.rebalance(&mut st);
                 drop(st);
@@ -150,6 +159,19 @@ impl<E> Queue<E> {
                     reactor.wake();
                 }
                 return Ok(());
+            }
+            if st.items.is_empty() && !spun {
+                // Before sleeping (in the kernel or on a condvar), watch the
+                // queue for a moment: a post or completion from a thread
+                // that is running is then taken without a wake-up system
+                // call on either side, which is what makes a cross-thread
+                // hand-off as cheap as a channel's. Bounded to a few
+                // microseconds, and yields to the thread that may post.
+                spun = true;
+                drop(st);
+                spin_until(|| self.queued.load(Ordering::Relaxed) > 0);
+                st = sync::lock(&self.state);
+                continue;
             }
             if st.items.is_empty() && st.leader == Leader::Idle {
                 // Lead: poll the kernel ourselves.
@@ -164,6 +186,7 @@ impl<E> Queue<E> {
                 st = sync::lock(&self.state);
                 st.leader = Leader::Idle;
                 st.items.extend(batch.drain(..));
+                self.queued.store(st.items.len(), Ordering::Relaxed);
                 st.spare = batch;
                 if st.items.is_empty() && expired(deadline) {
                     return self.leave_empty(st, reactor, GetError::Timeout);
@@ -239,11 +262,29 @@ impl<E> Queue<E> {
             return;
         }
         st.items.extend(items.drain(..));
+        self.queued.store(st.items.len(), Ordering::Relaxed);
         let wake = release && self.rebalance(&mut st);
         drop(st);
         if wake {
             reactor.wake();
         }
+    }
+
+    /// Queues one item and releases a waiter for it (a post). Gives the
+    /// item back if the queue is closed.
+    pub(crate) fn push_one<R: Reactor<E> + ?Sized>(&self, reactor: &R, item: E) -> Result<(), E> {
+        let mut st = sync::lock(&self.state);
+        if st.closed {
+            return Err(item);
+        }
+        st.items.push_back(item);
+        self.queued.store(st.items.len(), Ordering::Relaxed);
+        let wake = self.rebalance(&mut st);
+        drop(st);
+        if wake {
+            reactor.wake();
+        }
+        Ok(())
     }
 
     /// A running thread stops running without coming back through `get`:
@@ -271,6 +312,7 @@ impl<E> Queue<E> {
     pub(crate) fn close<R: Reactor<E> + ?Sized>(&self, reactor: &R) -> Vec<E> {
         let mut st = sync::lock(&self.state);
         st.closed = true;
+        self.closed.store(true, Ordering::Release);
         let waiters = mem::take(&mut st.waiters);
         for w in &waiters {
             w.notified.store(true, Ordering::Relaxed);
@@ -279,6 +321,7 @@ impl<E> Queue<E> {
         st.woken += waiters.len();
         let polling = st.leader != Leader::Idle;
         let items = st.items.drain(..).collect();
+        self.queued.store(0, Ordering::Relaxed);
         drop(st);
         if polling {
             reactor.wake();
@@ -287,7 +330,7 @@ impl<E> Queue<E> {
     }
 
     pub(crate) fn is_closed(&self) -> bool {
-        sync::lock(&self.state).closed
+        self.closed.load(Ordering::Acquire)
     }
 
     /// Restores the invariants after any change: queued items that a thread
@@ -367,6 +410,30 @@ pub struct QueueStats {
     pub waiting: usize,
     /// Threads that dequeued a completion and have not come back (C1).
     pub running: usize,
+}
+
+/// Spins, then yields, until `ready` holds or about as long as a
+/// sleep-and-wake would have cost (crossbeam's backoff: 2^0..2^6 spins, then
+/// a few yields). Under loom it returns at once: the model explores the
+/// blocking protocol, and a spin would only multiply its states.
+fn spin_until(ready: impl Fn() -> bool) {
+    if cfg!(loom) {
+        return;
+    }
+    for step in 0..7 {
+        for _ in 0..1u32 << step {
+            std::hint::spin_loop();
+        }
+        if ready() {
+            return;
+        }
+    }
+    for _ in 0..4 {
+        std::thread::yield_now();
+        if ready() {
+            return;
+        }
+    }
 }
 
 fn remaining(deadline: Option<Instant>) -> Option<Duration> {
