@@ -6,6 +6,7 @@ use std::error::Error;
 use std::fmt;
 use std::io;
 use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 
@@ -27,6 +28,9 @@ pub struct Workers<T> {
     port: CompletionPort<T>,
     threads: Vec<JoinHandle<()>>,
     panics: Arc<Mutex<Vec<String>>>,
+    /// Workers that have not ended: `stop` posts one quit packet each, so
+    /// that none is left queued to stop a later pool on the same port.
+    live: Arc<AtomicUsize>,
 }
 
 impl<T> fmt::Debug for Workers<T> {
@@ -50,19 +54,29 @@ impl<T: Send + 'static> Workers<T> {
         };
         let handler = Arc::new(handler);
         let panics = Arc::new(Mutex::new(Vec::new()));
+        let live = Arc::new(AtomicUsize::new(0));
         let mut pool = Workers {
             port: port.clone(),
             threads: Vec::with_capacity(threads),
             panics: panics.clone(),
+            live: live.clone(),
         };
         for i in 0..threads {
             let port = port.clone();
             let handler = handler.clone();
             let panics = panics.clone();
-            let t = thread::Builder::new()
+            let live = live.clone();
+            pool.live.fetch_add(1, Ordering::SeqCst);
+            let spawned = thread::Builder::new()
                 .name(format!("cport-worker-{i}"))
-                .spawn(move || work(&port, &*handler, &panics))?;
-            pool.threads.push(t);
+                .spawn(move || work(&port, &*handler, &panics, &live));
+            match spawned {
+                Ok(t) => pool.threads.push(t),
+                Err(e) => {
+                    pool.live.fetch_sub(1, Ordering::SeqCst);
+                    return Err(e);
+                }
+            }
         }
         Ok(pool)
     }
@@ -77,14 +91,16 @@ impl<T: Send + 'static> Workers<T> {
         self.threads.is_empty()
     }
 
-    /// Posts one quit packet per worker (each carrying a clone of `quit`)
-    /// and waits for every worker to end. Completions queued before the
-    /// quit packets are handled first (SEMANTICS Q3 for each worker).
+    /// Posts one quit packet per worker still running (each carrying a
+    /// clone of `quit`) and waits for every worker to end. Completions
+    /// queued before the quit packets are handled first (SEMANTICS Q3 for
+    /// each worker). Workers that already ended (a panic, a quit packet
+    /// posted elsewhere) get none, so no packet is left queued behind.
     pub fn stop(self, quit: T) -> Result<(), WorkerPanic>
     where
         T: Clone,
     {
-        for _ in 0..self.threads.len() {
+        for _ in 0..self.live.load(Ordering::SeqCst) {
             // A closed port has already stopped the workers.
             if self.port.post(QUIT_KEY, 0, quit.clone()).is_err() {
                 break;
@@ -115,8 +131,12 @@ impl<T: Send + 'static> Workers<T> {
     }
 }
 
-fn work<T: Send + 'static, F>(port: &CompletionPort<T>, handler: &F, panics: &Mutex<Vec<String>>)
-where
+fn work<T: Send + 'static, F>(
+    port: &CompletionPort<T>,
+    handler: &F,
+    panics: &Mutex<Vec<String>>,
+    live: &AtomicUsize,
+) where
     F: Fn(&CompletionPort<T>, Completion<T>),
 {
     loop {
@@ -134,6 +154,9 @@ where
             Err(GetError::Timeout) => {}
         }
     }
+    // Counted out before the slot is given up: whoever sees this thread
+    // stop running also sees it gone from the count `stop` reads.
+    live.fetch_sub(1, Ordering::SeqCst);
     port.leave();
 }
 

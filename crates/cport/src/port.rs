@@ -70,6 +70,7 @@ pub struct Builder {
     entries: u32,
     pool_buffers: u16,
     pool_buffer_size: usize,
+    batch_submissions: bool,
 }
 
 /// What a backend is built from.
@@ -91,6 +92,7 @@ impl Default for Builder {
             entries: 1024,
             pool_buffers: 512,
             pool_buffer_size: 4096,
+            batch_submissions: false,
         }
     }
 }
@@ -131,6 +133,24 @@ impl Builder {
         self
     }
 
+    /// Batches submissions (default off): an operation issued by a thread
+    /// while it runs a completion of this port is not handed to the kernel
+    /// at once but together with the others that thread issues, when it
+    /// comes back to [`get`](CompletionPort::get), enters
+    /// [`blocking`](CompletionPort::blocking), or exits — one
+    /// `io_uring_enter` for many operations instead of one each.
+    ///
+    /// The price: until then such an operation has not started. A handler
+    /// that issues a send and then waits, outside the port and outside
+    /// `blocking`, for something that send causes waits forever. Turn it on
+    /// for handlers that return promptly (an echo server's do). Operations
+    /// issued by threads not running on the port always start at once.
+    /// The epoll backend performs operations at issue and ignores this.
+    pub fn batch_submissions(mut self, on: bool) -> Builder {
+        self.batch_submissions = on;
+        self
+    }
+
     /// Creates the port (CreateIoCompletionPort with no handle).
     ///
     /// With [`Backend::Auto`], `CPORT_BACKEND` is read first; then io_uring
@@ -168,6 +188,7 @@ impl Builder {
             inner: Arc::new(Inner {
                 id: config.port_id,
                 queue: Queue::new(concurrency),
+                batch: self.batch_submissions,
                 driver,
             }),
         })
@@ -226,6 +247,8 @@ pub struct CompletionPort<T = ()> {
 struct Inner<T> {
     id: u32,
     queue: Queue<Completion<T>>,
+    /// [`Builder::batch_submissions`].
+    batch: bool,
     driver: Box<dyn Driver<T>>,
 }
 
@@ -714,7 +737,7 @@ impl<T: Send + 'static> CompletionPort<T> {
             op,
             value,
             Opts {
-                defer: running,
+                defer: running && self.inner.batch,
                 multishot,
             },
             &mut ready,

@@ -56,6 +56,11 @@ pub(crate) trait Reactor<E> {
     fn wake(&self);
 }
 
+/// While the queue never runs empty nobody polls the kernel; after this
+/// many items are taken, the next taker looks first (tokio's event
+/// interval has the same purpose and size).
+const POLL_EVERY: usize = 61;
+
 /// One thread blocked as a follower.
 struct Waiter {
     cv: Condvar,
@@ -83,6 +88,8 @@ struct State<E> {
     /// item never releases two threads.
     woken: usize,
     leader: Leader,
+    /// Items taken since the kernel was last polled (see `POLL_EVERY`).
+    since_poll: usize,
     closed: bool,
     /// The leader's batch vector, kept to avoid an allocation per poll.
     spare: Vec<E>,
@@ -109,6 +116,7 @@ impl<E> Queue<E> {
                 running: 0,
                 woken: 0,
                 leader: Leader::Idle,
+                since_poll: 0,
                 closed: false,
                 spare: Vec::new(),
             }),
@@ -148,10 +156,25 @@ impl<E> Queue<E> {
             if st.closed {
                 return Err(GetError::Closed);
             }
-            if !st.items.is_empty() && st.running < self.concurrency {
-                let n = max.min(st.items.len());
+            // Items promised to released followers (`woken`) are theirs
+            // (Q2: the most recent waiter gets the next item, not whichever
+            // thread reaches the lock first); take only what is left.
+            if st.items.len() > st.woken && st.running < self.concurrency {
+                if st.leader == Leader::Idle && st.since_poll >= POLL_EVERY {
+                    // The queue has not been empty for a while, so nobody
+                    // has polled the kernel: look once, without waiting, so
+                    // that a stream of posts or of completions made at issue
+                    // cannot starve I/O completions waiting in the kernel.
+                    st = self.poll(st, reactor, Some(Duration::ZERO));
+                    if st.closed {
+                        return Err(GetError::Closed);
+                    }
+                    continue;
+                }
+                let n = max.min(st.items.len() - st.woken);
                 out.extend(st.items.drain(..n));
                 self.queued.store(st.items.len(), Ordering::Relaxed);
+                st.since_poll += n;
                 st.running += 1;
                 let wake = self.rebalance(&mut st);
                 drop(st);
@@ -175,19 +198,12 @@ impl<E> Queue<E> {
             }
             if st.items.is_empty() && st.leader == Leader::Idle {
                 // Lead: poll the kernel ourselves.
-                st.leader = Leader::Polling;
-                let mut batch = mem::take(&mut st.spare);
-                drop(st);
-                let lead = Lead(self);
-                reactor.wait(remaining(deadline), &mut batch);
-                mem::forget(lead);
+                st = self.poll(st, reactor, remaining(deadline));
                 // A thread that polls has submitted what it deferred.
                 flushed = true;
-                st = sync::lock(&self.state);
-                st.leader = Leader::Idle;
-                st.items.extend(batch.drain(..));
-                self.queued.store(st.items.len(), Ordering::Relaxed);
-                st.spare = batch;
+                if st.closed {
+                    return Err(GetError::Closed);
+                }
                 if st.items.is_empty() && expired(deadline) {
                     return self.leave_empty(st, reactor, GetError::Timeout);
                 }
@@ -219,6 +235,37 @@ impl<E> Queue<E> {
                 st.waiters.remove(i);
             }
         }
+    }
+
+    /// Polls the kernel as the leader, for at most `timeout`, and queues
+    /// what it reaped. Called with the leader role idle; returns with the
+    /// state locked again and the role idle. On a queue closed meanwhile,
+    /// the reaped completions are dropped (outside the lock: they may own
+    /// descriptors), never queued where nobody will take them.
+    fn poll<'a, R: Reactor<E> + ?Sized>(
+        &'a self,
+        mut st: sync::MutexGuard<'a, State<E>>,
+        reactor: &R,
+        timeout: Option<Duration>,
+    ) -> sync::MutexGuard<'a, State<E>> {
+        st.leader = Leader::Polling;
+        let mut batch = mem::take(&mut st.spare);
+        drop(st);
+        let lead = Lead(self);
+        reactor.wait(timeout, &mut batch);
+        mem::forget(lead);
+        let mut st = sync::lock(&self.state);
+        st.leader = Leader::Idle;
+        st.since_poll = 0;
+        if st.closed {
+            drop(st);
+            drop(batch);
+            return sync::lock(&self.state);
+        }
+        st.items.extend(batch.drain(..));
+        self.queued.store(st.items.len(), Ordering::Relaxed);
+        st.spare = batch;
+        st
     }
 
     /// Returns from `get` with nothing dequeued; keeps the leader role

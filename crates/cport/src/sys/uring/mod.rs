@@ -166,6 +166,8 @@ const CANCEL: u64 = u64::MAX - 1;
 
 /// How long `Drop` waits for cancelled operations before leaking them.
 const DROP_BOUND: Duration = Duration::from_secs(5);
+/// How long `close_port` reaps the operations it cancelled.
+const CLOSE_BOUND: Duration = Duration::from_secs(1);
 
 /// A handle: the descriptor it owns and its pending operations.
 struct HandleEntry {
@@ -827,9 +829,12 @@ impl<T> Driver<T> {
         // This enter submits every SQE published before the swap (acquire
         // pairs with `push`), so their counts are taken; a push counted after
         // the swap is submitted by its own thread.
-        self.unsubmitted.swap(0, Ordering::AcqRel);
+        let deferred = self.unsubmitted.swap(0, Ordering::AcqRel);
         let submitter = self.ring.submitter();
         let r = match timeout {
+            // A look with nothing to submit needs no system call: CQEs are
+            // posted to the shared ring by the kernel on its own.
+            Some(d) if d.is_zero() && deferred == 0 => Ok(0),
             Some(d) if d.is_zero() => submitter.submit(),
             // Beyond a year is "forever"; it also keeps tv_sec in range.
             Some(d) if d < Duration::from_secs(365 * 24 * 3600) => {
@@ -893,6 +898,19 @@ impl<T> Driver<T> {
         drop(dropped);
         self.submit_pending();
         self.wake_inner();
+        // Nobody reaps once the queue is closed (`get` returns at once), so
+        // the cancelled operations are reaped here, or their values, buffers
+        // and accepted connections would live as long as any clone of the
+        // port (SEMANTICS Q6). Reaping is under the state lock, so a leader
+        // still inside `wait` at the same time is harmless. Bounded: a
+        // request the kernel cannot cancel (a regular-file read under way)
+        // is left to the port's drop.
+        let deadline = Instant::now() + CLOSE_BOUND;
+        let mut out = Vec::new();
+        while Self::in_flight(&self.lock()) > 0 && Instant::now() < deadline {
+            self.wait_inner(Some(Duration::from_millis(10)), &mut out);
+            out.clear();
+        }
     }
 }
 
