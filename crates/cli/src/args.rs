@@ -1,0 +1,236 @@
+//! The command line: what each subcommand accepts. Parsing only; the work
+//! lives in `serve`, `client` and `load`.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// The tutorials' IOCP echo server, its client, and a load generator.
+#[derive(Parser, Debug)]
+#[command(name = "cport", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Log more: -v shows connects and disconnects (info), -vv debug.
+    /// `RUST_LOG` overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// TCP and UDP echo server on a completion port.
+    Serve(ServeArgs),
+    /// Talks to an echo server: interactive on a terminal, stdin to stdout
+    /// otherwise.
+    Client(ClientArgs),
+    /// Loads an echo server and checks every echoed byte.
+    Load(LoadArgs),
+}
+
+/// `--backend`: which kernel mechanism the port runs on.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendArg {
+    /// io_uring where the kernel allows it, else epoll (`CPORT_BACKEND`
+    /// overrides).
+    Auto,
+    /// io_uring only.
+    Uring,
+    /// epoll only.
+    Epoll,
+}
+
+impl BackendArg {
+    pub fn to_backend(self) -> cport::Backend {
+        match self {
+            BackendArg::Auto => cport::Backend::Auto,
+            BackendArg::Uring => cport::Backend::Uring,
+            BackendArg::Epoll => cport::Backend::Epoll,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Port for TCP and UDP (0: any free port; the first line of output
+    /// names it).
+    #[arg(short, long, default_value_t = 9000)]
+    pub port: u16,
+
+    /// Address to listen on. The default serves this machine only: an open
+    /// UDP echo is a traffic reflector, so widening it is a choice.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub bind: IpAddr,
+
+    /// Do not serve TCP.
+    #[arg(long)]
+    pub no_tcp: bool,
+
+    /// Do not serve UDP.
+    #[arg(long)]
+    pub no_udp: bool,
+
+    /// Worker threads dequeuing completions (default: 2 × CPUs, as the
+    /// tutorials advise).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub workers: Option<u32>,
+
+    /// Threads allowed to run completions at once, the port's concurrency
+    /// value (default: number of CPUs).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub concurrency: Option<u32>,
+
+    /// Kernel mechanism of the port.
+    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
+    pub backend: BackendArg,
+
+    /// Print the data received, as the tutorials' server does.
+    #[arg(long)]
+    pub print: bool,
+
+    /// Print one line a second: connections, completions/s, bytes/s.
+    #[arg(long)]
+    pub stats: bool,
+
+    /// Refuse connections beyond this many open ones (closed at once).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_conns: Option<u64>,
+
+    /// Close a connection that has had no completed I/O for this long
+    /// (e.g. 30s, 500ms, 2m; a bare number is seconds).
+    #[arg(long, value_parser = parse_duration)]
+    pub idle_timeout: Option<Duration>,
+
+    /// On Ctrl-C or SIGTERM, how long to let connections finish their echo
+    /// before closing them anyway.
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub shutdown_timeout: Duration,
+
+    /// Size of each receive buffer in the port's pool (bytes).
+    #[arg(long, default_value_t = 16 * 1024, value_parser = clap::value_parser!(u32).range(64..=(1 << 20)))]
+    pub buffer_size: u32,
+}
+
+#[derive(Args, Debug)]
+pub struct ClientArgs {
+    /// The server, as HOST:PORT.
+    pub addr: String,
+
+    /// Use UDP: each line is one datagram.
+    #[arg(long)]
+    pub udp: bool,
+
+    /// Prompt for messages even when stdin is not a terminal.
+    #[arg(short, long)]
+    pub interactive: bool,
+
+    /// How long to wait for the connection (and, with --udp, for each
+    /// reply).
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub timeout: Duration,
+}
+
+#[derive(Args, Debug)]
+pub struct LoadArgs {
+    /// The server, as HOST:PORT.
+    #[arg(default_value = "127.0.0.1:9000")]
+    pub addr: String,
+
+    /// TCP connections.
+    #[arg(short, long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub conns: u32,
+
+    /// Bytes per message.
+    #[arg(short, long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=(64 << 20)))]
+    pub size: u32,
+
+    /// Messages in flight per connection.
+    #[arg(short, long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub depth: u32,
+
+    /// How long to measure, after the warm-up.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub duration: Duration,
+
+    /// How long to run before measuring.
+    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    pub warmup: Duration,
+
+    /// Total messages per second across all connections (default: as fast
+    /// as the server answers). Latency is then measured from each message's
+    /// scheduled time, so a stalled server is not hidden.
+    #[arg(long, value_parser = parse_rate)]
+    pub rate: Option<f64>,
+
+    /// Client threads (default: number of CPUs, at most one per connection).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub threads: Option<u32>,
+
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `30s`, `500ms`, `2m`, `1.5` (seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 30s, 500ms, 2m)"))?;
+    let scale = match unit {
+        "ms" => 1e-3,
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?} in {s:?} (use ms, s, m or h)"
+            ));
+        }
+    };
+    let secs = n * scale;
+    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
+        return Err(format!("{s:?} is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    let r: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of messages per second"))?;
+    if r.is_finite() && r > 0.0 {
+        Ok(r)
+    } else {
+        Err("the rate must be a positive number of messages per second".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_units_and_bare_seconds() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("3 days").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}
