@@ -5,6 +5,7 @@ use std::env;
 use std::fmt;
 use std::io;
 use std::net::{Shutdown, SocketAddr};
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -270,11 +271,29 @@ impl<T> fmt::Debug for CompletionPort<T> {
     }
 }
 
+impl<T> Inner<T> {
+    /// Closes the queue and the backend, dropping what was queued and what
+    /// was in flight. Those drops run user code (each value's `Drop`); a
+    /// panic in it is logged, not propagated: this runs inside the port's
+    /// own drop, where a panic during another unwind aborts the process,
+    /// and the backend must get to the end of its close either way.
+    fn close(&self) {
+        let queued = self.queue.close(&*self.driver);
+        let r = panic::catch_unwind(AssertUnwindSafe(|| drop(queued)));
+        let r2 = panic::catch_unwind(AssertUnwindSafe(|| self.driver.close_port()));
+        if r.is_err() || r2.is_err() {
+            log::error!(
+                target: "cport",
+                "a per-operation value panicked while the port closed; what was left in flight \
+                 is released when the port is dropped"
+            );
+        }
+    }
+}
+
 impl<T> Drop for Inner<T> {
     fn drop(&mut self) {
-        let queued = self.queue.close(&*self.driver);
-        drop(queued);
-        self.driver.close_port();
+        self.close();
     }
 }
 
@@ -694,9 +713,7 @@ impl<T: Send + 'static> CompletionPort<T> {
     /// cancelled and their completions dropped with their buffers; new
     /// operations and posts are refused.
     pub fn close_port(&self) {
-        let queued = self.inner.queue.close(&*self.inner.driver);
-        drop(queued);
-        self.inner.driver.close_port();
+        self.inner.close();
     }
 
     /// How many completions are queued, threads waiting, threads running.

@@ -498,4 +498,32 @@ backends! {
         assert_eq!(port.stats().queued, 0);
         a.exit();
     }
+
+    fn q6_close_port_survives_a_value_whose_drop_panics(backend: Backend) {
+        // close_port runs users' Drop for what was in flight; a panic there
+        // must not escape (it runs inside the port's own drop, where a
+        // second panic aborts), and the port must still end up closed.
+        struct Bomb(Arc<AtomicUsize>);
+        impl Drop for Bomb {
+            fn drop(&mut self) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+                if !thread::panicking() {
+                    panic!("a per-operation value's Drop panicked");
+                }
+            }
+        }
+        let drops = Arc::new(AtomicUsize::new(0));
+        let port = common::port::<Bomb>(backend, 1);
+        let (h, _peer) = common::pair(&port, 1);
+        let (h2, _peer2) = common::pair(&port, 2);
+        port.recv(h, Vec::with_capacity(8), Bomb(drops.clone()))
+            .unwrap_or_else(|_| panic!("recv refused"));
+        port.recv(h2, Vec::with_capacity(8), Bomb(drops.clone()))
+            .unwrap_or_else(|_| panic!("recv refused"));
+        port.close_port();
+        assert!(port.is_closed());
+        assert!(matches!(port.get(Some(Duration::ZERO)), Err(GetError::Closed)));
+        drop(port);
+        assert!(drops.load(Ordering::SeqCst) >= 1, "close or drop ran the values' Drop");
+    }
 }

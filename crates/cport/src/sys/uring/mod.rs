@@ -21,7 +21,8 @@
 //!   thread may be asleep on the queue's condvar; without `COOP_TASKRUN`
 //!   the kernel interrupts it to run the work, with it the completion would
 //!   wait until that thread happens to enter the kernel.
-//! * **Deferred submission** (`Opts::defer`). A thread that runs a
+//! * **Deferred submission** (`Opts::defer`, only with
+//!   `Builder::batch_submissions`, off by default). A thread that runs a
 //!   completion and will come back to `get` only pushes; an atomic counts
 //!   unsubmitted SQEs, and `Reactor::flush` (called by the queue before a
 //!   thread sleeps or stops running) or the leader's next `wait` submits
@@ -93,10 +94,15 @@
 //!   operation by user_data (precise even when two handles share one open
 //!   file, which cancel-by-fd is not), and closes the descriptor when the
 //!   last of them has completed, so no request can reference a closed (or
-//!   reused) descriptor and the peer sees FIN as soon as the cancellations
-//!   are reaped (LESSONS 2: close(2) alone cancels nothing on io_uring).
-//!   The close happens when the leader reaps those CQEs, which it does as
-//!   soon as they arrive if a thread is waiting on the port.
+//!   reused) descriptor (LESSONS 2: close(2) alone cancels nothing on
+//!   io_uring). The close happens when the leader reaps those CQEs, which
+//!   it does as soon as they arrive if a thread is waiting on the port; a
+//!   TCP stream is shut down inside `close`, after its cancellations went
+//!   in, so the peer sees FIN at once either way.
+//! * **Q6** `close_port` cancels everything (`ASYNC_CANCEL_ANY`) and reaps
+//!   the cancellations itself for up to 1 s, since no `get` reaps on a
+//!   closed port: values, buffers and accepted connections of the
+//!   operations in flight are dropped there, not when the last clone goes.
 //! * **X3** Dropping the driver cancels everything (`ASYNC_CANCEL_ANY`)
 //!   and reaps until no operation is in flight (at most 5 s); each reaped
 //!   operation's state is freed as its final CQE arrives, as usual. Then the
