@@ -441,7 +441,12 @@ pub struct EchoServer {
 impl EchoServer {
     /// Binds 127.0.0.1 on a free port and starts `threads` workers.
     pub fn start(backend: Backend, threads: usize) -> io::Result<EchoServer> {
-        let port = port(backend)?;
+        // Its handlers issue the next operation and return at once, as
+        // `cport serve`'s do: batching their submissions is safe here.
+        let port = cport::Builder::new()
+            .backend(backend)
+            .batch_submissions(true)
+            .build()?;
         let listener = TcpListener::bind("127.0.0.1:0")?;
         let addr = listener.local_addr()?;
         let lh = port.associate(listener, u64::MAX - 1)?;
