@@ -103,6 +103,8 @@ pub(crate) struct Queue<E> {
     queued: AtomicUsize,
     /// `state.closed`, readable without the lock (every issue checks it).
     closed: AtomicBool,
+    /// Whether spinning before sleeping has been finding work lately.
+    spin: Spin,
 }
 
 impl<E> Queue<E> {
@@ -122,6 +124,7 @@ impl<E> Queue<E> {
             }),
             queued: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
+            spin: Spin::default(),
         }
     }
 
@@ -190,11 +193,16 @@ impl<E> Queue<E> {
                 // call on either side, which is what makes a cross-thread
                 // hand-off as cheap as a channel's. Bounded to a few
                 // microseconds, and yields to the thread that may post.
+                // Only while spinning pays off here (see `Spin`): on a port
+                // fed by the kernel alone it would be pure cost.
                 spun = true;
-                drop(st);
-                spin_until(|| self.queued.load(Ordering::Relaxed) > 0);
-                st = sync::lock(&self.state);
-                continue;
+                if self.spin.should_spin() {
+                    drop(st);
+                    let hit = spin_until(|| self.queued.load(Ordering::Relaxed) > 0);
+                    self.spin.record(hit);
+                    st = sync::lock(&self.state);
+                    continue;
+                }
             }
             if st.items.is_empty() && st.leader == Leader::Idle {
                 // Lead: poll the kernel ourselves.
@@ -459,28 +467,67 @@ pub struct QueueStats {
     pub running: usize,
 }
 
+/// Adapts spinning to the port. Where posts or completions pushed by
+/// running threads arrive while a thread spins (a hand-off between
+/// threads), every `get` spins. Where they never do (a server whose work
+/// all comes from the kernel), each miss costs CPU and, for the yields,
+/// system calls for nothing: after `MISSES` misses in a row only one `get`
+/// in `PROBE` spins, to notice when that changes. Plain atomics, outside
+/// loom's model: races between threads only make the guess a little worse.
+#[derive(Default)]
+struct Spin {
+    /// Consecutive misses, counting on past `MISSES` as probes go by.
+    misses: std::sync::atomic::AtomicUsize,
+}
+
+impl Spin {
+    const MISSES: usize = 4;
+    const PROBE: usize = 32;
+
+    fn should_spin(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        if cfg!(loom) {
+            return false;
+        }
+        let m = self.misses.load(Relaxed);
+        if m < Self::MISSES {
+            return true;
+        }
+        // Past the limit every skipped spin counts, so that one in PROBE
+        // gets tries again.
+        let n = self.misses.fetch_add(1, Relaxed) + 1;
+        n % Self::PROBE == 0
+    }
+
+    fn record(&self, hit: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if hit {
+            self.misses.store(0, Relaxed);
+        } else {
+            self.misses.fetch_add(1, Relaxed);
+        }
+    }
+}
+
 /// Spins, then yields, until `ready` holds or about as long as a
 /// sleep-and-wake would have cost (crossbeam's backoff: 2^0..2^6 spins, then
-/// a few yields). Under loom it returns at once: the model explores the
-/// blocking protocol, and a spin would only multiply its states.
-fn spin_until(ready: impl Fn() -> bool) {
-    if cfg!(loom) {
-        return;
-    }
+/// a few yields). Returns whether `ready` came to hold.
+fn spin_until(ready: impl Fn() -> bool) -> bool {
     for step in 0..7 {
         for _ in 0..1u32 << step {
             std::hint::spin_loop();
         }
         if ready() {
-            return;
+            return true;
         }
     }
     for _ in 0..4 {
         std::thread::yield_now();
         if ready() {
-            return;
+            return true;
         }
     }
+    false
 }
 
 fn remaining(deadline: Option<Instant>) -> Option<Duration> {

@@ -382,3 +382,20 @@ fn a_poll_that_panics_hands_the_leader_role_on() {
     assert_eq!(q.get(&reactor, false, 1, Some(LIMIT), &mut out), Ok(()));
     assert_eq!(out, vec![7]);
 }
+
+#[test]
+fn spinning_stops_where_it_never_finds_work_and_resumes_where_it_does() {
+    let spin = super::Spin::default();
+    for _ in 0..super::Spin::MISSES {
+        assert!(spin.should_spin());
+        spin.record(false);
+    }
+    // Now only probes spin: one get in PROBE.
+    let spins = (0..super::Spin::PROBE * 4)
+        .filter(|_| spin.should_spin())
+        .count();
+    assert_eq!(spins, 4);
+    // A probe that finds work brings spinning back for every get.
+    spin.record(true);
+    assert!((0..10).all(|_| spin.should_spin()));
+}
