@@ -20,10 +20,10 @@ use std::time::{Duration, Instant};
 
 use cport::Backend;
 use cport_bench::{
-    ChannelPingPong, CondvarPingPong, PingPong, channel_same_thread, port, post_get_same_thread,
-    usable_backends,
+    channel_same_thread, port, post_get_same_thread, usable_backends, ChannelPingPong,
+    CondvarPingPong, PingPong,
 };
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 fn label(b: Backend) -> String {
     format!("cport-{b}")

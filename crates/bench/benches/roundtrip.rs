@@ -21,8 +21,8 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use cport::Backend;
-use cport_bench::{EchoClient, EchoServer, STALL, usable_backends};
-use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
+use cport_bench::{usable_backends, EchoClient, EchoServer, STALL};
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 
 /// Server threads of the cport echo server: one, so that the 2-core
 /// machine has a core for the client and one for the server.

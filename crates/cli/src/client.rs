@@ -10,10 +10,10 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{anyhow, bail, Context};
 
-use crate::Usage;
 use crate::args::ClientArgs;
+use crate::Usage;
 
 /// The largest payload of one UDP datagram over IPv4.
 const MAX_DATAGRAM: usize = 65_507;

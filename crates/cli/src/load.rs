@@ -15,12 +15,12 @@
 use std::collections::VecDeque;
 use std::io::{self, IsTerminal, Read, Write};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{anyhow, bail, Context};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mio::net::TcpStream;
@@ -428,10 +428,11 @@ fn drive(
         let timeout = wake
             .saturating_duration_since(now)
             .min(Duration::from_millis(100));
-        if let Err(e) = poll.poll(&mut events, Some(timeout))
-            && e.kind() != io::ErrorKind::Interrupted
-        {
-            return Err(anyhow!(e).context("epoll_wait"));
+        match poll.poll(&mut events, Some(timeout)) {
+            Err(e) if e.kind() != io::ErrorKind::Interrupted => {
+                return Err(anyhow!(e).context("epoll_wait"));
+            }
+            _ => {}
         }
         for ev in events.iter() {
             let c = &mut conns[ev.token().0];

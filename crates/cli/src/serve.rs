@@ -30,13 +30,13 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
-use cport::{Completion, CompletionPort, Handle, OpId, OpKind, Payload, Workers, is_aborted};
+use anyhow::{bail, Context};
+use cport::{is_aborted, Completion, CompletionPort, Handle, OpId, OpKind, Payload, Workers};
 use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{debug, info, warn};
 
-use crate::Usage;
 use crate::args::ServeArgs;
+use crate::Usage;
 
 /// Listen backlog. Linux caps it at `net.core.somaxconn` (4096 by default
 /// since 5.4); with the old default of 128, 500 simultaneous connects
@@ -275,8 +275,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let pool = Workers::spawn(&port, workers, handler).context("cannot start worker threads")?;
 
-    if let Some(l) = server.listener
-        && let Err(r) = port.accept_multi(l, Tag::Accept(0))
+    if let Some(Err(r)) = server
+        .listener
+        .map(|l| port.accept_multi(l, Tag::Accept(0)))
     {
         bail!("cannot start accepting: {}", r.error);
     }
@@ -738,14 +739,11 @@ impl Server {
                         .0;
                 }
             };
-            if rearm
-                && let Some(l) = self.listener
-                && let Err(r) = self.port.accept_multi(
-                    l,
-                    Tag::Accept(self.accept_epoch.fetch_add(1, Ordering::Relaxed) + 1),
-                )
-            {
-                warn!("cannot re-arm accept: {}", r.error);
+            if let (true, Some(l)) = (rearm, self.listener) {
+                let epoch = self.accept_epoch.fetch_add(1, Ordering::Relaxed) + 1;
+                if let Err(r) = self.port.accept_multi(l, Tag::Accept(epoch)) {
+                    warn!("cannot re-arm accept: {}", r.error);
+                }
             }
             let now = Instant::now();
             if stats && now >= next_stats {
@@ -754,9 +752,9 @@ impl Server {
                 out_line(&format!(
                     "conns {}  completions/s {:.0}  recv {}/s  sent {}/s",
                     self.open.load(Ordering::Relaxed),
-                    (sum.0 - last.1.0) as f64 / secs,
-                    bytes((sum.1 - last.1.1) as f64 / secs),
-                    bytes((sum.2 - last.1.2) as f64 / secs),
+                    (sum.0 - last.1 .0) as f64 / secs,
+                    bytes((sum.1 - last.1 .1) as f64 / secs),
+                    bytes((sum.2 - last.1 .2) as f64 / secs),
                 ));
                 last = (now, sum);
                 next_stats += Duration::from_secs(1);
@@ -764,11 +762,12 @@ impl Server {
                     next_stats = now + Duration::from_secs(1);
                 }
             }
-            if let (Some(t), Some(every), Some(limit)) = (next_scan, scan_every, idle)
-                && now >= t
-            {
-                self.close_idle(limit);
-                next_scan = Some(now + every);
+            match (next_scan, scan_every, idle) {
+                (Some(t), Some(every), Some(limit)) if now >= t => {
+                    self.close_idle(limit);
+                    next_scan = Some(now + every);
+                }
+                _ => {}
             }
         }
     }

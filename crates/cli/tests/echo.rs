@@ -8,7 +8,7 @@ use std::net::{Shutdown, UdpSocket};
 use std::thread;
 use std::time::Duration;
 
-use common::{STEP, Server, connect, pattern, run_cport, wait_until};
+use common::{connect, pattern, run_cport, wait_until, Server, STEP};
 
 const SIZES: [usize; 14] = [
     0,

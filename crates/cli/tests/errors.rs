@@ -7,7 +7,7 @@ mod common;
 use std::net::{TcpListener, UdpSocket};
 use std::time::Duration;
 
-use common::{STEP, run_cport};
+use common::{run_cport, STEP};
 
 /// The lines of stderr that carry text.
 fn lines(stderr: &[u8]) -> Vec<String> {

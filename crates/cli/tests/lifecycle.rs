@@ -9,7 +9,7 @@ use std::net::Shutdown;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{STEP, Server, Signal, connect, fill_until_stalled, pattern, wait_until};
+use common::{connect, fill_until_stalled, pattern, wait_until, Server, Signal, STEP};
 
 /// The client's shutdown(SHUT_WR) after 1 MiB: every byte comes back, then
 /// the server closes its side (a clean EOF, not a reset), and the log says

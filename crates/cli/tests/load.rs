@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Server, run_cport};
+use common::{run_cport, Server};
 
 fn report(args: &[&str]) -> serde_json::Value {
     let out = run_cport(args, b"", Duration::from_secs(60));

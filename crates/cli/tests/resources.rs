@@ -10,7 +10,7 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{STEP, Server, connect, wait_until};
+use common::{connect, wait_until, Server, STEP};
 
 /// Idle connections held open at once.
 const IDLE: usize = 5_000;

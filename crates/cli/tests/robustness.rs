@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{STEP, Server, connect, fill_until_stalled, pattern, wait_until};
+use common::{connect, fill_until_stalled, pattern, wait_until, Server, STEP};
 use socket2::SockRef;
 
 /// Closes `s` with SO_LINGER 0: the peer gets a reset, not a FIN.

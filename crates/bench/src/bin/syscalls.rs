@@ -33,8 +33,8 @@ use std::time::{Duration, Instant};
 
 use cport::Backend;
 use cport_bench::{
-    ChannelPingPong, CondvarPingPong, EchoClient, EchoServer, MSG, PingPong, STALL,
-    channel_same_thread, port, post_get_same_thread,
+    channel_same_thread, port, post_get_same_thread, ChannelPingPong, CondvarPingPong, EchoClient,
+    EchoServer, PingPong, MSG, STALL,
 };
 
 /// How long a whole `serve` or `client` run may take before it gives up.

@@ -13,7 +13,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 pub use rustix::process::Signal;
-use rustix::process::{Pid, kill_process};
+use rustix::process::{kill_process, Pid};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_cport");
 
