@@ -9,6 +9,8 @@
 
 #![allow(dead_code)]
 
+pub mod agent;
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
