@@ -111,6 +111,18 @@ pub struct ServeArgs {
     /// Size of each receive buffer in the port's pool (bytes).
     #[arg(long, default_value_t = 16 * 1024, value_parser = clap::value_parser!(u32).range(64..=(1 << 20)))]
     pub buffer_size: u32,
+
+    /// The tutorials' I/O model to serve with: blocking, nonblocking,
+    /// select, poll, epoll, event, message, callback or port (the
+    /// completion port with workers). Models other than port serve TCP
+    /// only, without the port's options (workers, limits, timeouts).
+    #[arg(long, default_value = "port", value_parser = parse_model)]
+    pub model: cport_models::Model,
+}
+
+fn parse_model(s: &str) -> Result<cport_models::Model, String> {
+    s.parse()
+        .map_err(|e: cport_models::UnknownModel| e.to_string())
 }
 
 #[derive(Args, Debug)]

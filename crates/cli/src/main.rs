@@ -7,6 +7,7 @@ mod args;
 mod client;
 mod load;
 mod serve;
+mod serve_model;
 
 use std::error::Error;
 use std::fmt;

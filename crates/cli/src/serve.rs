@@ -192,6 +192,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    if args.model != cport_models::Model::Port {
+        return crate::serve_model::run(args);
+    }
     if args.no_tcp && args.no_udp {
         return Err(Usage("--no-tcp and --no-udp together leave nothing to serve".into()).into());
     }
@@ -336,7 +339,7 @@ fn bind(
     unreachable!("the last attempt returns")
 }
 
-fn listen(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+pub(crate) fn listen(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     let what = || format!("cannot listen on {addr} (tcp)");
     let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
         .with_context(what)?;
@@ -915,7 +918,7 @@ impl Counters {
 
 /// One line on stdout, flushed. A closed stdout (`cport serve | head`) must
 /// not stop the server, so write errors are ignored.
-fn out_line(s: &str) {
+pub(crate) fn out_line(s: &str) {
     let mut out = io::stdout().lock();
     let _ = writeln!(out, "{s}");
     let _ = out.flush();

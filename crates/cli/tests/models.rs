@@ -1,0 +1,135 @@
+//! `cport serve --model NAME`: every model other than `port` (whose
+//! behaviour the other test files cover) serves TCP echo from the real
+//! binary, says it serves TCP only, and stops on SIGTERM in bounded time.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{connect, pattern, run_cport, BIN, STEP};
+use rustix::process::{kill_process, Pid, Signal};
+
+const MODELS: [&str; 8] = [
+    "blocking",
+    "nonblocking",
+    "select",
+    "poll",
+    "epoll",
+    "event",
+    "message",
+    "callback",
+];
+
+struct Served {
+    child: Child,
+    addr: SocketAddr,
+    first_line: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn serve(model: &str) -> Served {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--port", "0", "--model", model])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("cport starts");
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut lines = BufReader::new(out).lines();
+        if let Some(Ok(l)) = lines.next() {
+            let _ = tx.send(l);
+        }
+        // Keep reading so the server never blocks on a full pipe.
+        for _ in lines {}
+    });
+    let first_line = rx
+        .recv_timeout(STEP)
+        .unwrap_or_else(|_| panic!("cport serve --model {model} printed no address"));
+    let addr = first_line
+        .split_whitespace()
+        .nth(2)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {first_line:?}"));
+    Served {
+        child,
+        addr,
+        first_line,
+    }
+}
+
+#[test]
+fn every_model_serves_tcp_echo_and_stops_on_sigterm() {
+    for model in MODELS {
+        let mut server = serve(model);
+        assert!(
+            server.first_line.contains(&format!("model={model}"))
+                && server.first_line.contains("tcp only"),
+            "{}",
+            server.first_line
+        );
+        let mut s = connect(server.addr);
+        let data = pattern(5, 64 * 1024);
+        let mut w = s.try_clone().unwrap();
+        let out = data.clone();
+        let writer = thread::spawn(move || w.write_all(&out));
+        let mut got = vec![0u8; data.len()];
+        s.read_exact(&mut got).expect("echo");
+        writer.join().unwrap().unwrap();
+        assert!(got == data, "{model}: 64 KiB echoed exactly");
+
+        let pid = Pid::from_raw(server.child.id() as i32).unwrap();
+        kill_process(pid, Signal::TERM).expect("kill(2)");
+        let deadline = Instant::now() + STEP;
+        let status = loop {
+            if let Some(st) = server.child.try_wait().unwrap() {
+                break st;
+            }
+            assert!(Instant::now() < deadline, "{model}: no exit after SIGTERM");
+            thread::sleep(Duration::from_millis(10));
+        };
+        assert!(status.success(), "{model}: {status:?}");
+        // The client's connection was closed by the stop.
+        let mut b = [0u8; 1];
+        assert!(matches!(s.read(&mut b), Ok(0) | Err(_)), "{model}");
+    }
+}
+
+#[test]
+fn port_options_are_refused_by_other_models() {
+    for extra in [
+        &["--workers", "2"][..],
+        &["--no-tcp"][..],
+        &["--max-conns", "5"][..],
+        &["--backend", "epoll"][..],
+    ] {
+        let mut args = vec!["serve", "--port", "0", "--model", "poll"];
+        args.extend_from_slice(extra);
+        let out = run_cport(&args, b"", STEP);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--model poll does not support"), "{err}");
+    }
+    let out = run_cport(&["serve", "--model", "iocp"], b"", STEP);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unknown model") && err.contains("blocking"),
+        "{err}"
+    );
+}

@@ -1,0 +1,509 @@
+//! The tutorials' socket I/O models, each as the same TCP echo server.
+//!
+//! The tutorials compare blocking sockets, non-blocking polling, select,
+//! WSAAsyncSelect, WSAEventSelect, overlapped I/O with completion routines
+//! and the completion port in tables of claims. Each module here is one
+//! model, written as the tutorials write it, so that `cport bench` can
+//! measure the claims instead:
+//!
+//! | model | module | threads |
+//! |---|---|---|
+//! | blocking sockets | [`blocking`] | one per connection |
+//! | non-blocking polling (NonblockTCPServer) | [`nonblocking`] | one, never sleeps |
+//! | `select` | [`select`] | one per group of FD_SETSIZE sockets |
+//! | `poll` | [`poll`] | one |
+//! | epoll readiness reactor | [`epoll`] | one |
+//! | WSAEventSelect (event objects) | [`event`] | one per 64 events |
+//! | WSAAsyncSelect (window messages) | [`message`] | one message loop |
+//! | overlapped I/O with completion routines | [`callback`] | one, alertable |
+//! | completion port | [`port`] | a worker pool |
+//!
+//! Every model has the signature of [`serve`]: it takes a bound listener,
+//! echoes every connection's bytes back until the peer closes (a
+//! half-close gets every byte echoed, then end of stream), survives peers
+//! that reset, counts into [`Stats`] and returns once [`Stop::stop`] is
+//! called and its threads have ended.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread;
+use std::time::Duration;
+
+pub mod blocking;
+pub mod callback;
+pub mod epoll;
+pub mod event;
+pub mod message;
+pub mod nonblocking;
+pub mod poll;
+pub mod port;
+pub mod select;
+mod signal;
+
+/// One I/O model.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum Model {
+    /// A thread per connection, blocking reads and writes.
+    Blocking,
+    /// One thread looping over non-blocking sockets without ever waiting.
+    Nonblocking,
+    /// `select(2)`, one thread per FD_SETSIZE group.
+    Select,
+    /// `poll(2)`, one thread.
+    Poll,
+    /// An epoll readiness reactor, one thread.
+    Epoll,
+    /// Event objects (eventfd) signalled per socket, one waiting thread per 64.
+    Event,
+    /// Socket events as messages to one message loop.
+    Message,
+    /// Overlapped I/O with completion routines, run on the issuing thread.
+    Callback,
+    /// The completion port with a worker pool.
+    Port,
+}
+
+impl Model {
+    /// Every model, in the tutorials' order.
+    pub const ALL: [Model; 9] = [
+        Model::Blocking,
+        Model::Nonblocking,
+        Model::Select,
+        Model::Poll,
+        Model::Epoll,
+        Model::Event,
+        Model::Message,
+        Model::Callback,
+        Model::Port,
+    ];
+
+    /// The name the CLI and benchmark columns use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Model::Blocking => "blocking",
+            Model::Nonblocking => "nonblocking",
+            Model::Select => "select",
+            Model::Poll => "poll",
+            Model::Epoll => "epoll",
+            Model::Event => "event",
+            Model::Message => "message",
+            Model::Callback => "callback",
+            Model::Port => "port",
+        }
+    }
+
+    /// Runs this model's echo server on `listener` until `stop` is set.
+    pub fn serve(self, listener: TcpListener, stop: Stop, stats: Arc<Stats>) -> io::Result<()> {
+        let f = match self {
+            Model::Blocking => blocking::serve,
+            Model::Nonblocking => nonblocking::serve,
+            Model::Select => select::serve,
+            Model::Poll => poll::serve,
+            Model::Epoll => epoll::serve,
+            Model::Event => event::serve,
+            Model::Message => message::serve,
+            Model::Callback => callback::serve,
+            Model::Port => port::serve,
+        };
+        f(listener, stop, stats)
+    }
+}
+
+impl fmt::Display for Model {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An unknown model name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownModel(pub String);
+
+impl fmt::Display for UnknownModel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = Model::ALL.iter().map(|m| m.name()).collect();
+        write!(
+            f,
+            "unknown model {:?} (expected one of: {})",
+            self.0,
+            names.join(", ")
+        )
+    }
+}
+
+impl std::error::Error for UnknownModel {}
+
+impl FromStr for Model {
+    type Err = UnknownModel;
+
+    fn from_str(s: &str) -> Result<Model, UnknownModel> {
+        Model::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| UnknownModel(s.to_string()))
+    }
+}
+
+/// The signature every model shares (this one is [`Model::serve`]'s).
+pub fn serve(model: Model, listener: TcpListener, stop: Stop, stats: Arc<Stats>) -> io::Result<()> {
+    model.serve(listener, stop, stats)
+}
+
+/// What a model counts while it serves. Every field is a running total
+/// except `open` and `threads`, which are current values.
+#[derive(Default, Debug)]
+pub struct Stats {
+    /// Connections accepted and served.
+    pub accepted: AtomicU64,
+    /// Connections refused by the model's own limit (select's FD_SETSIZE).
+    pub refused: AtomicU64,
+    /// Connections closed, whatever the reason.
+    pub closed: AtomicU64,
+    /// Connections that ended with an error (a reset, a failed write).
+    pub errors: AtomicU64,
+    /// Bytes echoed back.
+    pub bytes: AtomicU64,
+    /// Connections open now.
+    pub open: AtomicU64,
+    /// Threads the model runs now, the caller's included.
+    pub threads: AtomicU64,
+    /// The most threads the model ran at once.
+    pub peak_threads: AtomicU64,
+}
+
+impl Stats {
+    pub(crate) fn opened(&self) {
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+        self.open.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn ended(&self, error: bool) {
+        if error {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        self.open.fetch_sub(1, Ordering::Relaxed);
+        self.closed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn echoed(&self, n: usize) {
+        self.bytes.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Counts `n` more (or, negative, fewer) threads.
+    pub(crate) fn add_threads(&self, n: i64) {
+        if n >= 0 {
+            let now = self.threads.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
+            self.peak_threads.fetch_max(now, Ordering::Relaxed);
+        } else {
+            self.threads.fetch_sub(n.unsigned_abs(), Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a thread for as long as the returned guard lives.
+    pub(crate) fn thread(self: &Arc<Self>) -> ThreadCount {
+        self.add_threads(1);
+        ThreadCount(self.clone())
+    }
+}
+
+pub(crate) struct ThreadCount(Arc<Stats>);
+
+impl Drop for ThreadCount {
+    fn drop(&mut self) {
+        self.0.threads.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+type Waker = Box<dyn Fn() + Send>;
+
+/// Tells a running model to stop. Clones share one flag.
+///
+/// Each model registers how to wake its waiting threads (a connection to
+/// its own listener for a blocked `accept`, a byte on a wake socket, a
+/// posted packet), so that stopping takes no polling interval.
+#[derive(Clone, Default)]
+pub struct Stop(Arc<StopInner>);
+
+#[derive(Default)]
+struct StopInner {
+    stopped: AtomicBool,
+    wakers: Mutex<Vec<Waker>>,
+}
+
+impl fmt::Debug for Stop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Stop")
+            .field("stopped", &self.is_stopped())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Stop {
+    /// A flag not yet set.
+    pub fn new() -> Stop {
+        Stop::default()
+    }
+
+    /// Sets the flag and wakes the model's waiting threads.
+    pub fn stop(&self) {
+        let wakers = {
+            let mut w = lock(&self.0.wakers);
+            self.0.stopped.store(true, Ordering::SeqCst);
+            std::mem::take(&mut *w)
+        };
+        for wake in wakers {
+            wake();
+        }
+    }
+
+    /// Whether [`stop`](Stop::stop) was called.
+    pub fn is_stopped(&self) -> bool {
+        self.0.stopped.load(Ordering::SeqCst)
+    }
+
+    /// Runs `wake` when the flag is set (at once if it already is).
+    pub(crate) fn on_stop(&self, wake: impl Fn() + Send + 'static) {
+        let mut w = lock(&self.0.wakers);
+        if self.0.stopped.load(Ordering::SeqCst) {
+            drop(w);
+            wake();
+        } else {
+            w.push(Box::new(wake));
+        }
+    }
+
+    /// Wakes an `accept` blocked on the listener at `addr` by connecting
+    /// to it when the flag is set.
+    pub(crate) fn wake_accept(&self, addr: SocketAddr) {
+        self.on_stop(move || {
+            let _ = TcpStream::connect_timeout(&addr, Duration::from_secs(1));
+        });
+    }
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The state behind every lock here stays consistent across a panic
+    // (single pushes and removals); the panic itself surfaces on join.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Pause after a failed accept: with descriptors exhausted the listener
+/// stays ready and an immediate retry would spin (LESSONS 6).
+pub(crate) const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
+
+/// Whether an accept error is the peer's doing (the connection was reset
+/// while queued) rather than a reason to back off.
+pub(crate) fn transient_accept_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+    )
+}
+
+/// Bytes a readiness model holds per connection: what it has read and not
+/// yet written back. A connection whose echo cannot be sent stops being
+/// read from once this is full (backpressure, as in `cport serve`).
+pub(crate) const ECHO_BUFFER: usize = 16 * 1024;
+
+/// The echo state of one non-blocking connection, shared by every
+/// readiness model: bytes read and not yet written, and whether the peer
+/// has finished sending.
+pub(crate) struct Echo {
+    pub(crate) stream: TcpStream,
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
+    eof: bool,
+}
+
+/// What [`Echo::pump`] achieved.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Pumped {
+    /// Nothing could move.
+    Idle,
+    /// Some bytes moved; the connection goes on.
+    Moved,
+    /// The peer closed and everything it sent was echoed: close now.
+    Done,
+}
+
+impl Echo {
+    pub(crate) fn new(stream: TcpStream) -> io::Result<Echo> {
+        stream.set_nonblocking(true)?;
+        // Echoes are small request-response exchanges: Nagle's delay
+        // would add 40 ms to every one that follows an unacknowledged one.
+        stream.set_nodelay(true)?;
+        Ok(Echo {
+            stream,
+            buf: vec![0; ECHO_BUFFER].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            eof: false,
+        })
+    }
+
+    /// Whether the connection wants to be told it is readable.
+    pub(crate) fn wants_read(&self) -> bool {
+        !self.eof && self.end < self.buf.len()
+    }
+
+    /// Whether the connection wants to be told it is writable.
+    pub(crate) fn wants_write(&self) -> bool {
+        self.start < self.end
+    }
+
+    /// Reads and writes until both would block (or are not wanted). Going
+    /// on until `WouldBlock` is what lets edge-triggered readiness work.
+    pub(crate) fn pump(&mut self, stats: &Stats) -> io::Result<Pumped> {
+        let mut moved = false;
+        loop {
+            let mut progress = false;
+            if self.wants_write() {
+                match (&self.stream).write(&self.buf[self.start..self.end]) {
+                    Ok(n) => {
+                        stats.echoed(n);
+                        self.start += n;
+                        if self.start == self.end {
+                            self.start = 0;
+                            self.end = 0;
+                        }
+                        progress = true;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            if self.wants_read() {
+                match (&self.stream).read(&mut self.buf[self.end..]) {
+                    Ok(0) => {
+                        self.eof = true;
+                        progress = true;
+                    }
+                    Ok(n) => {
+                        self.end += n;
+                        progress = true;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            moved |= progress;
+            if self.eof && !self.wants_write() {
+                return Ok(Pumped::Done);
+            }
+            if !progress {
+                return Ok(if moved { Pumped::Moved } else { Pumped::Idle });
+            }
+        }
+    }
+}
+
+/// Spawns a named thread counted in `stats`.
+pub(crate) fn spawn<F>(name: &str, stats: &Arc<Stats>, f: F) -> io::Result<thread::JoinHandle<()>>
+where
+    F: FnOnce() + Send + 'static,
+{
+    let count = stats.thread();
+    thread::Builder::new().name(name.into()).spawn(move || {
+        let _count = count;
+        f()
+    })
+}
+
+/// Joins `threads`, turning a panic into an error.
+pub(crate) fn join_all(threads: Vec<thread::JoinHandle<()>>) -> io::Result<()> {
+    let mut panicked = 0;
+    for t in threads {
+        if t.join().is_err() {
+            panicked += 1;
+        }
+    }
+    if panicked > 0 {
+        Err(io::Error::other(format!(
+            "{panicked} model thread(s) panicked"
+        )))
+    } else {
+        Ok(())
+    }
+}
+
+impl Stats {
+    /// Counts every connection still open as closed (the model is
+    /// stopping and drops them).
+    pub(crate) fn end_all(&self) {
+        let open = self.open.swap(0, Ordering::Relaxed);
+        self.closed.fetch_add(open, Ordering::Relaxed);
+    }
+}
+
+/// Accepts every connection waiting on the non-blocking `listener`,
+/// handing each to `add`. Returns `true` after `WouldBlock`, or `false`
+/// after a pause on an error such as descriptor exhaustion (LESSONS 6):
+/// connections may still be waiting, and an edge-triggered caller will
+/// not be told again, so it must retry.
+#[must_use]
+pub(crate) fn accept_ready(listener: &TcpListener, mut add: impl FnMut(TcpStream)) -> bool {
+    loop {
+        match listener.accept() {
+            Ok((s, _)) => add(s),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+            Err(e) if transient_accept_error(&e) => continue,
+            Err(_) => {
+                thread::sleep(ACCEPT_BACKOFF);
+                return false;
+            }
+        }
+    }
+}
+
+/// The read end of a socket pair that receives a byte when `stop` is set:
+/// the wake-up a `select` or `poll` loop waits on with its sockets.
+pub(crate) fn stop_socket(stop: &Stop) -> io::Result<std::os::unix::net::UnixStream> {
+    let (rx, tx) = std::os::unix::net::UnixStream::pair()?;
+    rx.set_nonblocking(true)?;
+    tx.set_nonblocking(true)?;
+    stop.on_stop(move || {
+        let _ = (&tx).write(&[1]);
+    });
+    Ok(rx)
+}
+
+/// Reads and discards whatever is waiting on a non-blocking wake socket.
+pub(crate) fn drain(mut wake: impl Read) {
+    let mut buf = [0u8; 64];
+    while matches!(wake.read(&mut buf), Ok(n) if n > 0) {}
+}
+
+/// `poll(2)` on `fds`, waiting at most `timeout_ms` (-1: no limit).
+/// An interrupted call returns `Ok(0)`, as a timeout would.
+pub(crate) fn poll_fds(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<usize> {
+    // SAFETY: `fds` is a live, exclusively borrowed slice of `fds.len()`
+    // pollfd structures; poll(2) writes only their `revents` fields.
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            return Ok(0);
+        }
+        return Err(e);
+    }
+    Ok(n as usize)
+}
+
+/// A `pollfd` waiting for `events` on `fd`.
+pub(crate) fn pollfd(fd: std::os::fd::RawFd, events: libc::c_short) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    }
+}
