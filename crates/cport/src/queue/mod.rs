@@ -198,8 +198,7 @@ impl<E> Queue<E> {
                 spun = true;
                 if self.spin.should_spin() {
                     drop(st);
-                    let hit = spin_until(|| self.queued.load(Ordering::Relaxed) > 0);
-                    self.spin.record(hit);
+                    spin_until(|| self.queued.load(Ordering::Relaxed) > 0);
                     st = sync::lock(&self.state);
                     continue;
                 }
@@ -334,6 +333,7 @@ impl<E> Queue<E> {
         }
         st.items.push_back(item);
         self.queued.store(st.items.len(), Ordering::Relaxed);
+        self.spin.posted();
         let wake = self.rebalance(&mut st);
         drop(st);
         if wake {
@@ -467,67 +467,67 @@ pub struct QueueStats {
     pub running: usize,
 }
 
-/// Adapts spinning to the port. Where posts or completions pushed by
-/// running threads arrive while a thread spins (a hand-off between
-/// threads), every `get` spins. Where they never do (a server whose work
-/// all comes from the kernel), each miss costs CPU and, for the yields,
-/// system calls for nothing: after `MISSES` misses in a row only one `get`
-/// in `PROBE` spins, to notice when that changes. Plain atomics, outside
-/// loom's model: races between threads only make the guess a little worse.
+/// Decides whether a thread about to sleep spins first. Spinning pays
+/// where threads hand work to each other with posts (a hand-off caught by a
+/// spin costs no system call on either side); on a port fed by the kernel
+/// alone it never finds anything and only burns CPU and `sched_yield`s. So
+/// a thread spins while posts have been arriving: within the last `IDLE`
+/// decisions the post count moved. (A rule based on whether spins hit was
+/// tried first: once both sides of a ping-pong slept, each spin missed a
+/// partner that was itself asleep, and spinning never came back.) Plain
+/// atomics, outside loom's model: races only blur the guess.
 #[derive(Default)]
 struct Spin {
-    /// Consecutive misses, counting on past `MISSES` as probes go by.
-    misses: std::sync::atomic::AtomicUsize,
+    /// Posts queued on this port so far.
+    posts: std::sync::atomic::AtomicUsize,
+    /// `posts` as the last decision saw it.
+    seen: std::sync::atomic::AtomicUsize,
+    /// Decisions in a row that saw no new post.
+    idle: std::sync::atomic::AtomicUsize,
 }
 
 impl Spin {
-    const MISSES: usize = 4;
-    const PROBE: usize = 32;
+    const IDLE: usize = 16;
+
+    fn posted(&self) {
+        self.posts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
 
     fn should_spin(&self) -> bool {
         use std::sync::atomic::Ordering::Relaxed;
         if cfg!(loom) {
             return false;
         }
-        let m = self.misses.load(Relaxed);
-        if m < Self::MISSES {
+        let posts = self.posts.load(Relaxed);
+        if self.seen.swap(posts, Relaxed) != posts {
+            self.idle.store(0, Relaxed);
             return true;
         }
-        // Past the limit every skipped spin counts, so that one in PROBE
-        // gets tries again.
-        let n = self.misses.fetch_add(1, Relaxed) + 1;
-        n % Self::PROBE == 0
-    }
-
-    fn record(&self, hit: bool) {
-        use std::sync::atomic::Ordering::Relaxed;
-        if hit {
-            self.misses.store(0, Relaxed);
-        } else {
-            self.misses.fetch_add(1, Relaxed);
-        }
+        self.idle.fetch_add(1, Relaxed) < Self::IDLE
     }
 }
 
 /// Spins, then yields, until `ready` holds or about as long as a
-/// sleep-and-wake would have cost (crossbeam's backoff: 2^0..2^6 spins, then
-/// a few yields). Returns whether `ready` came to hold.
-fn spin_until(ready: impl Fn() -> bool) -> bool {
-    for step in 0..7 {
-        for _ in 0..1u32 << step {
-            std::hint::spin_loop();
-        }
+/// sleep-and-wake would have cost (the shape of crossbeam's backoff: 127
+/// pauses, then a few yields).
+fn spin_until(ready: impl Fn() -> bool) {
+    // Looks after every pause, not after each doubling: the look is a
+    // shared read of a line nobody writes until work arrives, and a
+    // doubling step of 64 pauses would add up to a microsecond of latency
+    // to the hand-off it exists for.
+    for _ in 0..127 {
+        std::hint::spin_loop();
         if ready() {
-            return true;
+            return;
         }
     }
     for _ in 0..4 {
         std::thread::yield_now();
         if ready() {
-            return true;
+            return;
         }
     }
-    false
 }
 
 fn remaining(deadline: Option<Instant>) -> Option<Duration> {
