@@ -32,6 +32,9 @@ pub struct OpId {
     pub(crate) gen: u32,
 }
 
+// The Linux backends carry ids through their kernels; Windows uses the
+// OVERLAPPED's address instead.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 impl OpId {
     /// Packs the id into the 64-bit user data a kernel carries for us (the
     /// port is implied by the kernel object the data comes back from).

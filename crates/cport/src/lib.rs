@@ -5,7 +5,7 @@
 //! threads dequeues from, with at most N of them running at once. cport
 //! gives that model, with its exact semantics (`SEMANTICS.md`, whose item
 //! ids P1, Q2, … the docs quote), to Rust programs on Linux (io_uring, with
-//! an epoll fallback) and, later, on Windows' own port — without its
+//! an epoll fallback) and on Windows' own port — without its
 //! memory-safety traps: every operation owns its buffers and its
 //! per-operation value until its one completion hands them back.
 //!
@@ -36,15 +36,19 @@
 //!
 //! # Backends
 //!
-//! | | io_uring (Linux ≥ 5.19) | epoll (Linux) | Windows (planned) |
+//! | | io_uring (Linux ≥ 5.19) | epoll (Linux) | Windows |
 //! |---|---|---|---|
-//! | completion queue, LIFO release, concurrency N | user space, one thread reaps the ring (leader/follower) | user space, one thread waits on epoll | the kernel port |
-//! | recv, send, accept, connect, UDP | native: the kernel does the operation | emulated: done by the port on readiness | native |
+//! | completion queue, LIFO release, concurrency N | user space, one thread reaps the ring (leader/follower) | user space, one thread waits on epoll | user space, one thread dequeues the kernel port (`GetQueuedCompletionStatusEx`) |
+//! | recv, send, accept, connect, UDP | native: the kernel does the operation | emulated: done by the port on readiness | native (`WSARecv`, `WSASend`, `AcceptEx`, `ConnectEx`, `WSARecvFrom`, `WSASendTo`) |
 //! | multishot accept | native (`IORING_ACCEPT_MULTISHOT`) | accept on every readiness | `AcceptEx` re-issued |
-//! | receive pinning no buffer while idle (O6) | provided-buffer ring | readiness, then a pool buffer | zero-byte `WSARecv` |
-//! | file reads and writes | native, asynchronous | `pread`/`pwrite` at issue (synchronous: files are always ready) | native |
-//! | cancel | `IORING_OP_ASYNC_CANCEL`; the operation may still win | in user space; wins unless already done | `CancelIoEx` |
-//! | a worker blocking elsewhere frees its slot (C3) | only inside [`CompletionPort::blocking`] | same | any blocking, seen by the kernel |
+//! | receive pinning no buffer while idle (O6) | provided-buffer ring | readiness, then a pool buffer | zero-byte `WSARecv`, then a pool buffer |
+//! | file reads and writes | native, asynchronous | `pread`/`pwrite` at issue (synchronous: files are always ready) | `ReadFile`/`WriteFile` at issue (std opens files for synchronous I/O) |
+//! | cancel | `IORING_OP_ASYNC_CANCEL`; the operation may still win | in user space; wins unless already done | `CancelIoEx`; the operation may still win |
+//! | a worker blocking elsewhere frees its slot (C3) | only inside [`CompletionPort::blocking`] | same | same (the queue is cport's, not the kernel's) |
+//!
+//! On Windows the port is always [`Backend::Auto`]; asking for `Uring` or
+//! `Epoll` there is an `Unsupported` error. The Windows backend is tested
+//! under wine (`scripts/windows-test.sh`), not yet on Windows itself.
 //!
 //! [`Backend::Auto`] tries io_uring and falls back to epoll with one log
 //! line (target `cport`) naming the reason; `CPORT_BACKEND=uring|epoll`

@@ -79,6 +79,7 @@ pub struct Builder {
 pub(crate) struct Config {
     pub(crate) port_id: u32,
     /// Submission queue size (io_uring).
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     pub(crate) entries: u32,
     /// Buffers in the pool behind `recv_pooled`.
     pub(crate) pool_buffers: u16,
@@ -212,6 +213,25 @@ fn open_driver<T: Send + 'static>(
         Backend::Auto => fall_back(config, |c| {
             uring::Driver::new(c).map(|d| Box::new(d) as Box<dyn Driver<T>>)
         }),
+    }
+}
+
+/// Windows has one backend, the native completion port: `Auto` opens it
+/// and the port reports `Auto` (there is no other to tell it from); the
+/// Linux backends are refused with `Unsupported`.
+#[cfg(windows)]
+fn open_driver<T: Send + 'static>(
+    backend: Backend,
+    config: &Config,
+) -> io::Result<Box<dyn Driver<T>>> {
+    match backend {
+        Backend::Auto => Ok(Box::new(crate::sys::windows::Driver::new(config).map_err(
+            |e| io::Error::new(e.kind(), format!("cannot create the completion port: {e}")),
+        )?)),
+        other => Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("the {other} backend exists only on Linux; use auto on Windows"),
+        )),
     }
 }
 
@@ -352,7 +372,8 @@ impl<T: Send + 'static> CompletionPort<T> {
         Builder::new()
     }
 
-    /// The backend this port runs on (never `Auto`).
+    /// The backend this port runs on (never `Auto` on Linux; on Windows,
+    /// whose native completion port is the only backend, always `Auto`).
     pub fn backend(&self) -> Backend {
         self.inner.driver.backend()
     }

@@ -216,7 +216,7 @@ backends! {
         sender.send_to(b"next", addr).unwrap();
         let c = next(&port);
         let e = c.result.unwrap_err();
-        assert_eq!(e.raw_os_error(), Some(libc::EMSGSIZE), "{e}");
+        assert_eq!(e.raw_os_error(), Some(common::EMSGSIZE), "{e}");
         let (buf, from) = datagram(c.payload);
         assert_eq!(buf, big[..10], "the part that fit");
         assert_eq!(from, Some(sender.local_addr().unwrap()));

@@ -5,6 +5,10 @@
 //! global logger and the descriptor limit, none of which may change under
 //! another test.
 
+// Linux only: it chooses between the Linux backends and needs prlimit(1) and /proc/self/fd (tests/platform_skips.rs says so on
+// other systems).
+#![cfg(target_os = "linux")]
+
 mod common;
 
 use std::env;

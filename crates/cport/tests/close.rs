@@ -6,7 +6,6 @@ mod common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::os::unix::io::AsRawFd;
 use std::thread;
 
 use common::{assert_empty, next, pair, pattern, wait_until, LONG};
@@ -176,7 +175,7 @@ backends! {
         // `la` stays open to the end: freeing its (lower) number would let
         // B take that one instead of A's.
         let (mut peer_a, _) = la.accept().unwrap();
-        let fd_a = a.as_raw_fd();
+        let fd_a = common::raw_id(&a);
         let ha = port.associate(a, 1).unwrap();
         let op_a = port.recv(ha, Vec::with_capacity(64), "A").unwrap();
 
@@ -195,7 +194,7 @@ backends! {
         let _ = peer_a.write_all(b"late bytes for A");
 
         let (b, _) = lb.accept().unwrap();
-        let fd_b = b.as_raw_fd();
+        let fd_b = common::raw_id(&b);
         println!(
             "{backend}: A had descriptor {fd_a}, B has {fd_b}: {}",
             if fd_a == fd_b { "reused" } else { "not reused (another thread took it)" }

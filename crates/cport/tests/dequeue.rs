@@ -284,11 +284,24 @@ backends! {
         assert_eq!(common::next(&port).result.unwrap(), 6);
         // Closing with unread data makes the peer's close a reset.
         peer.peek(&mut [0; 6]).unwrap();
-        drop(peer);
         let mut buf = Vec::with_capacity(64);
         buf.extend_from_slice(b"kept");
         let at = buf.as_ptr();
-        let op = port.recv(h, buf, "recv").unwrap();
+        let op = if common::under_wine() {
+            // wine 8 closes such a socket gracefully, and a receive issued
+            // after a reset arrived sees end of stream there; a receive
+            // already pending when a zero-linger close resets it fails.
+            println!("under wine: the receive is pending when SO_LINGER 0 resets it");
+            let op = port.recv(h, buf, "recv").unwrap();
+            socket2::SockRef::from(&peer)
+                .set_linger(Some(Duration::ZERO))
+                .unwrap();
+            drop(peer);
+            op
+        } else {
+            drop(peer);
+            port.recv(h, buf, "recv").unwrap()
+        };
         let c = port
             .get(common::LONG)
             .expect("a failed receive is still a completion");

@@ -10,6 +10,10 @@
 //! own soft limit with `prlimit(1)` (no unsafe code needed), fills the
 //! table with /dev/null opens, and restores the limit at the end.
 
+// Linux only: it needs prlimit(1), /proc/self/fd and /dev/null (tests/platform_skips.rs says so on
+// other systems).
+#![cfg(target_os = "linux")]
+
 mod common;
 
 use std::fs::File;

@@ -10,7 +10,6 @@ mod common;
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, Write};
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
 use common::{assert_empty, next, pattern};
@@ -139,7 +138,7 @@ backends! {
             want[*off as usize..*off as usize + data.len()].copy_from_slice(data);
         }
         let mut disk = vec![0; want.len()];
-        watch.read_exact_at(&mut disk, 0).unwrap();
+        common::read_exact_at(&watch, &mut disk, 0).unwrap();
         assert!(disk == want, "each write landed at its offset");
         assert_eq!(watch.metadata().unwrap().len(), 13_000);
 

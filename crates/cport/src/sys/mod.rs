@@ -13,6 +13,7 @@
 //! |---|---|---|---|
 //! | io_uring | `uring` | one ring, submissions under a lock, reaped by the leader | completion-based, native |
 //! | epoll | `epoll` | one epoll set, edge-triggered, the operation done in user space on readiness | emulated on readiness |
+//! | Windows | `windows` | one I/O completion port, dequeued by the leader with GetQueuedCompletionStatusEx | native (files: at issue) |
 //!
 //! Every `unsafe` block of the crate lives under this module.
 
@@ -29,6 +30,8 @@ use crate::queue::Reactor;
 pub(crate) mod epoll;
 #[cfg(target_os = "linux")]
 pub(crate) mod uring;
+#[cfg(windows)]
+pub(crate) mod windows;
 
 pub(crate) mod slab;
 
@@ -271,6 +274,23 @@ impl Source {
             SourceInner::TcpSocket(s) => s.into(),
             SourceInner::UdpSocket(s) => s.into(),
             SourceInner::File(s) => s.into(),
+        }
+    }
+}
+
+#[cfg(windows)]
+impl Source {
+    /// The SOCKET or file HANDLE, still owned by the `Source`: the Windows
+    /// backend keeps the `Source` itself, so that dropping it is the
+    /// closesocket / CloseHandle.
+    pub(crate) fn raw(&self) -> usize {
+        use std::os::windows::io::{AsRawHandle, AsRawSocket};
+        match &self.0 {
+            SourceInner::TcpListener(s) => s.as_raw_socket() as usize,
+            SourceInner::TcpStream(s) => s.as_raw_socket() as usize,
+            SourceInner::TcpSocket(s) => s.as_raw_socket() as usize,
+            SourceInner::UdpSocket(s) => s.as_raw_socket() as usize,
+            SourceInner::File(f) => f.as_raw_handle() as usize,
         }
     }
 }

@@ -16,11 +16,71 @@ use std::time::{Duration, Instant};
 
 use cport::{Backend, Builder, Completion, CompletionPort, Handle};
 
+/// The raw OS error of a datagram larger than the receive's room (O7).
+#[cfg(unix)]
+pub const EMSGSIZE: i32 = libc::EMSGSIZE;
+/// The raw OS error of a datagram larger than the receive's room (O7):
+/// WSAEMSGSIZE.
+#[cfg(windows)]
+pub const EMSGSIZE: i32 = 10040;
+
+/// Whether this Windows program runs under wine, which differs from
+/// Windows in a few places the tests name where they adapt.
+pub fn under_wine() -> bool {
+    cfg!(windows) && std::path::Path::new(r"C:\windows\system32\wineboot.exe").exists()
+}
+
+/// The descriptor number (SOCKET on Windows) of a stream, for messages.
+pub fn raw_id(s: &TcpStream) -> u64 {
+    #[cfg(unix)]
+    {
+        use std::os::unix::io::AsRawFd;
+        s.as_raw_fd() as u64
+    }
+    #[cfg(windows)]
+    {
+        use std::os::windows::io::AsRawSocket;
+        s.as_raw_socket()
+    }
+}
+
+/// Reads exactly `buf.len()` bytes at `offset` through another handle of
+/// the file, leaving the file position where it was: on Windows the
+/// positional read moves the position it shares with the port's handle,
+/// so it is put back.
+pub fn read_exact_at(f: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileExt;
+        f.read_exact_at(buf, offset)
+    }
+    #[cfg(windows)]
+    {
+        use std::io::{Seek, SeekFrom};
+        use std::os::windows::fs::FileExt;
+        let mut file = f;
+        let pos = file.stream_position()?;
+        let mut done = 0;
+        let r = loop {
+            if done == buf.len() {
+                break Ok(());
+            }
+            match f.seek_read(&mut buf[done..], offset + done as u64) {
+                Ok(0) => break Err(std::io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => done += n,
+                Err(e) => break Err(e),
+            }
+        };
+        file.seek(SeekFrom::Start(pos))?;
+        r
+    }
+}
+
 /// The longest any single wait in a test may take before it fails.
 pub const LONG: Option<Duration> = Some(Duration::from_secs(10));
 
 /// Expands each `fn name(backend: Backend) { .. }` into `uring::name` and
-/// `epoll::name` tests.
+/// `epoll::name` tests (on Windows: `windows::name`, on the native port).
 #[macro_export]
 macro_rules! backends {
     ($(
@@ -31,6 +91,7 @@ macro_rules! backends {
             $(#[$meta])*
             fn $name($backend: cport::Backend) $body
         )*
+        #[cfg(not(windows))]
         mod uring {
             $(
                 #[test]
@@ -41,11 +102,24 @@ macro_rules! backends {
                 }
             )*
         }
+        #[cfg(not(windows))]
         mod epoll {
             $(
                 #[test]
                 fn $name() {
                     if let Some(b) = $crate::common::available(cport::Backend::Epoll) {
+                        super::$name(b);
+                    }
+                }
+            )*
+        }
+        // Windows has one backend, the native completion port (`Auto`).
+        #[cfg(windows)]
+        mod windows {
+            $(
+                #[test]
+                fn $name() {
+                    if let Some(b) = $crate::common::available(cport::Backend::Auto) {
                         super::$name(b);
                     }
                 }
