@@ -2,11 +2,8 @@
 # Builds crates/cport for x86_64-pc-windows-gnu with Debian's Rust 1.63
 # (the only Windows std Debian packages) and runs it under wine.
 #
-# Route: the current cargo drives Debian's rustc through a wrapper that drops
-# the flags rustc 1.63 does not know (as scripts/msrv-check.sh does), in a
-# scratch workspace whose lockfile picks dependency versions that support
-# 1.63. Debian's own cargo (1.65) is not used: it cannot read lockfile v4 or
-# the edition 2024 manifests of the other workspace members.
+# Route: the current cargo drives Debian's rustc 1.63 in the scratch
+# workspace of scripts/rust163.sh (shared with scripts/msrv-check.sh).
 #
 # Usage: scripts/windows-test.sh [smoke|test] [cargo test args...]
 #   smoke (default): builds the library, its tests and examples; runs the
@@ -35,24 +32,8 @@ fi
 wine --version
 
 work=${WINDOWS_DIR:-$top/target/windows}
-rm -rf "$work/ws" && mkdir -p "$work/ws/crates"
-cp -r "$top/crates/cport" "$work/ws/crates/"
-sed 's/^members = .*/members = ["crates\/cport"]/' "$top/Cargo.toml" > "$work/ws/Cargo.toml"
-cat > "$work/rustc163" <<'W'
-#!/usr/bin/env bash
-# Drops the flags the current cargo passes that rustc 1.63 does not know.
-args=(); skip=0
-for a in "$@"; do
-  if [ $skip = 1 ]; then skip=0; continue; fi
-  case "$a" in
-    --check-cfg) skip=1 ;;
-    --check-cfg=*|--print=split-debuginfo) ;;
-    *) args+=("$a") ;;
-  esac
-done
-exec /usr/bin/rustc "${args[@]}"
-W
-chmod +x "$work/rustc163"
+. "$top/scripts/rust163.sh"
+rust163_workspace "$top" "$work"
 
 # A fresh wine prefix per run, removed at the end with its wineserver.
 prefix=$(mktemp -d)
@@ -75,8 +56,6 @@ export CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER=wine
 wineserver -p
 wineboot -i >/dev/null 2>&1 || true
 
-cd "$work/ws"
-CARGO_RESOLVER_INCOMPATIBLE_RUST_VERSIONS=fallback cargo generate-lockfile -q
 cargo build -p cport --target $target --all-targets
 status=0
 case "$mode" in

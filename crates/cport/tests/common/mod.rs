@@ -10,6 +10,8 @@
 #![allow(dead_code)]
 
 pub mod agent;
+#[cfg(target_os = "linux")]
+pub mod fds;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
