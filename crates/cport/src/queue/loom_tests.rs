@@ -165,3 +165,90 @@ fn loom_close_wakes_every_waiter() {
         }
     });
 }
+
+/// A queue whose running threads always spin, so they open the mailbox.
+fn spinning(concurrency: usize) -> Shared {
+    let q: Shared = Arc::new((Queue::new(concurrency), Kernel::default()));
+    q.0.spin
+        .forced
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    q
+}
+
+#[test]
+fn loom_handoff_keeps_fifo_with_queued_items() {
+    model(3, || {
+        let q = spinning(1);
+        q.0.push_one(&q.1, 1).unwrap();
+        let q2 = q.clone();
+        let getter = thread::spawn(move || {
+            let first = get(&q2, false).unwrap();
+            // Running now: these gets open the mailbox.
+            let mut got = vec![first];
+            for _ in 0..3 {
+                got.push(get(&q2, true).unwrap());
+            }
+            got
+        });
+        // Posts (which may go through the mailbox) around a completion
+        // queued the locked way: Q3 says they leave in this order.
+        q.0.push_one(&q.1, 2).unwrap();
+        q.0.push(&q.1, &mut vec![3], true);
+        q.0.push_one(&q.1, 4).unwrap();
+        assert_eq!(getter.join().unwrap(), vec![1, 2, 3, 4]);
+    });
+}
+
+#[test]
+fn loom_handoff_takes_posts_from_two_threads_once_each() {
+    model(3, || {
+        let q = spinning(1);
+        q.0.push_one(&q.1, 1).unwrap();
+        let q2 = q.clone();
+        let getter = thread::spawn(move || {
+            let mut got = vec![get(&q2, false).unwrap()];
+            got.push(get(&q2, true).unwrap());
+            got.push(get(&q2, true).unwrap());
+            got
+        });
+        let q3 = q.clone();
+        let poster = thread::spawn(move || q3.0.push_one(&q3.1, 2).unwrap());
+        q.0.push_one(&q.1, 3).unwrap();
+        poster.join().unwrap();
+        let mut got = getter.join().unwrap();
+        assert_eq!(got[0], 1);
+        got.sort_unstable();
+        assert_eq!(got, vec![1, 2, 3]);
+    });
+}
+
+#[test]
+fn loom_handoff_ends_when_the_queue_closes() {
+    model(3, || {
+        let q = spinning(1);
+        q.0.push_one(&q.1, 1).unwrap();
+        let q2 = q.clone();
+        let getter = thread::spawn(move || match get(&q2, false) {
+            // Closed before the getter came: nothing more to see.
+            Err(e) => Err(e),
+            Ok(first) => {
+                assert_eq!(first, 1);
+                get(&q2, true)
+            }
+        });
+        let q3 = q.clone();
+        let poster = thread::spawn(move || q3.0.push_one(&q3.1, 2));
+        q.0.close(&q.1);
+        let posted = poster.join().unwrap();
+        let got = getter.join().unwrap();
+        // Either the post made it before the close and was taken, or the
+        // getter saw the close; a refused post is given back.
+        match got {
+            Ok(v) => {
+                assert_eq!(v, 2);
+                assert_eq!(posted, Ok(()));
+            }
+            Err(e) => assert_eq!(e, GetError::Closed),
+        }
+    });
+}

@@ -151,6 +151,64 @@ fn q3_single_consumer_sees_push_order() {
     assert_eq!(got, (0..100).collect::<Vec<_>>());
 }
 
+/// The mailbox hand-off under real threads: two posters and the kernel
+/// feed one running getter, which spins (posts keep arriving) and so takes
+/// many items through the mailbox. Every item must arrive exactly once, and
+/// each poster's posts in the order it made them (Q3); the kernel's
+/// completions interleave wherever they land.
+#[test]
+fn q3_posts_handed_to_a_spinning_thread_keep_order_and_arrive_once() {
+    const PER_POSTER: u32 = 20_000;
+    const KERNEL: u32 = 500;
+    let q = queue(1);
+    let posters: Vec<_> = (0..2u32)
+        .map(|p| {
+            let q = q.clone();
+            thread::spawn(move || {
+                for i in 0..PER_POSTER {
+                    q.0.push_one(&q.1, (p << 24) | i).unwrap();
+                    // Let the getter drain the queue, so that it finds it
+                    // empty and opens the mailbox.
+                    thread::yield_now();
+                }
+            })
+        })
+        .collect();
+    let kernel = {
+        let q = q.clone();
+        thread::spawn(move || {
+            for i in 0..KERNEL {
+                q.1.complete((2 << 24) | i);
+                thread::yield_now();
+            }
+        })
+    };
+    let total = 2 * PER_POSTER + KERNEL;
+    let mut next = [0u32; 3];
+    let mut returning = false;
+    for _ in 0..total {
+        let mut out = Vec::new();
+        q.0.get(&q.1, returning, 1, Some(LIMIT), &mut out)
+            .expect("an item within the limit");
+        returning = true;
+        let v = out[0];
+        let (src, seq) = ((v >> 24) as usize, v & 0xff_ffff);
+        assert_eq!(seq, next[src], "source {src} out of order or repeated");
+        next[src] += 1;
+    }
+    for t in posters {
+        t.join().unwrap();
+    }
+    kernel.join().unwrap();
+    assert_eq!(next, [PER_POSTER, PER_POSTER, KERNEL]);
+    let mut out = Vec::new();
+    assert_eq!(
+        q.0.get(&q.1, true, 1, Some(Duration::ZERO), &mut out),
+        Err(GetError::Timeout),
+        "an item arrived twice"
+    );
+}
+
 #[test]
 fn q4_get_many_takes_up_to_max_as_one_running_thread() {
     let q = queue(1);
@@ -385,13 +443,15 @@ fn a_poll_that_panics_hands_the_leader_role_on() {
 
 #[test]
 fn spinning_follows_posts() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
     let spin = super::Spin::default();
+    let posts = AtomicUsize::new(0);
     // A port nobody posts to stops spinning after IDLE decisions.
-    let spins = (0..100).filter(|_| spin.should_spin()).count();
+    let spins = (0..100).filter(|_| spin.should_spin(&posts)).count();
     assert_eq!(spins, super::Spin::IDLE);
     // A post brings it back, for as long as posts keep coming.
     for _ in 0..50 {
-        spin.posted();
-        assert!(spin.should_spin());
+        posts.fetch_add(1, Ordering::Relaxed);
+        assert!(spin.should_spin(&posts));
     }
 }
