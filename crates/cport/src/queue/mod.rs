@@ -249,11 +249,8 @@ impl<E> Queue<E> {
         let mut spun = timeout == Some(Duration::ZERO);
         if returning && !spun && self.spin.should_spin(&self.mailbox.posts) {
             spun = true;
-            match self.handoff(reactor) {
-                Handoff::Took(item) => {
-                    out.extend(Some(item));
-                    return Ok(());
-                }
+            match self.handoff(reactor, max, out) {
+                Handoff::Took => return Ok(()),
                 Handoff::Closed => return Err(GetError::Closed),
                 Handoff::Missed => {}
             }
@@ -351,24 +348,51 @@ impl<E> Queue<E> {
         }
     }
 
-    /// A running thread coming back to an empty queue opens the mailbox and
-    /// spins until a post fills it. It keeps its running slot throughout, so
-    /// the concurrency count needs no update either way (C2).
-    fn handoff<R: Reactor<E> + ?Sized>(&self, reactor: &R) -> Handoff<E> {
+    /// A running thread coming back takes what is queued at once, or, on an
+    /// empty queue, opens the mailbox and spins until a post fills it. It
+    /// keeps its running slot throughout (C2: giving it up and taking it
+    /// back would leave the count where it is), so the concurrency count
+    /// needs no update either way.
+    fn handoff<R: Reactor<E> + ?Sized>(
+        &self,
+        reactor: &R,
+        max: usize,
+        out: &mut impl Extend<E>,
+    ) -> Handoff {
         {
             let mut st = sync::lock(&self.state);
+            if st.closed || st.running > self.concurrency {
+                // Over the limit after a blocking section (C3): this thread
+                // must give its slot up and wait, which the locked path does.
+                return Handoff::Missed;
+            }
             if st.leader == Leader::Idle && st.since_poll >= POLL_EVERY {
                 // Posts alone have been feeding this thread: look at the
                 // kernel once, without waiting, as the locked path does, so
                 // that I/O completions are not starved by them.
                 st = self.poll(st, reactor, Some(Duration::ZERO));
+                if st.closed {
+                    return Handoff::Missed;
+                }
             }
-            if st.closed
-                || !st.items.is_empty()
-                || self.mailbox.state.load(Ordering::Relaxed) != EMPTY
-            {
-                // Something to take or to poll, or another thread has the
-                // mailbox: the locked path decides.
+            if st.items.len() > st.woken {
+                // The post came first: take it under this same lock rather
+                // than unlocking and locking again on the locked path (in a
+                // ping-pong this is every other hand-off).
+                let n = max.min(st.items.len() - st.woken);
+                out.extend(st.items.drain(..n));
+                self.queued.store(st.items.len(), Ordering::Relaxed);
+                st.since_poll += n;
+                let wake = self.rebalance(&mut st);
+                drop(st);
+                if wake {
+                    reactor.wake();
+                }
+                return Handoff::Took;
+            }
+            if !st.items.is_empty() || self.mailbox.state.load(Ordering::Relaxed) != EMPTY {
+                // Items promised to released followers, or another thread
+                // has the mailbox: the locked path decides.
                 return Handoff::Missed;
             }
             self.mailbox.state.store(WANTED, Ordering::Relaxed);
@@ -385,7 +409,8 @@ impl<E> Queue<E> {
                     drop(item);
                     Handoff::Closed
                 } else {
-                    Handoff::Took(item)
+                    out.extend(Some(item));
+                    Handoff::Took
                 }
             }
             None => Handoff::Missed,
@@ -608,8 +633,9 @@ impl<E> Queue<E> {
 }
 
 /// What [`Queue::handoff`] came back with.
-enum Handoff<E> {
-    Took(E),
+enum Handoff {
+    /// Items were put in the caller's `out`.
+    Took,
     Closed,
     /// Nothing came: go the locked way.
     Missed,

@@ -329,6 +329,36 @@ fn c3_blocking_section_frees_the_slot_and_may_exceed_the_limit() {
     t2.join().unwrap();
 }
 
+/// A thread coming back while the count is over the limit (another thread
+/// re-entered after a blocking section, C3) must give its slot up and wait,
+/// even on the hand-off path that spinning threads take, which keeps the
+/// slot.
+#[test]
+fn c3_returning_thread_over_the_limit_does_not_take_through_the_hand_off() {
+    let q = queue(1);
+    q.0.push_one(&q.1, 1).unwrap();
+    let mut out = Vec::new();
+    q.0.get(&q.1, false, 1, Some(Duration::ZERO), &mut out)
+        .unwrap();
+    // A second thread comes back from a blocking section: two run.
+    q.0.reenter();
+    assert_eq!(q.0.stats().running, 2);
+    // A post arrives, so the returning thread would spin and hand off.
+    q.0.push_one(&q.1, 2).unwrap();
+    let mut out = Vec::new();
+    assert_eq!(
+        q.0.get(&q.1, true, 1, Some(Duration::from_millis(20)), &mut out),
+        Err(GetError::Timeout),
+        "took an item with two threads running and a limit of one"
+    );
+    assert_eq!(q.0.stats().queued, 1);
+    assert_eq!(q.0.stats().running, 1);
+    // Once the other thread leaves, the item can run.
+    q.0.release(&q.1);
+    q.0.get(&q.1, false, 1, Some(LIMIT), &mut out).unwrap();
+    assert_eq!(out, vec![2]);
+}
+
 #[test]
 fn q6_close_wakes_every_waiter_with_closed() {
     let q = queue(4);
