@@ -1,7 +1,8 @@
 //! The command line: what each subcommand accepts. Parsing only; the work
-//! lives in `serve`, `client` and `load`.
+//! lives in `serve`, `client`, `load` and `bench`.
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -28,6 +29,9 @@ pub enum Command {
     Client(ClientArgs),
     /// Loads an echo server and checks every echoed byte.
     Load(LoadArgs),
+    /// Runs each I/O model's echo server against `cport load` over a
+    /// matrix of connections and sizes, and prints the comparison table.
+    Bench(BenchArgs),
 }
 
 /// `--backend`: which kernel mechanism the port runs on.
@@ -183,6 +187,45 @@ pub struct LoadArgs {
     /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Servers to run, separated by commas: blocking, nonblocking, select,
+    /// poll, epoll, event, message, callback, port-uring, port-epoll, or
+    /// port for both port rows (default: all).
+    #[arg(long, value_name = "LIST")]
+    pub models: Option<String>,
+
+    /// Connection counts, separated by commas (default 1,50,500,5000;
+    /// with --quick 1,50).
+    #[arg(long, value_name = "LIST")]
+    pub conns: Option<String>,
+
+    /// Message sizes in bytes, separated by commas (default 128,4096; with
+    /// --quick 128).
+    #[arg(long, value_name = "LIST")]
+    pub sizes: Option<String>,
+
+    /// Measured period of each run (default 5s; with --quick 1s).
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    /// Warm-up of each run, before its measured period (default 1s; with
+    /// --quick 400ms).
+    #[arg(long, value_parser = parse_duration)]
+    pub warmup: Option<Duration>,
+
+    /// Directory for the record (default bench/runs/<UTC date>/models under
+    /// the current directory, -<HHMMSS> appended if it exists; with
+    /// --quick a new temporary directory).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+
+    /// A trial within two minutes: 1 and 50 connections, 128 B, 1 s
+    /// measured per run.
+    #[arg(long)]
+    pub quick: bool,
 }
 
 /// `30s`, `500ms`, `2m`, `1.5` (seconds).

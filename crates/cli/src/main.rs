@@ -1,9 +1,11 @@
 //! `cport`: the tutorials' IOCP echo server and client, on the cport
-//! library, and a load generator to measure them.
+//! library, a load generator to measure them, and the benchmark of the
+//! tutorials' I/O models.
 //!
 //! Exit codes: 0 success, 1 failure while running, 2 bad usage.
 
 mod args;
+mod bench;
 mod client;
 mod load;
 mod serve;
@@ -41,6 +43,7 @@ fn main() -> ExitCode {
         Command::Serve(a) => serve::run(a),
         Command::Client(a) => client::run(a),
         Command::Load(a) => load::run(a),
+        Command::Bench(a) => bench::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

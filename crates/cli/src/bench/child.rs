@@ -1,0 +1,171 @@
+//! The runner's child processes (servers, loads, perf): started pinned to
+//! a CPU, registered while they live so that Ctrl-C can kill them, always
+//! reaped.
+//!
+//! Pinning needs neither unsafe code nor taskset(1): a thread's CPU
+//! affinity is copied into a process it forks (and kept across exec), so
+//! each child is spawned from a short-lived thread that pins itself first.
+
+use std::io;
+use std::process::{Child, Command, ExitStatus};
+use std::sync::{Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rustix::process::{kill_process, waitpid, Pid, Signal, WaitOptions};
+use rustix::thread::{sched_getaffinity, sched_setaffinity, CpuSet};
+
+/// Children started and not yet reaped. Spawning and reaping happen under
+/// this lock, so the signal handler never kills a pid that was reaped (and
+/// may have been reused) nor misses one that was just started.
+static LIVE: Mutex<Vec<Pid>> = Mutex::new(Vec::new());
+
+fn live() -> MutexGuard<'static, Vec<Pid>> {
+    // A list of pids stays consistent across a panic.
+    LIVE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The CPUs this process may run on, in order.
+pub fn allowed_cpus() -> Vec<usize> {
+    match sched_getaffinity(None) {
+        Ok(set) => (0..CpuSet::MAX_CPU).filter(|&c| set.is_set(c)).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// A running child; killed and reaped on drop if still running, so that
+/// an early return leaves no process behind.
+#[derive(Debug)]
+pub struct Proc {
+    child: Child,
+    pub pid: u32,
+    exited: Option<ExitStatus>,
+}
+
+/// Spawns `cmd`, on `cpu` only when given.
+pub fn spawn(cmd: &mut Command, cpu: Option<usize>) -> anyhow::Result<Proc> {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let mut live = live();
+    let child = match cpu {
+        None => cmd.spawn(),
+        Some(cpu) => thread::scope(|s| {
+            s.spawn(|| {
+                let mut set = CpuSet::new();
+                set.set(cpu);
+                sched_setaffinity(None, &set)
+                    .map_err(|e| io::Error::other(format!("cannot pin to CPU {cpu}: {e}")))?;
+                cmd.spawn()
+            })
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the spawning thread panicked")))
+        }),
+    }
+    .with_context(|| format!("cannot start {program}"))?;
+    let pid = child.id();
+    if let Some(p) = Pid::from_raw(pid as i32) {
+        live.push(p);
+    }
+    Ok(Proc {
+        child,
+        pid,
+        exited: None,
+    })
+}
+
+impl Proc {
+    pub fn child(&mut self) -> &mut Child {
+        &mut self.child
+    }
+
+    /// Whether it has exited (reaping it if so).
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        if self.exited.is_none() {
+            let mut live = live();
+            if let Ok(Some(st)) = self.child.try_wait() {
+                self.exited = Some(st);
+                live.retain(|p| p.as_raw_pid() as u32 != self.pid);
+            }
+        }
+        self.exited
+    }
+
+    /// Waits for it to exit, at most `within`.
+    pub fn wait_for(&mut self, within: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(st) = self.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Sends `sig` if it has not been reaped (so the pid is still its own).
+    pub fn signal(&self, sig: Signal) {
+        let ours = Pid::from_raw(self.pid as i32).filter(|_| self.exited.is_none());
+        if let Some(p) = ours {
+            let _ = kill_process(p, sig);
+        }
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`; reaped either way. Returns the
+    /// exit status and whether SIGKILL was needed.
+    pub fn stop(&mut self, grace: Duration) -> (Option<ExitStatus>, bool) {
+        if let Some(st) = self.try_wait() {
+            return (Some(st), false);
+        }
+        self.signal(Signal::TERM);
+        if let Some(st) = self.wait_for(grace) {
+            return (Some(st), false);
+        }
+        (self.kill(), true)
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) -> Option<ExitStatus> {
+        self.signal(Signal::KILL);
+        // A killed process is reaped within milliseconds; the bound only
+        // keeps a kernel stuck in uninterruptible sleep from hanging us.
+        self.wait_for(Duration::from_secs(10))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.try_wait().is_none() {
+            self.kill();
+        }
+    }
+}
+
+/// On SIGINT or SIGTERM: kill every child, reap them, exit 1.
+pub fn kill_children_on_signal() -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .context("cannot install signal handlers")?;
+    thread::Builder::new()
+        .name("bench-signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                // Held until exit: nothing is spawned or reaped meanwhile.
+                let live = live();
+                for &p in live.iter() {
+                    let _ = kill_process(p, Signal::KILL);
+                }
+                for &p in live.iter() {
+                    let _ = waitpid(Some(p), WaitOptions::empty());
+                }
+                eprintln!(
+                    "\ncport bench: interrupted (signal {sig}); {} child process(es) killed",
+                    live.len()
+                );
+                std::process::exit(1);
+            }
+        })
+        .context("cannot start the signal thread")?;
+    Ok(())
+}
