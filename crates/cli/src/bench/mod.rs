@@ -353,7 +353,12 @@ fn summary(info: &Info, rows: &[Row], table: &str, held_table: &str) -> String {
             .map_or("rustc not on PATH".into(), |v| format!("{v} (on PATH)")),
         match (commit, dirty) {
             (Some(c), Some(0)) => c,
-            (Some(c), Some(n)) => format!("{c} with {n} uncommitted file(s), measured as they are"),
+            // The checkout's state when the run started, not necessarily
+            // the binary's: it may have been built before later edits.
+            (Some(c), Some(n)) => format!(
+                "{c} with {n} uncommitted file(s) in the working tree at the start (the binary \
+                 may predate them)"
+            ),
             (Some(c), None) => c,
             (None, _) => "unknown (not a git checkout)".into(),
         }
