@@ -638,9 +638,13 @@ impl<T: Send + 'static> CompletionPort<T> {
     /// Queues a user completion (PostQueuedCompletionStatus): it comes back
     /// from [`get`](Self::get) with `kind == OpKind::Post`, `key`,
     /// `result == Ok(bytes)` and `value`, and obeys the same ordering and
-    /// concurrency rules as I/O completions (SEMANTICS PQ1, PQ2). Fails with
-    /// `NotConnected` once the port is closed.
-    pub fn post(&self, key: u64, bytes: usize, value: T) -> io::Result<()> {
+    /// concurrency rules as I/O completions (SEMANTICS PQ1, PQ2). Once the
+    /// port is closed it is refused with `NotConnected`, and the value comes
+    /// back in the [`Rejected`] (which converts into an `io::Error` for `?`).
+    /// A post that races with [`close_port`](Self::close_port) may be
+    /// accepted and then dropped with everything else the close finds
+    /// queued.
+    pub fn post(&self, key: u64, bytes: usize, value: T) -> Result<(), Rejected<T>> {
         let post = Completion {
             key,
             kind: OpKind::Post,
@@ -657,8 +661,7 @@ impl<T: Send + 'static> CompletionPort<T> {
         self.inner
             .queue
             .push_one(&*self.inner.driver, post)
-            .map_err(|_| port_closed())?;
-        Ok(())
+            .map_err(|c| Rejected::new(port_closed(), c.value, Payload::None))
     }
 
     /// Dequeues one completion (GetQueuedCompletionStatus), waiting at most
