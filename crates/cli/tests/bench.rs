@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{run_cport, wait_until, BIN, STEP};
+use common::{lines, run_cport, wait_until, BIN, STEP};
 use rustix::process::{kill_process, Pid, Signal};
 
 /// A fresh directory under the system's temporary directory.
@@ -173,15 +173,6 @@ fn a_small_matrix_writes_the_record_and_leaves_no_process() {
         println!("skipped the pinning check: {cpus} CPU");
     }
     let _ = fs::remove_dir_all(&out);
-}
-
-/// stderr's lines with text.
-fn lines(stderr: &[u8]) -> Vec<String> {
-    String::from_utf8_lossy(stderr)
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(str::to_string)
-        .collect()
 }
 
 #[test]

@@ -7,16 +7,7 @@ mod common;
 use std::net::{TcpListener, UdpSocket};
 use std::time::Duration;
 
-use common::{run_cport, STEP};
-
-/// The lines of stderr that carry text.
-fn lines(stderr: &[u8]) -> Vec<String> {
-    String::from_utf8_lossy(stderr)
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(str::to_string)
-        .collect()
-}
+use common::{lines, run_cport, STEP};
 
 fn tcp_port_in_use_is_one_line_and_exit_1(backend: &str) {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();

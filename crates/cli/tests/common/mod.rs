@@ -20,6 +20,15 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_cport");
 /// How long any single step of a test may take before it fails.
 pub const STEP: Duration = Duration::from_secs(30);
 
+/// The lines of a command's stderr that carry text.
+pub fn lines(stderr: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(stderr)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
 /// Expands one test body per backend: `uring::name` and `epoll::name`.
 #[macro_export]
 macro_rules! per_backend {
