@@ -278,16 +278,8 @@ impl<E> Queue<E> {
                     }
                     continue;
                 }
-                let n = max.min(st.items.len() - st.woken);
-                out.extend(st.items.drain(..n));
-                self.queued.store(st.items.len(), Ordering::Relaxed);
-                st.since_poll += n;
                 st.running += 1;
-                let wake = self.rebalance(&mut st);
-                drop(st);
-                if wake {
-                    reactor.wake();
-                }
+                self.take(st, reactor, max, out);
                 return Ok(());
             }
             if st.items.is_empty() && !spun {
@@ -348,6 +340,27 @@ impl<E> Queue<E> {
         }
     }
 
+    /// Moves up to `max` of the items nobody was released for into `out`
+    /// (the caller counts itself running), then restores the invariants and
+    /// unlocks.
+    fn take<R: Reactor<E> + ?Sized>(
+        &self,
+        mut st: sync::MutexGuard<'_, State<E>>,
+        reactor: &R,
+        max: usize,
+        out: &mut impl Extend<E>,
+    ) {
+        let n = max.min(st.items.len() - st.woken);
+        out.extend(st.items.drain(..n));
+        self.queued.store(st.items.len(), Ordering::Relaxed);
+        st.since_poll += n;
+        let wake = self.rebalance(&mut st);
+        drop(st);
+        if wake {
+            reactor.wake();
+        }
+    }
+
     /// A running thread coming back takes what is queued at once, or, on an
     /// empty queue, opens the mailbox and spins until a post fills it. It
     /// keeps its running slot throughout (C2: giving it up and taking it
@@ -379,15 +392,7 @@ impl<E> Queue<E> {
                 // The post came first: take it under this same lock rather
                 // than unlocking and locking again on the locked path (in a
                 // ping-pong this is every other hand-off).
-                let n = max.min(st.items.len() - st.woken);
-                out.extend(st.items.drain(..n));
-                self.queued.store(st.items.len(), Ordering::Relaxed);
-                st.since_poll += n;
-                let wake = self.rebalance(&mut st);
-                drop(st);
-                if wake {
-                    reactor.wake();
-                }
+                self.take(st, reactor, max, out);
                 return Handoff::Took;
             }
             if !st.items.is_empty() || self.mailbox.state.load(Ordering::Relaxed) != EMPTY {
