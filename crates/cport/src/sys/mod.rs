@@ -220,6 +220,19 @@ impl Op {
             }
         }
     }
+
+    /// The error every backend refuses an operation with when it does not
+    /// [`fit`](Op::fits) the handle's kind (an accept on a stream, a read
+    /// at an offset on a socket), so the message is the same on each.
+    pub(crate) fn misfit(&self, kind: SourceKind) -> Option<io::Error> {
+        if self.fits(kind) {
+            return None;
+        }
+        Some(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{}: not supported on a {:?} handle", self.name(), kind),
+        ))
+    }
 }
 
 /// Something that can be associated with a port: a TCP listener or stream,

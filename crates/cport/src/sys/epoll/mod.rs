@@ -465,11 +465,7 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
                 ))
             }
         };
-        if !op.fits(entry.kind) {
-            let err = io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{}: not supported on a {:?} handle", op.name(), entry.kind),
-            );
+        if let Some(err) = op.misfit(entry.kind) {
             return Err(Rejected::new(err, value, op.into_payload()));
         }
         let id = OpId {

@@ -982,11 +982,7 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
             Some(e) => (e.fd.as_raw_fd(), e.kind, e.key),
             None => return Err(Rejected::new(bad_handle(name), value, op.into_payload())),
         };
-        if !op.fits(kind) {
-            let e = io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{name}: not possible on a {kind:?} handle"),
-            );
+        if let Some(e) = op.misfit(kind) {
             return Err(Rejected::new(e, value, op.into_payload()));
         }
         let op_kind = op.kind();

@@ -1086,11 +1086,7 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
             Some(a) => (a.key, a.kind, a.raw, a.skip),
             None => return Self::reject(bad_handle(op.name()), value, op),
         };
-        if !op.fits(kind) {
-            let err = io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{}: not supported on a {:?} handle", op.name(), kind),
-            );
+        if let Some(err) = op.misfit(kind) {
             return Self::reject(err, value, op);
         }
         let mut domain = None;
