@@ -40,9 +40,25 @@ fn get(port: &CompletionPort<u32>) -> Completion<u32> {
 
 /// A connected pair: `(associated server side, plain client side)`.
 fn pair(port: &CompletionPort<u32>, key: u64) -> (crate::Handle, TcpStream) {
+    pair_with_send_buffer(port, key, None)
+}
+
+/// [`pair`], with the server side's send buffer set to `send_buffer`
+/// bytes first (a tiny one makes the kernel take a large send in many
+/// short pieces).
+fn pair_with_send_buffer(
+    port: &CompletionPort<u32>,
+    key: u64,
+    send_buffer: Option<usize>,
+) -> (crate::Handle, TcpStream) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
     let (server, _) = l.accept().unwrap();
+    if let Some(size) = send_buffer {
+        socket2::SockRef::from(&server)
+            .set_send_buffer_size(size)
+            .unwrap();
+    }
     (port.associate(server, key).unwrap(), client)
 }
 
@@ -56,14 +72,8 @@ fn o4_short_send_is_continued_until_all_bytes_went() {
         Some(p) => p,
         None => return,
     };
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let peer = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-    let (server, _) = l.accept().unwrap();
     // A tiny send buffer makes the kernel take the 1 MiB in many pieces.
-    socket2::SockRef::from(&server)
-        .set_send_buffer_size(4096)
-        .unwrap();
-    let h = port.associate(server, 1).unwrap();
+    let (h, peer) = pair_with_send_buffer(&port, 1, Some(4096));
     let data = pattern(1 << 20);
     let reader = thread::spawn(move || {
         let mut peer = peer;
@@ -510,13 +520,7 @@ fn o4_sends_queued_on_one_stream_go_out_whole_and_in_order() {
         Some(p) => p,
         None => return,
     };
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let peer = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-    let (server, _) = l.accept().unwrap();
-    socket2::SockRef::from(&server)
-        .set_send_buffer_size(4096)
-        .unwrap();
-    let h = port.associate(server, 1).unwrap();
+    let (h, peer) = pair_with_send_buffer(&port, 1, Some(4096));
     let n = 6;
     let size = 256 << 10;
     let reader = thread::spawn(move || {
