@@ -9,9 +9,8 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread;
 
-use crate::{lock, spawn, transient_accept_error, Stats, Stop, ACCEPT_BACKOFF};
+use crate::{accept_blocking, lock, spawn, Stats, Stop};
 
 /// Runs the echo server until `stop` is set; see the [crate] docs.
 pub fn serve(listener: TcpListener, stop: Stop, stats: Arc<Stats>) -> io::Result<()> {
@@ -31,18 +30,7 @@ pub fn serve(listener: TcpListener, stop: Stop, stats: Arc<Stats>) -> io::Result
     stop.wake_accept(listener.local_addr()?);
     let next = AtomicU64::new(0);
     let mut threads = Vec::new();
-    while !stop.is_stopped() {
-        let stream = match listener.accept() {
-            Ok((s, _)) => s,
-            Err(e) if transient_accept_error(&e) => continue,
-            Err(_) => {
-                thread::sleep(ACCEPT_BACKOFF);
-                continue;
-            }
-        };
-        if stop.is_stopped() {
-            break;
-        }
+    while let Some(stream) = accept_blocking(&listener, &stop) {
         let id = next.fetch_add(1, Ordering::Relaxed);
         {
             let mut map = lock(&open);

@@ -17,16 +17,13 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
+use std::thread::JoinHandle;
 
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 
 use crate::signal::spawn_signaler;
-use crate::{
-    lock, poll::keep, poll_fds, pollfd, spawn, transient_accept_error, Echo, Stats, Stop,
-    ACCEPT_BACKOFF,
-};
+use crate::{accept_blocking, lock, poll::keep, poll_fds, pollfd, spawn, Echo, Stats, Stop};
 
 /// Events one thread can wait on (WSA_MAXIMUM_WAIT_EVENTS).
 pub const MAXIMUM_WAIT_EVENTS: usize = 64;
@@ -99,20 +96,9 @@ pub fn serve(listener: TcpListener, stop: Stop, stats: Arc<Stats>) -> io::Result
     let mut threads = vec![signaler];
     let mut next = 0usize;
     let result = loop {
-        if stop.is_stopped() {
+        let Some(stream) = accept_blocking(&listener, &stop) else {
             break Ok(());
-        }
-        let stream = match listener.accept() {
-            Ok((s, _)) => s,
-            Err(e) if transient_accept_error(&e) => continue,
-            Err(_) => {
-                thread::sleep(ACCEPT_BACKOFF);
-                continue;
-            }
         };
-        if stop.is_stopped() {
-            break Ok(());
-        }
         let (echo, event) = match (Echo::new(stream), EventFd::new()) {
             (Ok(s), Ok(e)) => (s, Arc::new(e)),
             _ => {

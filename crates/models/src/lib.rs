@@ -445,6 +445,29 @@ impl Stats {
     }
 }
 
+/// Accepts the next connection on the blocking `listener` of the models
+/// whose accept thread blocks (blocking, select, event): transient errors
+/// are retried at once, others (descriptor exhaustion, LESSONS 6) after
+/// `ACCEPT_BACKOFF`, so a saturated server does not spin. `None` once
+/// `stop` is set; the connection `Stop::wake_accept` makes to unblock the
+/// accept is dropped.
+pub(crate) fn accept_blocking(listener: &TcpListener, stop: &Stop) -> Option<TcpStream> {
+    loop {
+        if stop.is_stopped() {
+            return None;
+        }
+        match listener.accept() {
+            Ok((s, _)) if stop.is_stopped() => {
+                drop(s);
+                return None;
+            }
+            Ok((s, _)) => return Some(s),
+            Err(e) if transient_accept_error(&e) => {}
+            Err(_) => thread::sleep(ACCEPT_BACKOFF),
+        }
+    }
+}
+
 /// Accepts every connection waiting on the non-blocking `listener`,
 /// handing each to `add`. Returns `true` after `WouldBlock`, or `false`
 /// after a pause on an error such as descriptor exhaustion (LESSONS 6):

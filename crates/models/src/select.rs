@@ -21,10 +21,7 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::thread;
 
-use crate::{
-    drain, poll::keep, spawn, stop_socket, transient_accept_error, Echo, Stats, Stop,
-    ACCEPT_BACKOFF,
-};
+use crate::{accept_blocking, drain, poll::keep, spawn, stop_socket, Echo, Stats, Stop};
 
 /// Sockets per group thread: Windows' FD_SETSIZE, the limit the tutorials'
 /// "64 sockets per thread" comes from. The wake socket is not counted.
@@ -52,20 +49,9 @@ pub fn serve(listener: TcpListener, stop: Stop, stats: Arc<Stats>) -> io::Result
     let mut threads = vec![t];
     let warned = AtomicBool::new(false);
     let result = loop {
-        if stop.is_stopped() {
+        let Some(stream) = accept_blocking(&listener, &stop) else {
             break Ok(());
-        }
-        let stream = match listener.accept() {
-            Ok((s, _)) => s,
-            Err(e) if transient_accept_error(&e) => continue,
-            Err(_) => {
-                thread::sleep(ACCEPT_BACKOFF);
-                continue;
-            }
         };
-        if stop.is_stopped() {
-            break Ok(());
-        }
         let fd = stream.as_raw_fd();
         if !fits(fd) {
             refuse(stream, fd, &stats, &warned);
