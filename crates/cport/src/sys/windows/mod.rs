@@ -1417,33 +1417,12 @@ impl<T: Send + 'static> Driver<T> {
     /// Dequeues one batch of packets (waiting at most `ms`) and settles the
     /// operations they finish. Returns how many packets came.
     fn reap(&self, ms: u32, out: &mut Vec<Completion<T>>) -> usize {
-        let empty = OVERLAPPED_ENTRY {
-            lpCompletionKey: 0,
-            lpOverlapped: ptr::null_mut(),
-            Internal: 0,
-            dwNumberOfBytesTransferred: 0,
-        };
-        let mut entries = [empty; BATCH];
-        let mut n = 0u32;
-        // SAFETY:
-        // - `entries` has room for BATCH entries and `n` receives the
-        //   count; `self.iocp` is our open port; not alertable.
-        let ok = unsafe {
-            GetQueuedCompletionStatusEx(
-                self.iocp,
-                entries.as_mut_ptr(),
-                BATCH as u32,
-                &mut n,
-                ms,
-                FALSE,
-            )
-        };
-        if ok == FALSE {
-            // WAIT_TIMEOUT, or the port is being torn down.
+        let (entries, n) = dequeue_packets(self.iocp, ms);
+        if n == 0 {
             return 0;
         }
         let mut st = lock(&self.state);
-        for e in &entries[..n as usize] {
+        for e in &entries[..n] {
             if e.lpCompletionKey == WAKE_KEY || e.lpOverlapped.is_null() {
                 continue;
             }
@@ -1457,8 +1436,32 @@ impl<T: Send + 'static> Driver<T> {
             };
             self.settle(&mut st, key, bytes, err, out);
         }
-        n as usize
+        n
     }
+}
+
+/// One GetQueuedCompletionStatusEx on `iocp`, waiting at most `ms`: the
+/// packets that came, and how many (0 on WAIT_TIMEOUT, or when the port is
+/// being torn down).
+fn dequeue_packets(iocp: HANDLE, ms: u32) -> ([OVERLAPPED_ENTRY; BATCH], usize) {
+    let empty = OVERLAPPED_ENTRY {
+        lpCompletionKey: 0,
+        lpOverlapped: ptr::null_mut(),
+        Internal: 0,
+        dwNumberOfBytesTransferred: 0,
+    };
+    let mut entries = [empty; BATCH];
+    let mut n = 0u32;
+    // SAFETY:
+    // - `entries` has room for BATCH entries and `n` receives the count;
+    //   `iocp` is the caller's open port; not alertable.
+    let ok = unsafe {
+        GetQueuedCompletionStatusEx(iocp, entries.as_mut_ptr(), BATCH as u32, &mut n, ms, FALSE)
+    };
+    if ok == FALSE {
+        n = 0;
+    }
+    (entries, n as usize)
 }
 
 impl<T> Drop for Driver<T> {
@@ -1487,30 +1490,8 @@ impl<T> Drop for Driver<T> {
         // flight: take each one's packet before freeing it (X3).
         let deadline = Instant::now() + DRAIN;
         while st.ops.len() > 0 && Instant::now() < deadline {
-            let empty = OVERLAPPED_ENTRY {
-                lpCompletionKey: 0,
-                lpOverlapped: ptr::null_mut(),
-                Internal: 0,
-                dwNumberOfBytesTransferred: 0,
-            };
-            let mut entries = [empty; BATCH];
-            let mut n = 0u32;
-            // SAFETY:
-            // - as in `reap`: room for BATCH entries, our open port.
-            let ok = unsafe {
-                GetQueuedCompletionStatusEx(
-                    self.iocp,
-                    entries.as_mut_ptr(),
-                    BATCH as u32,
-                    &mut n,
-                    100,
-                    FALSE,
-                )
-            };
-            if ok == FALSE {
-                continue;
-            }
-            for e in &entries[..n as usize] {
+            let (entries, n) = dequeue_packets(self.iocp, 100);
+            for e in &entries[..n] {
                 if let Some((i, g)) = st.by_ov.remove(&(e.lpOverlapped as usize)) {
                     let p = st.ops.remove(i, g);
                     // A value's Drop panicking here would escape the
