@@ -15,8 +15,10 @@
 //! io_uring is skipped, with its reason printed, where it cannot start.
 //! How to read the figures: docs/design/benchmark-method.md.
 
+mod common;
+
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use cport::Backend;
 use cport_bench::{
@@ -95,19 +97,9 @@ fn same_thread(c: &mut Criterion) {
     g.finish();
 }
 
-fn config() -> Criterion {
-    // Keeps the whole bench set within a few minutes on a 2-core machine;
-    // `configure_from_args` lets a command line override it.
-    Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(4))
-        .sample_size(50)
-        .configure_from_args()
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = common::config();
     targets = handoff, same_thread
 }
 criterion_main!(benches);

@@ -15,10 +15,12 @@
 //! on its own thread. Everything binds 127.0.0.1:0 and stops by itself.
 //! How to read the figures: docs/design/benchmark-method.md.
 
+mod common;
+
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use cport::Backend;
 use cport_bench::{usable_backends, EchoClient, EchoServer, STALL};
@@ -140,17 +142,9 @@ fn many_connections(c: &mut Criterion) {
     g.finish();
 }
 
-fn config() -> Criterion {
-    Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(4))
-        .sample_size(50)
-        .configure_from_args()
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = common::config();
     targets = one_connection, many_connections
 }
 criterion_main!(benches);
