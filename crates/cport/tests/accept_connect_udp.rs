@@ -6,25 +6,8 @@ mod common;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 
-use common::{assert_empty, closed_addr, next, LONG};
+use common::{assert_empty, closed_addr, next, original, Tagged, LONG};
 use cport::{is_aborted, CompletionPort, Handle, OpKind, Payload};
-
-/// A per-operation value that tells the original from its clones: a
-/// multishot operation's last completion must carry the value itself.
-#[derive(Debug, PartialEq, Eq)]
-struct Tagged {
-    id: u32,
-    clone: bool,
-}
-
-impl Clone for Tagged {
-    fn clone(&self) -> Self {
-        Tagged {
-            id: self.id,
-            clone: true,
-        }
-    }
-}
 
 fn listener<T: Send + 'static>(port: &CompletionPort<T>, key: u64) -> (Handle, SocketAddr) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -88,7 +71,7 @@ backends! {
     fn o7_accept_multi_until_cancelled_ends_with_the_original_value(backend: Backend) {
         let port = common::port::<Tagged>(backend, 4);
         let (lh, addr) = listener(&port, 20);
-        let op = port.accept_multi(lh, Tagged { id: 5, clone: false }).unwrap();
+        let op = port.accept_multi(lh, original(5)).unwrap();
         let clients: Vec<TcpStream> = (0..5).map(|_| TcpStream::connect(addr).unwrap()).collect();
         let mut peers: Vec<SocketAddr> = clients.iter().map(|c| c.local_addr().unwrap()).collect();
         let mut streams = Vec::new();
@@ -108,7 +91,7 @@ backends! {
         let c = next(&port);
         assert_eq!(c.op, Some(op));
         assert!(!c.more, "the last completion of a multishot operation");
-        assert_eq!(c.value, Tagged { id: 5, clone: false }, "it carries the original value");
+        assert_eq!(c.value, original(5), "it carries the original value");
         let e = c.result.unwrap_err();
         assert!(is_aborted(&e), "{e}");
         assert!(matches!(c.payload, Payload::None));

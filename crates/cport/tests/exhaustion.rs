@@ -23,32 +23,11 @@ use std::os::unix::fs::FileExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{assert_empty, next, LONG};
+use common::{assert_empty, next, original, Tagged, LONG};
 use cport::{GetError, OpKind, Payload};
 
 /// Set in the child process that runs one test's body.
 const CHILD: &str = "CPORT_TEST_EXHAUSTION_CHILD";
-
-/// A value that tells the original from its clones: a multishot accept's
-/// last completion must carry the value itself.
-#[derive(Debug, PartialEq, Eq)]
-struct Tagged {
-    id: u32,
-    clone: bool,
-}
-
-impl Clone for Tagged {
-    fn clone(&self) -> Self {
-        Tagged {
-            id: self.id,
-            clone: true,
-        }
-    }
-}
-
-fn original(id: u32) -> Tagged {
-    Tagged { id, clone: false }
-}
 
 /// In the parent: runs `<backend>::<name>` alone in a child process and
 /// checks it passed; returns `false`. In the child: returns `true`, and the

@@ -192,6 +192,28 @@ pub fn closed_addr() -> SocketAddr {
         .unwrap()
 }
 
+/// A per-operation value that tells the original from its clones: a
+/// multishot operation's last completion must carry the value itself.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Tagged {
+    pub id: u32,
+    pub clone: bool,
+}
+
+impl Clone for Tagged {
+    fn clone(&self) -> Self {
+        Tagged {
+            id: self.id,
+            clone: true,
+        }
+    }
+}
+
+/// The original (not a clone) with this id.
+pub fn original(id: u32) -> Tagged {
+    Tagged { id, clone: false }
+}
+
 /// Waits until `cond` holds, failing the test after [`LONG`]: for states
 /// another thread reaches (a waiter parked, a count reached), never a
 /// fixed sleep.
