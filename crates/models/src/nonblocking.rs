@@ -12,7 +12,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread;
 
-use crate::{transient_accept_error, Echo, Pumped, Stats, Stop, ACCEPT_BACKOFF};
+use crate::poll::keep;
+use crate::{transient_accept_error, Echo, Stats, Stop, ACCEPT_BACKOFF};
 
 /// Runs the echo server until `stop` is set; see the [crate] docs.
 pub fn serve(listener: TcpListener, stop: Stop, stats: Arc<Stats>) -> io::Result<()> {
@@ -41,17 +42,7 @@ pub fn serve(listener: TcpListener, stop: Stop, stats: Arc<Stats>) -> io::Result
                 }
             };
         }
-        conns.retain_mut(|c| match c.pump(&stats) {
-            Ok(Pumped::Idle | Pumped::Moved) => true,
-            Ok(Pumped::Done) => {
-                stats.ended(false);
-                false
-            }
-            Err(_) => {
-                stats.ended(true);
-                false
-            }
-        });
+        conns.retain_mut(|c| keep(c.pump(&stats), &stats));
     }
     drop(conns);
     stats.end_all();
