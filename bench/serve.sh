@@ -11,15 +11,22 @@
 #     runs.log       per run: the server's first line, the sampled window, stderr
 #     load/          each run's `cport load --json` report
 #     perf/          flat CPU profiles of each server at 500 connections (--profile)
+#     costs.csv      kernel events and the TCP share of CPU per server (--costs)
 #     summary.md     medians per cell, ratios to tokio, the targets checked
 #
-# Usage: bench/serve.sh [--out DIR] [--quick] [--no-wait] [--profile]
+# Usage: bench/serve.sh [--out DIR] [--quick] [--no-wait] [--profile] [--costs]
 #   --out DIR    write the record to DIR instead
 #   --quick      1 s runs, one repetition, two cells (50 and 500 connections,
 #                128 B), no wait for a quiet machine; record in /tmp
 #   --no-wait    do not wait for CI to finish and the load average to drop
 #   --profile    after the measured runs, profile each server at 500
 #                connections, 128 B, with `perf record` (not counted in raw.csv)
+#   --costs      after the measured runs, run each server once more at 50
+#                and 500 connections, 128 B; count per message what it asks
+#                of the kernel (system calls, context switches, io_uring
+#                requests and poll arms, rescheduling IPIs on CPU 0) and split
+#                its CPU time with a call-graph profile into the TCP send
+#                path, the TCP receive path and the rest (not in raw.csv)
 #
 # What is measured. Each run starts the server (`taskset -c 0`, workers sized
 # for one core: cport --workers 2 --concurrency 1, tokio 1 worker thread), runs
@@ -58,7 +65,8 @@ while [ $# -gt 0 ]; do
         --quick) QUICK=1; WAIT=0; shift ;;
         --no-wait) WAIT=0; shift ;;
         --profile) PROFILE=1; shift ;;
-        -h|--help) sed -n '2,24p' "$0" | cut -c3-; exit 0 ;;
+        --costs) COSTS=1; shift ;;
+        -h|--help) sed -n '2,29p' "$0" | cut -c3-; exit 0 ;;
         *) echo "serve.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -134,7 +142,7 @@ cleanup() {
 trap cleanup EXIT
 
 : >"$OUT/commands.txt"
-log "# bench/serve.sh$([ "$QUICK" = 1 ] && echo ' --quick')$([ "$PROFILE" = 1 ] && echo ' --profile') at $(date -u +%FT%TZ), in $ROOT, CARGO_TARGET_DIR=$TARGET_DIR"
+log "# bench/serve.sh$([ "$QUICK" = 1 ] && echo ' --quick')$([ "$PROFILE" = 1 ] && echo ' --profile')$([ "$COSTS" = 1 ] && echo ' --costs') at $(date -u +%FT%TZ), in $ROOT, CARGO_TARGET_DIR=$TARGET_DIR"
 
 # ----- build -----------------------------------------------------------------
 say "building"
@@ -400,6 +408,71 @@ if [ "$PROFILE" = 1 ]; then
     fi
 fi
 
+# ----- costs -----------------------------------------------------------------
+# What each server asks of the kernel per echoed message, and how much of its
+# CPU time is the TCP stack itself, which no I/O model can avoid. On loopback
+# the send path (tcp_sendmsg) also runs the peer's receive processing (the
+# packet is delivered in the sender's softirq), so it is larger than on a NIC.
+COSTS_S=2
+COSTS_CSV="$OUT/costs.csv"
+# rescheduling interrupts taken by CPU 0 so far (/proc/interrupts, RES row)
+res_cpu0() { awk '$1 == "RES:" { print $2 }' /proc/interrupts; }
+# the "children" share (%) of one kernel function in a call-graph profile
+share() {
+    { perf report -i "$1" --children --sort sym --stdio -g none 2>/dev/null || true; } |
+        awk -v f="$2" '$NF == f && $(NF-1) == "[k]" { sub("%", "", $1); print $1; found = 1; exit }
+            END { if (!found) print 0 }'
+}
+if [ "$COSTS" = 1 ]; then
+    EVENTS=raw_syscalls:sys_enter,sched:sched_switch,io_uring:io_uring_submit_req,io_uring:io_uring_poll_arm
+    if ! perf stat -e "$EVENTS" -- true >/dev/null 2>&1 || ! perf record -g -e cpu-clock -o "$TMP/probe.data" -- true >/dev/null 2>&1; then
+        echo "serve.sh: perf cannot count $EVENTS or record call graphs here; no costs" | tee "$OUT/costs-skipped.txt" >&2
+        COSTS=0
+    fi
+fi
+if [ "$COSTS" = 1 ]; then
+    echo "server,backend,conns,size,msgs_per_s,syscalls_per_msg,switches_per_msg,uring_requests_per_msg,uring_poll_arms_per_msg,res_ipis_per_msg,tcp_send_pct,tcp_recv_pct" >"$COSTS_CSV"
+    for cell in "50 128" "500 128"; do
+        read -r conns size <<<"$cell"
+        for name in "${SERVERS[@]}"; do
+            say "costs: $name, $conns connections, $size B"
+            start_server "$name"
+            # a count window, then a profile window, inside the measured period
+            start_load "$conns" "$size" "$TMP/costs-load.json" $((COSTS_S * 2000 + 1000))
+            sleep_until $((T_START + WARM_MS * 1000 + HEAD_US))
+            r1=$(res_cpu0)
+            run perf stat -x, -e "$EVENTS" -p "$SERVER_PID" -o "$TMP/stat.txt" -- sleep "$COSTS_S" >/dev/null 2>&1 ||
+                { cat "$TMP/stat.txt" >&2; server_gone "$name"; }
+            r2=$(res_cpu0)
+            run perf record -g -e cpu-clock -F 999 -p "$SERVER_PID" -o "$TMP/costs.data" \
+                -- sleep "$COSTS_S" >/dev/null 2>"$TMP/perf.err" || cat "$TMP/perf.err" >&2
+            wait "$LOAD_PID" || true
+            LOAD_PID=""
+            stop_server
+            mps=$(jq -r '.messages_per_sec // 0' "$TMP/costs-load.json" 2>/dev/null || echo 0)
+            send=$(share "$TMP/costs.data" tcp_sendmsg)
+            recv=$(share "$TMP/costs.data" tcp_recvmsg)
+            backend=$([ "$name" = tokio ] && echo epoll || echo "${name#cport-}")
+            server=$([ "$name" = tokio ] && echo tokio || echo cport)
+            # perf stat -x, rows: count,unit,event,...; messages in the window
+            # are load's rate (over its whole period) times the window.
+            awk -F, -v s="$server" -v b="$backend" -v c="$conns" -v z="$size" -v m="$mps" -v w="$COSTS_S" \
+                -v res="$((r2 - r1))" -v snd="$send" -v rcv="$recv" '
+                $3 != "" { n[$3] = $1 + 0 }
+                END {
+                    d = m * w
+                    if (d <= 0) d = 1
+                    printf "%s,%s,%s,%s,%.1f,%.3f,%.3f,%.3f,%.3f,%.3f,%.1f,%.1f\n", s, b, c, z, m,
+                        n["raw_syscalls:sys_enter"] / d, n["sched:sched_switch"] / d,
+                        n["io_uring:io_uring_submit_req"] / d, n["io_uring:io_uring_poll_arm"] / d,
+                        res / d, snd, rcv
+                }' "$TMP/stat.txt" >>"$COSTS_CSV"
+            say "  $(tail -1 "$COSTS_CSV")"
+        done
+    done
+    log "perf report -i costs.data --children --sort sym: the children share of tcp_sendmsg and tcp_recvmsg"
+fi
+
 # ----- summary ---------------------------------------------------------------
 # Per (conns, size, server): median, min and max of msgs/s and CPU µs/msg,
 # median p50/p99 and server CPU use, errors summed; then the ratios to tokio.
@@ -436,7 +509,7 @@ ratio() { # $1 conns $2 size $3 server $4 column (5 mps, 8 cpu): server's median
 {
     echo "# Server benchmark: cport serve against tokio$([ "$QUICK" = 1 ] && echo ' (QUICK run: trying the script, not a result)')"
     echo
-    echo "Recorded $(date -u +%F) by \`bench/serve.sh$([ "$QUICK" = 1 ] && echo ' --quick')$([ "$PROFILE" = 1 ] && echo ' --profile')\`"
+    echo "Recorded $(date -u +%F) by \`bench/serve.sh$([ "$QUICK" = 1 ] && echo ' --quick')$([ "$PROFILE" = 1 ] && echo ' --profile')$([ "$COSTS" = 1 ] && echo ' --costs')\`"
     echo "at commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown) (uncommitted files as listed in versions.txt)."
     echo "Machine: $(nproc) CPUs ($(lscpu | sed -n 's/^Model name: *//p' | head -1)), kernel $(uname -r)."
     echo "Load average before the runs: see machine.txt; after: $(cut -d' ' -f1-3 /proc/loadavg)."
@@ -484,6 +557,33 @@ ratio() { # $1 conns $2 size $3 server $4 column (5 mps, 8 cpu): server's median
     printf '%s' "$worst" | sort -g | awk 'NR == 1 {
         printf "- Messages/s never below tokio'"'"'s (every cell, both backends): %s; lowest ratio %.3f (%s, %d connections, %d B)\n", ($1 >= 1 ? "**met**" : "**not met**"), $1, $2, $3, $4 }'
     printf '%s' "$worst" | sort -g | awk '$1 < 1 { printf "  - below tokio: %s, %d connections, %d B: %.3f × tokio'"'"'s messages/s\n", $2, $3, $4, $1 }'
+    if [ "$COSTS" = 1 ] && [ -s "$COSTS_CSV" ]; then
+        echo
+        echo "## What each server asks of the kernel, per message (--costs)"
+        echo
+        echo "One more run of each server per cell: ${COSTS_S} s of \`perf stat\` (system calls, context"
+        echo "switches, io_uring requests and poll arms; rescheduling IPIs on CPU 0 from /proc/interrupts),"
+        echo "then ${COSTS_S} s of \`perf record -g\`. \"TCP send\" and \"TCP receive\" are the shares of the server's"
+        echo "CPU samples under \`tcp_sendmsg\` and \`tcp_recvmsg\` (on loopback the send path also runs the"
+        echo "peer's receive processing). \"Rest\" is the median CPU µs/msg of the table above times the share"
+        echo "outside those two: system call entry, epoll or io_uring, the runtime and the server's own code,"
+        echo "which is what an I/O model can change."
+        echo
+        echo "| conns | server | msgs/s | syscalls | switches | io_uring requests | poll arms | RES IPIs | TCP send | TCP receive | rest µs/msg | rest vs tokio |"
+        echo "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        rest() { # $1 conns $2 size $3 name $4 send% $5 recv%: median CPU µs/msg × the rest share
+            awk -F, -v c="$1" -v z="$2" -v s="$3" -v p="$4" -v q="$5" '$1 == c && $2 == z && $3 == s {
+                printf "%.2f", $8 * (100 - p - q) / 100; found = 1 } END { if (!found) printf "n/a" }' "$STATS"
+        }
+        while IFS=, read -r s b c z m sc sw rq pa ri ps pr; do
+            name=$([ "$s" = tokio ] && echo tokio || echo "$s-$b")
+            r=$(rest "$c" "$z" "$name" "$ps" "$pr")
+            tok=$(awk -F, -v c="$c" -v z="$z" '$1 == "tokio" && $3 == c && $4 == z { print $11 "," $12 }' "$COSTS_CSV")
+            rt=$(rest "$c" "$z" tokio "${tok%,*}" "${tok#*,}")
+            vs=$(awk -v a="$r" -v b="$rt" 'BEGIN { if (a + 0 > 0 && b + 0 > 0) printf "%.2f", a / b; else printf "n/a" }')
+            printf '| %s | %s | %.0f | %s | %s | %s | %s | %s | %s %% | %s %% | %s | %s |\n' "$c" "$name" "$m" "$sc" "$sw" "$rq" "$pa" "$ri" "$ps" "$pr" "$r" "$vs"
+        done < <(tail -n +2 "$COSTS_CSV")
+    fi
     echo
     echo "Raw rows: raw.csv; per-run details (server line, sampled window, stderr): runs.log."
     [ "$PROFILE" = 1 ] && [ -d "$OUT/perf" ] && echo "Profiles at 500 connections, 128 B: perf/."
