@@ -21,12 +21,13 @@
 #   --no-wait    do not wait for CI to finish and the load average to drop
 #   --profile    after the measured runs, profile each server at 500
 #                connections, 128 B, with `perf record` (not counted in raw.csv)
-#   --costs      after the measured runs, run each server once more at 50
-#                and 500 connections, 128 B; count per message what it asks
-#                of the kernel (system calls, context switches, io_uring
-#                requests and poll arms, rescheduling IPIs on CPU 0) and split
-#                its CPU time with a call-graph profile into the TCP send
-#                path, the TCP receive path and the rest (not in raw.csv)
+#   --costs      after the measured runs, run each server twice more at 50
+#                and 500 connections × 128 B and 50 × 4096 B: count per
+#                message what it asks of the kernel (system calls, context
+#                switches, io_uring requests and poll arms, rescheduling IPIs
+#                on CPU 0), then split its CPU time with a call-graph profile
+#                into the TCP send path, the TCP receive path and the rest
+#                (not counted in raw.csv)
 #
 # What is measured. Each run starts the server (`taskset -c 0`, workers sized
 # for one core: cport --workers 2 --concurrency 1, tokio 1 worker thread), runs
@@ -66,7 +67,7 @@ while [ $# -gt 0 ]; do
         --no-wait) WAIT=0; shift ;;
         --profile) PROFILE=1; shift ;;
         --costs) COSTS=1; shift ;;
-        -h|--help) sed -n '2,29p' "$0" | cut -c3-; exit 0 ;;
+        -h|--help) sed -n '2,30p' "$0" | cut -c3-; exit 0 ;;
         *) echo "serve.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -413,7 +414,7 @@ fi
 # CPU time is the TCP stack itself, which no I/O model can avoid. On loopback
 # the send path (tcp_sendmsg) also runs the peer's receive processing (the
 # packet is delivered in the sender's softirq), so it is larger than on a NIC.
-COSTS_S=2
+COSTS_S=3
 COSTS_CSV="$OUT/costs.csv"
 # rescheduling interrupts taken by CPU 0 so far (/proc/interrupts, RES row)
 res_cpu0() { awk '$1 == "RES:" { print $2 }' /proc/interrupts; }
@@ -432,35 +433,42 @@ if [ "$COSTS" = 1 ]; then
 fi
 if [ "$COSTS" = 1 ]; then
     echo "server,backend,conns,size,msgs_per_s,syscalls_per_msg,switches_per_msg,uring_requests_per_msg,uring_poll_arms_per_msg,res_ipis_per_msg,tcp_send_pct,tcp_recv_pct" >"$COSTS_CSV"
-    for cell in "50 128" "500 128"; do
+    for cell in "50 128" "500 128" "50 4096"; do
         read -r conns size <<<"$cell"
         for name in "${SERVERS[@]}"; do
             say "costs: $name, $conns connections, $size B"
+            # Counting: perf stat over load's whole measured period, so the
+            # counts divide by the messages load reports for that period.
             start_server "$name"
-            # a count window, then a profile window, inside the measured period
-            start_load "$conns" "$size" "$TMP/costs-load.json" $((COSTS_S * 2000 + 1000))
-            sleep_until $((T_START + WARM_MS * 1000 + HEAD_US))
+            start_load "$conns" "$size" "$TMP/costs-load.json" $((COSTS_S * 1000))
+            sleep_until $((T_START + WARM_MS * 1000))
             r1=$(res_cpu0)
             run perf stat -x, -e "$EVENTS" -p "$SERVER_PID" -o "$TMP/stat.txt" -- sleep "$COSTS_S" >/dev/null 2>&1 ||
                 { cat "$TMP/stat.txt" >&2; server_gone "$name"; }
             r2=$(res_cpu0)
+            wait "$LOAD_PID" || true
+            LOAD_PID=""
+            stop_server
+            # Profiling: a second run, so sampling does not slow the counted one.
+            start_server "$name"
+            start_load "$conns" "$size" "$TMP/profile-load.json" $((COSTS_S * 1000 + 1000))
+            sleep_until $((T_START + WARM_MS * 1000 + HEAD_US))
             run perf record -g -e cpu-clock -F 999 -p "$SERVER_PID" -o "$TMP/costs.data" \
                 -- sleep "$COSTS_S" >/dev/null 2>"$TMP/perf.err" || cat "$TMP/perf.err" >&2
             wait "$LOAD_PID" || true
             LOAD_PID=""
             stop_server
             mps=$(jq -r '.messages_per_sec // 0' "$TMP/costs-load.json" 2>/dev/null || echo 0)
+            msgs=$(jq -r '.messages // 0' "$TMP/costs-load.json" 2>/dev/null || echo 0)
             send=$(share "$TMP/costs.data" tcp_sendmsg)
             recv=$(share "$TMP/costs.data" tcp_recvmsg)
             backend=$([ "$name" = tokio ] && echo epoll || echo "${name#cport-}")
             server=$([ "$name" = tokio ] && echo tokio || echo cport)
-            # perf stat -x, rows: count,unit,event,...; messages in the window
-            # are load's rate (over its whole period) times the window.
-            awk -F, -v s="$server" -v b="$backend" -v c="$conns" -v z="$size" -v m="$mps" -v w="$COSTS_S" \
+            # perf stat -x, rows: count,unit,event,...
+            awk -F, -v s="$server" -v b="$backend" -v c="$conns" -v z="$size" -v m="$mps" -v d="$msgs" \
                 -v res="$((r2 - r1))" -v snd="$send" -v rcv="$recv" '
                 $3 != "" { n[$3] = $1 + 0 }
                 END {
-                    d = m * w
                     if (d <= 0) d = 1
                     printf "%s,%s,%s,%s,%.1f,%.3f,%.3f,%.3f,%.3f,%.3f,%.1f,%.1f\n", s, b, c, z, m,
                         n["raw_syscalls:sys_enter"] / d, n["sched:sched_switch"] / d,
@@ -561,16 +569,17 @@ ratio() { # $1 conns $2 size $3 server $4 column (5 mps, 8 cpu): server's median
         echo
         echo "## What each server asks of the kernel, per message (--costs)"
         echo
-        echo "One more run of each server per cell: ${COSTS_S} s of \`perf stat\` (system calls, context"
-        echo "switches, io_uring requests and poll arms; rescheduling IPIs on CPU 0 from /proc/interrupts),"
-        echo "then ${COSTS_S} s of \`perf record -g\`. \"TCP send\" and \"TCP receive\" are the shares of the server's"
+        echo "Two more runs of each server per cell. In the first, \`perf stat\` counts over load's whole"
+        echo "${COSTS_S} s measured period (system calls, context switches, io_uring requests and poll arms;"
+        echo "rescheduling IPIs on CPU 0 from /proc/interrupts), divided by the messages load reports; msgs/s"
+        echo "is that run's. In the second, \`perf record -g\` samples ${COSTS_S} s. \"TCP send\" and \"TCP receive\" are the shares of the server's"
         echo "CPU samples under \`tcp_sendmsg\` and \`tcp_recvmsg\` (on loopback the send path also runs the"
         echo "peer's receive processing). \"Rest\" is the median CPU µs/msg of the table above times the share"
         echo "outside those two: system call entry, epoll or io_uring, the runtime and the server's own code,"
         echo "which is what an I/O model can change."
         echo
-        echo "| conns | server | msgs/s | syscalls | switches | io_uring requests | poll arms | RES IPIs | TCP send | TCP receive | rest µs/msg | rest vs tokio |"
-        echo "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        echo "| conns | size | server | msgs/s | syscalls | switches | io_uring requests | poll arms | RES IPIs | TCP send | TCP receive | rest µs/msg | rest vs tokio |"
+        echo "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         rest() { # $1 conns $2 size $3 name $4 send% $5 recv%: median CPU µs/msg × the rest share
             awk -F, -v c="$1" -v z="$2" -v s="$3" -v p="$4" -v q="$5" '$1 == c && $2 == z && $3 == s {
                 printf "%.2f", $8 * (100 - p - q) / 100; found = 1 } END { if (!found) printf "n/a" }' "$STATS"
@@ -581,7 +590,7 @@ ratio() { # $1 conns $2 size $3 server $4 column (5 mps, 8 cpu): server's median
             tok=$(awk -F, -v c="$c" -v z="$z" '$1 == "tokio" && $3 == c && $4 == z { print $11 "," $12 }' "$COSTS_CSV")
             rt=$(rest "$c" "$z" tokio "${tok%,*}" "${tok#*,}")
             vs=$(awk -v a="$r" -v b="$rt" 'BEGIN { if (a + 0 > 0 && b + 0 > 0) printf "%.2f", a / b; else printf "n/a" }')
-            printf '| %s | %s | %.0f | %s | %s | %s | %s | %s | %s %% | %s %% | %s | %s |\n' "$c" "$name" "$m" "$sc" "$sw" "$rq" "$pa" "$ri" "$ps" "$pr" "$r" "$vs"
+            printf '| %s | %s | %s | %.0f | %s | %s | %s | %s | %s | %s %% | %s %% | %s | %s |\n' "$c" "$z" "$name" "$m" "$sc" "$sw" "$rq" "$pa" "$ri" "$ps" "$pr" "$r" "$vs"
         done < <(tail -n +2 "$COSTS_CSV")
     fi
     echo
