@@ -160,6 +160,8 @@ machine_state() {
     echo "nproc: $(nproc)"
     lscpu | grep -E '^(Model name|Architecture|CPU\(s\)|Thread\(s\) per core|Core\(s\) per socket|Hypervisor vendor|CPU max MHz|L3 cache)' || true
     echo "clock ticks per second (getconf CLK_TCK): $TCK"
+    echo "CPU vulnerability mitigations (they set the price of a kernel call):"
+    grep -H . /sys/devices/system/cpu/vulnerabilities/* 2>/dev/null | sed 's|^/sys/devices/system/cpu/vulnerabilities/||; s/^/  /' || true
     echo
     free -h
 } >"$OUT/machine.txt"
