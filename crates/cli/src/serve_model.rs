@@ -31,13 +31,21 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let stop = Stop::new();
     watch_signals(&stop)?;
     let stats = Arc::new(Stats::default());
-    let backend = args.backend.to_backend();
+    // The callback model's port is built here, so the first line names
+    // the backend `auto` chose.
+    let callback = match model {
+        Model::Callback => Some(
+            cport_models::callback::Server::new(args.backend.to_backend())
+                .context("cannot create the completion port")?,
+        ),
+        _ => None,
+    };
 
     // The first line names the address actually bound, as the port
     // server's does (scripts start on port 0 and read it from here).
-    let backend_note = match model {
-        Model::Callback => format!(" backend={}", backend_name(args.backend)),
-        _ => String::new(),
+    let backend_note = match &callback {
+        Some(c) => format!(" backend={}", c.backend()),
+        None => String::new(),
     };
     out_line(&format!(
         "listening on {local} (tcp only: the {model} model serves no udp) \
@@ -50,11 +58,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         thread::Builder::new()
             .name(format!("model-{model}"))
             .spawn(move || {
-                let r = match model {
-                    Model::Callback => {
-                        cport_models::callback::serve_on(listener, stop, stats, backend)
-                    }
-                    m => m.serve(listener, stop, stats),
+                let r = match callback {
+                    Some(c) => c.serve(listener, stop, stats),
+                    None => model.serve(listener, stop, stats),
                 };
                 let _ = done_tx.send(r);
             })
@@ -82,10 +88,6 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         stats.accepted.load(Ordering::Relaxed)
     );
     result.with_context(|| format!("the {model} model failed"))
-}
-
-fn backend_name(b: BackendArg) -> &'static str {
-    b.to_backend().name()
 }
 
 /// Refuses the port server's options that these models do not have.

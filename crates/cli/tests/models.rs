@@ -41,8 +41,16 @@ impl Drop for Served {
 }
 
 fn serve(model: &str) -> Served {
+    serve_with(&["--model", model])
+}
+
+/// `cport serve --port 0` with these arguments; waits (bounded) for its
+/// first line.
+fn serve_with(args: &[&str]) -> Served {
+    let model = args.join(" ");
     let mut child = Command::new(BIN)
-        .args(["serve", "--port", "0", "--model", model])
+        .args(["serve", "--port", "0"])
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -60,7 +68,7 @@ fn serve(model: &str) -> Served {
     });
     let first_line = rx
         .recv_timeout(STEP)
-        .unwrap_or_else(|_| panic!("cport serve --model {model} printed no address"));
+        .unwrap_or_else(|_| panic!("cport serve {model} printed no address"));
     let addr = first_line
         .split_whitespace()
         .nth(2)
@@ -108,6 +116,31 @@ fn every_model_serves_tcp_echo_and_stops_on_sigterm() {
         let mut b = [0u8; 1];
         assert!(matches!(s.read(&mut b), Ok(0) | Err(_)), "{model}");
     }
+}
+
+/// The callback model runs on a port; its first line names the backend
+/// that port runs on, never `auto`.
+#[test]
+fn callback_model_names_the_backend_it_runs_on() {
+    let server = serve("callback");
+    let named = server
+        .first_line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("backend="))
+        .unwrap_or_else(|| panic!("no backend in {:?}", server.first_line))
+        .to_string();
+    match std::env::var("CPORT_BACKEND").as_deref() {
+        Ok(b @ ("uring" | "epoll")) => assert_eq!(named, b),
+        _ => assert!(named == "uring" || named == "epoll", "{named}"),
+    }
+    drop(server);
+
+    let server = serve_with(&["--model", "callback", "--backend", "epoll"]);
+    assert!(
+        server.first_line.contains(" backend=epoll"),
+        "{}",
+        server.first_line
+    );
 }
 
 #[test]

@@ -41,25 +41,57 @@ pub fn serve_on(
     stats: Arc<Stats>,
     backend: cport::Backend,
 ) -> io::Result<()> {
-    let _me = stats.thread();
-    let port: CompletionPort<Routine> = cport::Builder::new()
-        .concurrency(1)
-        .backend(backend)
-        .build()?;
-    let listener = port.associate(listener, 0)?;
-    {
-        let port = port.clone();
-        stop.on_stop(move || {
-            let _ = port.post(0, 0, Routine::Quit);
-        });
+    Server::new(backend)?.serve(listener, stop, stats)
+}
+
+/// The callback model with its port already built, so a caller can say
+/// which backend `Auto` chose before it serves.
+pub struct Server {
+    port: CompletionPort<Routine>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("backend", &self.backend())
+            .finish()
     }
-    port.accept_multi(listener, Routine::Accepted)?;
-    let result = alertable_loop(&port, listener, &stats);
-    // Closing the port drops every connection still open with its
-    // pending receive.
-    port.close_port();
-    stats.end_all();
-    result
+}
+
+impl Server {
+    /// Builds the one-thread port (`Auto` follows `CPORT_BACKEND`).
+    pub fn new(backend: cport::Backend) -> io::Result<Server> {
+        let port = cport::Builder::new()
+            .concurrency(1)
+            .backend(backend)
+            .build()?;
+        Ok(Server { port })
+    }
+
+    /// The backend the port runs on: never `Auto`.
+    pub fn backend(&self) -> cport::Backend {
+        self.port.backend()
+    }
+
+    /// Runs the echo server until `stop` is set; see the [crate] docs.
+    pub fn serve(self, listener: TcpListener, stop: Stop, stats: Arc<Stats>) -> io::Result<()> {
+        let _me = stats.thread();
+        let port = self.port;
+        let listener = port.associate(listener, 0)?;
+        {
+            let port = port.clone();
+            stop.on_stop(move || {
+                let _ = port.post(0, 0, Routine::Quit);
+            });
+        }
+        port.accept_multi(listener, Routine::Accepted)?;
+        let result = alertable_loop(&port, listener, &stats);
+        // Closing the port drops every connection still open with its
+        // pending receive.
+        port.close_port();
+        stats.end_all();
+        result
+    }
 }
 
 fn alertable_loop(

@@ -417,8 +417,8 @@ tenth and 15% of the period if shorter), a window is cut in two halves: CPU time
 the first, system calls are counted over the second, so that perf's tracepoints never slow the
 server while its CPU time is taken.
 
-- **backend**: the server's first line (`backend=`); `--backend auto` (callback) is resolved
-  in the runner the same way the server resolves it. `-`: the model runs on no port.
+- **backend**: the server's first line (`backend=`), which names the backend its port runs on.
+  `-`: the model runs on no port.
 - **msgs/s, MB/s, p50 µs, p99 µs, errors**: `cport load --json` over its measured period only.
   MB/s counts each direction once. Latency runs from a message's send to the last byte of its
   echo. Errors count connections that failed, were closed by the server, echoed a wrong byte or

@@ -53,8 +53,7 @@ pub struct Setup {
     pub nofile: u64,
     /// Whether io_uring can be used here, and if not why.
     pub uring: Result<(), String>,
-    /// What `--backend auto` resolves to here (the callback server prints
-    /// only `auto`).
+    /// What `--backend auto` resolves to here (for the summary).
     pub auto_backend: String,
     /// Whether perf can count [`PERF_EVENT`], and if not why.
     pub perf: Result<(), String>,
@@ -259,11 +258,7 @@ fn measure(setup: &Setup, server: Server, conns: u32, size: u32, log: &mut Strin
         };
         return fail(row, why);
     };
-    row.backend = match backend.as_deref() {
-        Some("auto") => setup.auto_backend.clone(),
-        Some(b) => b.to_string(),
-        None => "-".into(),
-    };
+    row.backend = backend.unwrap_or_else(|| "-".into());
     let first = listening.unwrap_or_default();
     let _ = writeln!(
         log,
