@@ -446,7 +446,7 @@ if [ "$COSTS" = 1 ]; then
             sleep_until $((T_START + WARM_MS * 1000))
             r1=$(res_cpu0)
             run perf stat -x, -e "$EVENTS" -p "$SERVER_PID" -o "$TMP/stat.txt" -- sleep "$COSTS_S" >/dev/null 2>&1 ||
-                { cat "$TMP/stat.txt" >&2; server_gone "$name"; }
+                { echo "serve.sh: perf stat failed on $name:" >&2; cat "$TMP/stat.txt" >&2; exit 1; }
             r2=$(res_cpu0)
             wait "$LOAD_PID" || true
             LOAD_PID=""
