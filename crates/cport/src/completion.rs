@@ -32,25 +32,6 @@ pub struct OpId {
     pub(crate) gen: u32,
 }
 
-// The Linux backends carry ids through their kernels; Windows uses the
-// OVERLAPPED's address instead.
-#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
-impl OpId {
-    /// Packs the id into the 64-bit user data a kernel carries for us (the
-    /// port is implied by the kernel object the data comes back from).
-    pub(crate) fn to_u64(self) -> u64 {
-        (u64::from(self.gen) << 32) | u64::from(self.index)
-    }
-
-    pub(crate) fn from_u64(port: u32, v: u64) -> OpId {
-        OpId {
-            port,
-            index: v as u32,
-            gen: (v >> 32) as u32,
-        }
-    }
-}
-
 /// The operation a completion belongs to.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 #[non_exhaustive]
@@ -239,28 +220,4 @@ impl From<GetError> for io::Error {
         };
         io::Error::new(kind, e)
     }
-}
-
-/// Whether `err` is the "operation aborted" outcome of a cancelled
-/// operation or of one pending when its handle was closed (Windows:
-/// ERROR_OPERATION_ABORTED, 995; Linux: `ECANCELED`).
-pub fn is_aborted(err: &io::Error) -> bool {
-    err.raw_os_error() == Some(crate::sys::ABORTED)
-}
-
-/// The "operation aborted" error: the raw OS code, so that it reads the same
-/// as the native port's.
-pub(crate) fn aborted() -> io::Error {
-    io::Error::from_raw_os_error(crate::sys::ABORTED)
-}
-
-pub(crate) fn port_closed() -> io::Error {
-    io::Error::new(io::ErrorKind::NotConnected, "the completion port is closed")
-}
-
-pub(crate) fn bad_handle(what: &str) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidInput,
-        format!("{what}: handle is not associated with this port (closed, or from another port)"),
-    )
 }

@@ -124,14 +124,17 @@
 #![warn(missing_docs)]
 
 mod completion;
+mod config;
 mod pool;
 mod port;
 mod queue;
 mod sync;
 mod sys;
 
-pub use completion::{is_aborted, Completion, GetError, Handle, OpId, OpKind, Payload, Rejected};
+pub use completion::{Completion, GetError, Handle, OpId, OpKind, Payload, Rejected};
+pub use config::Backend;
 pub use pool::{WorkerPanic, Workers, QUIT_KEY};
-pub use port::{Backend, Builder, CompletionPort};
+pub use port::{Builder, CompletionPort};
 pub use queue::QueueStats;
+pub use sys::error::is_aborted;
 pub use sys::Source;

@@ -1,7 +1,6 @@
 //! [`CompletionPort`] and its [`Builder`].
 
 use std::cell::RefCell;
-use std::env;
 use std::fmt;
 use std::io;
 use std::net::{Shutdown, SocketAddr};
@@ -10,58 +9,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use crate::completion::{
-    port_closed, Completion, GetError, Handle, OpId, OpKind, Payload, Rejected,
-};
+use crate::completion::{Completion, GetError, Handle, OpId, OpKind, Payload, Rejected};
+use crate::config::{Backend, Config};
 use crate::queue::{Queue, QueueStats};
-use crate::sys::{Driver, Op, Opts, Source, SourceInner};
-
-/// Which kernel mechanism a port runs on.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-#[non_exhaustive]
-pub enum Backend {
-    /// io_uring where the kernel allows it, else epoll (Linux). The
-    /// environment variable `CPORT_BACKEND=uring|epoll` overrides it.
-    Auto,
-    /// io_uring (Linux 5.19 or later): operations complete in the kernel.
-    Uring,
-    /// epoll (Linux): operations are done by the port on readiness.
-    Epoll,
-}
-
-impl Backend {
-    /// The backend's name as the CLI, the environment variable and
-    /// benchmark columns spell it: `auto`, `uring`, `epoll`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Backend::Auto => "auto",
-            Backend::Uring => "uring",
-            Backend::Epoll => "epoll",
-        }
-    }
-}
-
-impl fmt::Display for Backend {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl std::str::FromStr for Backend {
-    type Err = io::Error;
-
-    fn from_str(s: &str) -> io::Result<Backend> {
-        match s {
-            "auto" => Ok(Backend::Auto),
-            "uring" | "io_uring" => Ok(Backend::Uring),
-            "epoll" => Ok(Backend::Epoll),
-            _ => Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("unknown backend {s:?} (expected auto, uring or epoll)"),
-            )),
-        }
-    }
-}
+use crate::sys::error::{self, no_room, port_closed};
+use crate::sys::{self, Driver, Op, Opts, Source, SourceInner};
 
 /// Settings of a port, for [`CompletionPort::builder`].
 #[derive(Clone, Debug)]
@@ -72,18 +24,6 @@ pub struct Builder {
     pool_buffers: u16,
     pool_buffer_size: usize,
     batch_submissions: bool,
-}
-
-/// What a backend is built from.
-#[derive(Clone, Debug)]
-pub(crate) struct Config {
-    pub(crate) port_id: u32,
-    /// Submission queue size (io_uring).
-    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
-    pub(crate) entries: u32,
-    /// Buffers in the pool behind `recv_pooled`.
-    pub(crate) pool_buffers: u16,
-    pub(crate) pool_buffer_size: usize,
 }
 
 impl Default for Builder {
@@ -177,15 +117,7 @@ impl Builder {
             pool_buffers: self.pool_buffers,
             pool_buffer_size: self.pool_buffer_size,
         };
-        let mut backend = self.backend;
-        if backend == Backend::Auto {
-            if let Ok(v) = env::var("CPORT_BACKEND") {
-                backend = v.parse().map_err(|e: io::Error| {
-                    io::Error::new(e.kind(), format!("CPORT_BACKEND: {e}"))
-                })?;
-            }
-        }
-        let driver = open_driver::<T>(backend, &config)?;
+        let driver = sys::open::<T>(self.backend, &config)?;
         Ok(CompletionPort {
             inner: Arc::new(Inner {
                 id: config.port_id,
@@ -194,60 +126,6 @@ impl Builder {
                 driver,
             }),
         })
-    }
-}
-
-#[cfg(target_os = "linux")]
-fn open_driver<T: Send + 'static>(
-    backend: Backend,
-    config: &Config,
-) -> io::Result<Box<dyn Driver<T>>> {
-    use crate::sys::{epoll, uring};
-    match backend {
-        Backend::Uring => Ok(Box::new(uring::Driver::new(config).map_err(|e| {
-            io::Error::new(e.kind(), format!("cannot start the io_uring backend: {e}"))
-        })?)),
-        Backend::Epoll => Ok(Box::new(epoll::Driver::new(config).map_err(|e| {
-            io::Error::new(e.kind(), format!("cannot start the epoll backend: {e}"))
-        })?)),
-        Backend::Auto => fall_back(config, |c| {
-            uring::Driver::new(c).map(|d| Box::new(d) as Box<dyn Driver<T>>)
-        }),
-    }
-}
-
-/// Windows has one backend, the native completion port: `Auto` opens it
-/// and the port reports `Auto` (there is no other to tell it from); the
-/// Linux backends are refused with `Unsupported`.
-#[cfg(windows)]
-fn open_driver<T: Send + 'static>(
-    backend: Backend,
-    config: &Config,
-) -> io::Result<Box<dyn Driver<T>>> {
-    match backend {
-        Backend::Auto => Ok(Box::new(crate::sys::windows::Driver::new(config).map_err(
-            |e| io::Error::new(e.kind(), format!("cannot create the completion port: {e}")),
-        )?)),
-        other => Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            format!("the {other} backend exists only on Linux; use auto on Windows"),
-        )),
-    }
-}
-
-/// `Auto`: io_uring if `try_uring` starts it, else epoll, with the one log
-/// line that says why (SEMANTICS R1, LESSONS 5).
-#[cfg(target_os = "linux")]
-fn fall_back<T: Send + 'static>(
-    config: &Config,
-    try_uring: impl FnOnce(&Config) -> io::Result<Box<dyn Driver<T>>>,
-) -> io::Result<Box<dyn Driver<T>>> {
-    match try_uring(config) {
-        Ok(d) => Ok(d),
-        Err(e) => {
-            log::info!(target: "cport", "io_uring unavailable ({e}); using epoll");
-            open_driver(Backend::Epoll, config)
-        }
     }
 }
 
@@ -765,10 +643,7 @@ impl<T: Send + 'static> CompletionPort<T> {
         if op.offset().map_or(false, |o| o > i64::MAX as u64) {
             // Both kernels take a signed offset; refuse here so that every
             // backend refuses alike instead of failing in its own way.
-            let e = io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{}: offset beyond i64::MAX", op.name()),
-            );
+            let e = error::offset_too_large(op.name());
             return Err(Rejected::new(e, value, op.into_payload()));
         }
         let running = self.running_here();
@@ -854,95 +729,5 @@ impl<T: Send + 'static> CompletionPort<T> {
             let _ = RUNNING.try_with(|cell| *cell.borrow_mut() = Some(record));
         }
         r
-    }
-}
-
-fn no_room<T>(what: &str, payload: Payload, value: T) -> Rejected<T> {
-    Rejected::new(
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{what}: the buffer has no spare capacity to receive into"),
-        ),
-        value,
-        payload,
-    )
-}
-
-#[cfg(all(test, target_os = "linux"))]
-mod tests {
-    use super::*;
-    use std::sync::Mutex;
-
-    /// Keeps the `cport` log lines of this test binary.
-    struct Capture(Mutex<Vec<String>>);
-
-    impl log::Log for Capture {
-        fn enabled(&self, m: &log::Metadata<'_>) -> bool {
-            m.target() == "cport"
-        }
-        fn log(&self, r: &log::Record<'_>) {
-            if self.enabled(r.metadata()) {
-                self.0
-                    .lock()
-                    .unwrap()
-                    .push(format!("{} {}", r.level(), r.args()));
-            }
-        }
-        fn flush(&self) {}
-    }
-
-    static CAPTURE: Capture = Capture(Mutex::new(Vec::new()));
-
-    #[test]
-    fn r1_auto_falls_back_to_epoll_with_one_line_naming_the_cause() {
-        let _ = log::set_logger(&CAPTURE);
-        log::set_max_level(log::LevelFilter::Info);
-        let config = Config {
-            port_id: u32::MAX - 1,
-            entries: 8,
-            pool_buffers: 1,
-            pool_buffer_size: 1,
-        };
-        let refused = |_: &Config| -> io::Result<Box<dyn Driver<()>>> {
-            Err(io::Error::from_raw_os_error(libc::EPERM))
-        };
-        let driver = fall_back(&config, refused).expect("epoll starts");
-        assert_eq!(driver.backend(), Backend::Epoll);
-        let lines: Vec<String> = CAPTURE
-            .0
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains("io_uring unavailable"))
-            .cloned()
-            .collect();
-        assert_eq!(lines.len(), 1, "{lines:?}");
-        assert!(lines[0].starts_with("INFO"), "{}", lines[0]);
-        assert!(
-            lines[0].contains("Operation not permitted"),
-            "the cause is named: {}",
-            lines[0]
-        );
-        assert!(lines[0].contains("using epoll"), "{}", lines[0]);
-    }
-
-    #[test]
-    fn r1_auto_keeps_io_uring_when_it_starts() {
-        let config = Config {
-            port_id: u32::MAX - 2,
-            entries: 8,
-            pool_buffers: 1,
-            pool_buffer_size: 1,
-        };
-        match crate::sys::uring::Driver::<()>::new(&config) {
-            Ok(_) => {
-                let d = fall_back::<()>(&config, |c| {
-                    crate::sys::uring::Driver::new(c).map(|d| Box::new(d) as Box<dyn Driver<()>>)
-                })
-                .unwrap();
-                assert_eq!(d.backend(), Backend::Uring);
-            }
-            Err(e) => eprintln!("skipped: io_uring refused here: {e}"),
-        }
     }
 }

@@ -23,7 +23,7 @@ use std::io;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 
 use crate::completion::{Completion, Handle, OpId, OpKind, Payload, Rejected};
-use crate::port::Backend;
+use crate::config::{Backend, Config};
 use crate::queue::Reactor;
 
 #[cfg(target_os = "linux")]
@@ -33,15 +33,82 @@ pub(crate) mod uring;
 #[cfg(windows)]
 pub(crate) mod windows;
 
+pub(crate) mod error;
 pub(crate) mod slab;
 
-/// The raw OS error of an aborted (cancelled) operation.
-#[cfg(unix)]
-pub(crate) const ABORTED: i32 = libc::ECANCELED;
-/// The raw OS error of an aborted (cancelled) operation:
-/// ERROR_OPERATION_ABORTED.
+/// Opens the backend a port runs on (CreateIoCompletionPort with no handle).
+///
+/// With [`Backend::Auto`], `CPORT_BACKEND` is read first; then io_uring is
+/// tried, and on failure epoll is used with one log line (target `cport`)
+/// naming the reason (SEMANTICS R1). An explicit backend that cannot start
+/// is an error naming its cause. Windows has one backend, the native
+/// completion port: `Auto` opens it (and the port reports `Auto`, there
+/// being no other to tell it from); the Linux backends are refused there
+/// with `Unsupported`.
+pub(crate) fn open<T: Send + 'static>(
+    backend: Backend,
+    config: &Config,
+) -> io::Result<Box<dyn Driver<T>>> {
+    let mut backend = backend;
+    if backend == Backend::Auto {
+        if let Ok(v) = std::env::var("CPORT_BACKEND") {
+            backend = v
+                .parse()
+                .map_err(|e: io::Error| io::Error::new(e.kind(), format!("CPORT_BACKEND: {e}")))?;
+        }
+    }
+    open_backend(backend, config)
+}
+
+#[cfg(target_os = "linux")]
+fn open_backend<T: Send + 'static>(
+    backend: Backend,
+    config: &Config,
+) -> io::Result<Box<dyn Driver<T>>> {
+    match backend {
+        Backend::Uring => Ok(Box::new(uring::Driver::new(config).map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot start the io_uring backend: {e}"))
+        })?)),
+        Backend::Epoll => Ok(Box::new(epoll::Driver::new(config).map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot start the epoll backend: {e}"))
+        })?)),
+        Backend::Auto => fall_back(config, |c| {
+            uring::Driver::new(c).map(|d| Box::new(d) as Box<dyn Driver<T>>)
+        }),
+    }
+}
+
 #[cfg(windows)]
-pub(crate) const ABORTED: i32 = 995;
+fn open_backend<T: Send + 'static>(
+    backend: Backend,
+    config: &Config,
+) -> io::Result<Box<dyn Driver<T>>> {
+    match backend {
+        Backend::Auto => Ok(Box::new(windows::Driver::new(config).map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot create the completion port: {e}"))
+        })?)),
+        other => Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("the {other} backend exists only on Linux; use auto on Windows"),
+        )),
+    }
+}
+
+/// `Auto`: io_uring if `try_uring` starts it, else epoll, with the one log
+/// line that says why (SEMANTICS R1, LESSONS 5).
+#[cfg(target_os = "linux")]
+fn fall_back<T: Send + 'static>(
+    config: &Config,
+    try_uring: impl FnOnce(&Config) -> io::Result<Box<dyn Driver<T>>>,
+) -> io::Result<Box<dyn Driver<T>>> {
+    match try_uring(config) {
+        Ok(d) => Ok(d),
+        Err(e) => {
+            log::info!(target: "cport", "io_uring unavailable ({e}); using epoll");
+            open_backend(Backend::Epoll, config)
+        }
+    }
+}
 
 /// Completions made at once by a call, for the port to queue.
 pub(crate) type Ready<T> = Vec<Completion<T>>;
@@ -226,12 +293,10 @@ impl Op {
     /// at an offset on a socket), so the message is the same on each.
     pub(crate) fn misfit(&self, kind: SourceKind) -> Option<io::Error> {
         if self.fits(kind) {
-            return None;
+            None
+        } else {
+            Some(error::misfit(self.name(), kind))
         }
-        Some(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{}: not supported on a {:?} handle", self.name(), kind),
-        ))
     }
 }
 
@@ -329,5 +394,84 @@ impl From<UdpSocket> for Source {
 impl From<File> for Source {
     fn from(s: File) -> Source {
         Source(SourceInner::File(s))
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Keeps the `cport` log lines of this test binary.
+    struct Capture(Mutex<Vec<String>>);
+
+    impl log::Log for Capture {
+        fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+            m.target() == "cport"
+        }
+        fn log(&self, r: &log::Record<'_>) {
+            if self.enabled(r.metadata()) {
+                self.0
+                    .lock()
+                    .unwrap()
+                    .push(format!("{} {}", r.level(), r.args()));
+            }
+        }
+        fn flush(&self) {}
+    }
+
+    static CAPTURE: Capture = Capture(Mutex::new(Vec::new()));
+
+    #[test]
+    fn r1_auto_falls_back_to_epoll_with_one_line_naming_the_cause() {
+        let _ = log::set_logger(&CAPTURE);
+        log::set_max_level(log::LevelFilter::Info);
+        let config = Config {
+            port_id: u32::MAX - 1,
+            entries: 8,
+            pool_buffers: 1,
+            pool_buffer_size: 1,
+        };
+        let refused = |_: &Config| -> io::Result<Box<dyn Driver<()>>> {
+            Err(io::Error::from_raw_os_error(libc::EPERM))
+        };
+        let driver = fall_back(&config, refused).expect("epoll starts");
+        assert_eq!(driver.backend(), Backend::Epoll);
+        let lines: Vec<String> = CAPTURE
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains("io_uring unavailable"))
+            .cloned()
+            .collect();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].starts_with("INFO"), "{}", lines[0]);
+        assert!(
+            lines[0].contains("Operation not permitted"),
+            "the cause is named: {}",
+            lines[0]
+        );
+        assert!(lines[0].contains("using epoll"), "{}", lines[0]);
+    }
+
+    #[test]
+    fn r1_auto_keeps_io_uring_when_it_starts() {
+        let config = Config {
+            port_id: u32::MAX - 2,
+            entries: 8,
+            pool_buffers: 1,
+            pool_buffer_size: 1,
+        };
+        match uring::Driver::<()>::new(&config) {
+            Ok(_) => {
+                let d = fall_back::<()>(&config, |c| {
+                    uring::Driver::new(c).map(|d| Box::new(d) as Box<dyn Driver<()>>)
+                })
+                .unwrap();
+                assert_eq!(d.backend(), Backend::Uring);
+            }
+            Err(e) => eprintln!("skipped: io_uring refused here: {e}"),
+        }
     }
 }

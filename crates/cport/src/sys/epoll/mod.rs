@@ -137,9 +137,12 @@ use socket2::SockRef;
 
 use self::op::{Extra, Origin, Pending, Pool, Side, Step};
 use self::sys::{Epoll, EventFd};
-use crate::completion::{aborted, bad_handle, port_closed, Completion, Handle, OpId, Rejected};
-use crate::port::{Backend, Config};
+use crate::completion::{Completion, Handle, OpId, Rejected};
+use crate::config::{Backend, Config};
 use crate::queue::Reactor;
+use crate::sys::error::{
+    aborted, bad_handle, none_in_flight, not_a_socket, not_in_flight, not_ip, port_closed,
+};
 use crate::sys::slab::Slab;
 use crate::sys::{Op, Opts, Ready, Source, SourceKind};
 
@@ -537,12 +540,7 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
             gen.and_then(|gen| t.get(op.index, gen))
                 .map(|(h, e)| (h, e.clone()))
         };
-        let not_found = || {
-            io::Error::new(
-                io::ErrorKind::NotFound,
-                "cancel: the operation is not in flight",
-            )
-        };
+        let not_found = || not_in_flight();
         let (handle, entry) = found.ok_or_else(not_found)?;
         let m = match &entry.io {
             Io::Socket(m) => m,
@@ -571,10 +569,7 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
             Io::File(_) => 0,
         };
         if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                "cancel_handle: no operation in flight on the handle",
-            ));
+            return Err(none_in_flight());
         }
         Ok(n)
     }
@@ -608,10 +603,7 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
                 Some(fd) => SockRef::from(fd).shutdown(how),
                 None => Err(bad_handle("shutdown")),
             },
-            Io::File(_) => Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "shutdown: not a socket",
-            )),
+            Io::File(_) => Err(not_a_socket("shutdown")),
         }
     }
 
@@ -623,15 +615,9 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
                 Some(fd) => SockRef::from(fd).local_addr()?,
                 None => return Err(bad_handle("addr")),
             },
-            Io::File(_) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "addr: not a socket",
-                ))
-            }
+            Io::File(_) => return Err(not_a_socket("addr")),
         };
-        addr.as_socket()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "addr: not an IP socket"))
+        addr.as_socket().ok_or_else(|| not_ip("addr"))
     }
 
     fn close_port(&self) {

@@ -157,9 +157,10 @@ use io_uring::{opcode, squeue, IoUring};
 use self::bufring::BufRing;
 use self::op::{lock, Extra, Io, Next, OpState, Pool, Spares};
 use self::raw::Heap;
-use crate::completion::{aborted, bad_handle, port_closed, Completion, Handle, OpId, Rejected};
-use crate::port::{Backend, Config};
+use crate::completion::{Completion, Handle, OpId, Rejected};
+use crate::config::{Backend, Config};
 use crate::queue::Reactor;
+use crate::sys::error::{aborted, bad_handle, none_in_flight, not_in_flight, not_ip, port_closed};
 use crate::sys::{Op, Opts, Ready, Source, SourceKind};
 
 // Neither reserved value is an `OpId`: index u32::MAX is the slab's "none"
@@ -169,6 +170,21 @@ use crate::sys::{Op, Opts, Ready, Source, SourceKind};
 const WAKE: u64 = u64::MAX;
 /// user_data of cancel requests; their CQEs carry nothing we need.
 const CANCEL: u64 = u64::MAX - 1;
+
+/// An operation's user_data: its slab index and generation (the port is
+/// implied by the ring the CQE comes from).
+fn user_data(id: OpId) -> u64 {
+    (u64::from(id.gen) << 32) | u64::from(id.index)
+}
+
+/// The operation a CQE's user_data names.
+fn op_id(port: u32, user_data: u64) -> OpId {
+    OpId {
+        port,
+        index: user_data as u32,
+        gen: (user_data >> 32) as u32,
+    }
+}
 
 /// How long `Drop` waits for cancelled operations before leaking them.
 const DROP_BOUND: Duration = Duration::from_secs(5);
@@ -521,7 +537,7 @@ impl<T> Driver<T> {
         if let Some(op) = st.ops.get_mut(id.index, id.gen) {
             op.cancelled = true;
         }
-        let sqe = opcode::AsyncCancel::new(id.to_u64())
+        let sqe = opcode::AsyncCancel::new(user_data(id))
             .build()
             .user_data(CANCEL)
             .flags(squeue::Flags::SKIP_SUCCESS);
@@ -602,7 +618,7 @@ impl<T> Driver<T> {
                     log::debug!(target: "cport", "io_uring: cancel failed: {}", io::Error::from_raw_os_error(-res));
                 }
             }
-            _ => self.on_op_cqe(st, OpId::from_u64(self.port_id, user_data), res, flags, out),
+            _ => self.on_op_cqe(st, op_id(self.port_id, user_data), res, flags, out),
         }
     }
 
@@ -700,7 +716,7 @@ impl<T> Driver<T> {
         //   is in flight;
         // - the entry points into the operation, which stays in the slab
         //   until its final CQE.
-        let sqe = unsafe { op.io.sqe(op.fd, self.pool_buffer_size) }.user_data(id.to_u64());
+        let sqe = unsafe { op.io.sqe(op.fd, self.pool_buffer_size) }.user_data(user_data(id));
         self.push(st, sqe);
     }
 
@@ -1033,7 +1049,7 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
             // - the operation was just made: no request of it is in flight;
             // - the entry points into the operation, which stays in the
             //   slab until its final CQE.
-            Some(o) => unsafe { o.io.sqe(fd, self.pool_buffer_size) }.user_data(id.to_u64()),
+            Some(o) => unsafe { o.io.sqe(fd, self.pool_buffer_size) }.user_data(user_data(id)),
             None => unreachable!("an operation just inserted"),
         };
         self.push(&mut st, sqe);
@@ -1047,10 +1063,7 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
     fn cancel(&self, op: OpId, ready: &mut Ready<T>) -> io::Result<()> {
         let mut st = self.lock();
         if op.port != self.port_id || st.ops.get(op.index, op.gen).is_none() {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                "cancel: the operation is not in flight",
-            ));
+            return Err(not_in_flight());
         }
         let pushed = self.cancel_one(&mut st, op, ready);
         self.unlock(st);
@@ -1071,10 +1084,7 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
             self.submit_pending();
         }
         if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                "cancel_handle: no operation in flight on the handle",
-            ));
+            return Err(none_in_flight());
         }
         Ok(n)
     }
@@ -1141,8 +1151,7 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
         } else {
             sock.local_addr()?
         };
-        a.as_socket()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not an IP socket"))
+        a.as_socket().ok_or_else(|| not_ip("addr"))
     }
 
     fn close_port(&self) {

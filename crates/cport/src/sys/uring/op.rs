@@ -13,7 +13,8 @@ use io_uring::{cqueue, opcode, squeue};
 
 use super::bufring::{BufRing, BGID};
 use super::raw::{self, Heap};
-use crate::completion::{aborted, Handle, OpKind, Payload};
+use crate::completion::{Handle, OpKind, Payload};
+use crate::sys::error::aborted;
 use crate::sys::Op;
 
 /// Linux's UIO_MAXIOV: more iovecs make sendmsg/readv fail with EINVAL, so

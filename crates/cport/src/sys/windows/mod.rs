@@ -82,10 +82,12 @@ use windows_sys::Win32::System::IO::{
     PostQueuedCompletionStatus, OVERLAPPED, OVERLAPPED_0, OVERLAPPED_0_0, OVERLAPPED_ENTRY,
 };
 
-use crate::completion::{aborted, bad_handle, port_closed, Completion, Handle, OpId, Rejected};
-use crate::completion::{OpKind, Payload};
-use crate::port::{Backend, Config};
+use crate::completion::{Completion, Handle, OpId, OpKind, Payload, Rejected};
+use crate::config::{Backend, Config};
 use crate::queue::Reactor;
+use crate::sys::error::{
+    aborted, bad_handle, none_in_flight, not_a_socket, not_in_flight, not_ip, port_closed,
+};
 use crate::sys::slab::Slab;
 use crate::sys::{Op, Opts, Ready, Source, SourceInner, SourceKind};
 
@@ -1165,12 +1167,7 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
         let mut st = lock(&self.state);
         let p = match st.ops.get(op.index, op.gen) {
             Some(p) if op.port == self.port => p,
-            _ => {
-                return Err(io::Error::new(
-                    io::ErrorKind::NotFound,
-                    "cancel: the operation is not in flight",
-                ))
-            }
+            _ => return Err(not_in_flight()),
         };
         if st.handles.get(p.handle.index, p.handle.gen).is_none() {
             // Its handle was closed: the abort is already on its way.
@@ -1209,10 +1206,7 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
             .filter(|(_, p)| p.handle == handle)
             .count();
         if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                "cancel_handle: no operation in flight on the handle",
-            ));
+            return Err(none_in_flight());
         }
         // SAFETY:
         // - `raw` is the open socket of an associated handle (the lock is
@@ -1259,10 +1253,7 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
             SourceInner::TcpSocket(s) => s.shutdown(how),
             SourceInner::TcpListener(s) => socket2::SockRef::from(s).shutdown(how),
             SourceInner::UdpSocket(s) => socket2::SockRef::from(s).shutdown(how),
-            SourceInner::File(_) => Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "shutdown: not a socket",
-            )),
+            SourceInner::File(_) => Err(not_a_socket("shutdown")),
         }
     }
 
@@ -1273,23 +1264,20 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
             .get(handle.index, handle.gen)
             .filter(|_| handle.port == self.port)
             .ok_or_else(|| bad_handle("addr"))?;
-        let not_ip = || io::Error::new(io::ErrorKind::InvalidInput, "addr: not an IP socket");
+        let no_ip = || not_ip("addr");
         match (&a.source.0, peer) {
             (SourceInner::TcpListener(s), false) => s.local_addr(),
             (SourceInner::TcpStream(s), false) => s.local_addr(),
             (SourceInner::TcpStream(s), true) => s.peer_addr(),
             (SourceInner::UdpSocket(s), false) => s.local_addr(),
             (SourceInner::UdpSocket(s), true) => s.peer_addr(),
-            (SourceInner::TcpSocket(s), false) => s.local_addr()?.as_socket().ok_or_else(not_ip),
-            (SourceInner::TcpSocket(s), true) => s.peer_addr()?.as_socket().ok_or_else(not_ip),
+            (SourceInner::TcpSocket(s), false) => s.local_addr()?.as_socket().ok_or_else(no_ip),
+            (SourceInner::TcpSocket(s), true) => s.peer_addr()?.as_socket().ok_or_else(no_ip),
             (SourceInner::TcpListener(_), true) => Err(io::Error::new(
                 io::ErrorKind::NotConnected,
                 "addr: a listener has no peer",
             )),
-            (SourceInner::File(_), _) => Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "addr: not a socket",
-            )),
+            (SourceInner::File(_), _) => Err(not_a_socket("addr")),
         }
     }
 
@@ -1378,7 +1366,7 @@ impl<T: Send + 'static> Driver<T> {
             if pick(k, h) {
                 let p = st.ops.remove(k.0, k.1).expect("looked up above");
                 st.by_ov.remove(&p.ov.addr_of());
-                out.push(self.finish(p, k, 0, Some(crate::sys::ABORTED), true));
+                out.push(self.finish(p, k, 0, Some(crate::sys::error::ABORTED), true));
             } else {
                 st.parked.push(k);
             }
