@@ -12,6 +12,7 @@ use std::thread::{self, JoinHandle};
 
 use crate::completion::{Completion, GetError, OpKind};
 use crate::port::CompletionPort;
+use crate::sync::lock_std;
 
 /// The completion key of the quit packets [`Workers::stop`] posts. A worker
 /// that dequeues a posted packet with this key exits without calling the
@@ -116,13 +117,10 @@ impl<T: Send + 'static> Workers<T> {
             // Panics are caught in `work`; a join error would be a panic in
             // the pool's own code, reported the same way.
             if let Err(p) = t.join() {
-                self.panics
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(message(&*p));
+                lock_std(&self.panics).push(message(&*p));
             }
         }
-        let panics = std::mem::take(&mut *self.panics.lock().unwrap_or_else(|p| p.into_inner()));
+        let panics = std::mem::take(&mut *lock_std(&self.panics));
         if panics.is_empty() {
             Ok(())
         } else {
@@ -146,7 +144,7 @@ fn work<T: Send + 'static, F>(
                 if let Err(p) = panic::catch_unwind(AssertUnwindSafe(|| handler(port, c))) {
                     let msg = message(&*p);
                     log::error!(target: "cport", "worker {:?} stopped: its handler panicked: {msg}", thread::current().name());
-                    panics.lock().unwrap_or_else(|p| p.into_inner()).push(msg);
+                    lock_std(panics).push(msg);
                     break;
                 }
             }

@@ -40,3 +40,11 @@ pub(crate) fn wait<'a, T>(
         },
     }
 }
+
+/// The same poison-ignoring lock for the `std` mutexes of the backends and
+/// the worker pool, which loom does not model. Every critical section
+/// leaves its state consistent before anything that may panic (a user's
+/// `Clone` or `Drop`), so one panic must not stop the port.
+pub(crate) fn lock_std<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -130,7 +130,7 @@ use std::io;
 use std::net::{Shutdown, SocketAddr};
 use std::os::unix::io::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use socket2::SockRef;
@@ -140,6 +140,7 @@ use self::sys::{Epoll, EventFd};
 use crate::completion::{Completion, Handle, OpId, Rejected};
 use crate::config::{Backend, Config};
 use crate::queue::Reactor;
+use crate::sync::lock_std as lock;
 use crate::sys::error::{
     aborted, bad_handle, none_in_flight, not_a_socket, not_in_flight, not_ip, port_closed,
 };
@@ -157,13 +158,7 @@ const READABLE: u32 = (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc:
 const WRITABLE: u32 = (libc::EPOLLOUT | libc::EPOLLHUP | libc::EPOLLERR) as u32;
 const INTEREST: u32 = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
 
-/// Locks ignoring poison: every critical section leaves its state
-/// consistent before anything that may panic (a user's clone function), so
-/// one panic must not stop the port.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
+/// Poison is ignored, as by `lock` (`crate::sync::lock_std`).
 fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
     l.read().unwrap_or_else(|p| p.into_inner())
 }

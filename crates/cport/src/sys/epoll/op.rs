@@ -8,8 +8,9 @@ use std::sync::Mutex;
 
 use socket2::SockRef;
 
-use super::{lock, sys};
+use super::sys;
 use crate::completion::{Completion, Handle, OpId, Payload};
+use crate::sync::lock_std as lock;
 use crate::sys::Op;
 
 /// An operation waiting in a handle's queue.

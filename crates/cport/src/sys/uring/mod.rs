@@ -155,11 +155,12 @@ use io_uring::types::{CancelBuilder, Fd, SubmitArgs, Timespec};
 use io_uring::{opcode, squeue, IoUring};
 
 use self::bufring::BufRing;
-use self::op::{lock, Extra, Io, Next, OpState, Pool, Spares};
+use self::op::{Extra, Io, Next, OpState, Pool, Spares};
 use self::raw::Heap;
 use crate::completion::{Completion, Handle, OpId, Rejected};
 use crate::config::{Backend, Config};
 use crate::queue::Reactor;
+use crate::sync::lock_std as lock;
 use crate::sys::error::{aborted, bad_handle, none_in_flight, not_in_flight, not_ip, port_closed};
 use crate::sys::{Op, Opts, Ready, Source, SourceKind};
 

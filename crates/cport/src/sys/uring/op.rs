@@ -14,6 +14,7 @@ use io_uring::{cqueue, opcode, squeue};
 use super::bufring::{BufRing, BGID};
 use super::raw::{self, Heap};
 use crate::completion::{Handle, OpKind, Payload};
+use crate::sync::lock_std as lock;
 use crate::sys::error::aborted;
 use crate::sys::Op;
 
@@ -693,8 +694,4 @@ fn accepted(fd: i32) -> TcpStream {
 
 fn clamp32(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
-}
-
-pub(super) fn lock<V>(m: &std::sync::Mutex<V>) -> std::sync::MutexGuard<'_, V> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

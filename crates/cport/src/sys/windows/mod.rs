@@ -59,7 +59,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, SocketAddrV4, SocketAdd
 use std::panic::{self, AssertUnwindSafe};
 use std::ptr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use windows_sys::core::GUID;
@@ -85,6 +85,7 @@ use windows_sys::Win32::System::IO::{
 use crate::completion::{Completion, Handle, OpId, OpKind, Payload, Rejected};
 use crate::config::{Backend, Config};
 use crate::queue::Reactor;
+use crate::sync::lock_std as lock;
 use crate::sys::error::{
     aborted, bad_handle, none_in_flight, not_a_socket, not_in_flight, not_ip, port_closed,
 };
@@ -107,13 +108,6 @@ const ACCEPT_ADDR: usize = 128 + 16;
 /// How long a dropped port waits for the kernel to give back the buffers of
 /// cancelled operations before leaking them instead.
 const DRAIN: Duration = Duration::from_secs(5);
-
-fn lock<V>(m: &Mutex<V>) -> MutexGuard<'_, V> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    }
-}
 
 /// A sockaddr as bytes, aligned for the kernel's view of it.
 #[repr(C, align(8))]
