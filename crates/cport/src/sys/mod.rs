@@ -35,6 +35,8 @@ pub(crate) mod windows;
 
 pub(crate) mod error;
 pub(crate) mod slab;
+#[cfg(unix)]
+pub(crate) mod unix;
 
 /// Opens the backend a port runs on (CreateIoCompletionPort with no handle).
 ///
@@ -164,6 +166,32 @@ pub(crate) trait Driver<T>: Reactor<Completion<T>> + Send + Sync {
 
     /// Takes back a buffer that a pooled receive handed out, for reuse.
     fn recycle(&self, buf: Vec<u8>);
+}
+
+/// Advances the lengths of `bufs` by the `n` bytes a receive or read wrote
+/// into their spare capacities, each filled before the next (the way the
+/// kernel fills an iovec or WSABUF list). A count beyond the total spare
+/// capacity is clamped to it.
+///
+/// # Safety
+///
+/// The kernel wrote `n` bytes (or all of the spare capacity, if less) into
+/// the spare capacities of `bufs`, in order, and nothing has written to
+/// them since.
+pub(crate) unsafe fn advance(bufs: &mut [Vec<u8>], mut n: usize) {
+    for b in bufs {
+        if n == 0 {
+            break;
+        }
+        let k = (b.capacity() - b.len()).min(n);
+        // SAFETY:
+        // - `k` is within this buffer's spare capacity;
+        // - the kernel filled the spare capacities in order (this
+        //   function's contract), so the first `k` spare bytes of this
+        //   buffer are initialised.
+        unsafe { b.set_len(b.len() + k) };
+        n -= k;
+    }
 }
 
 /// Options of one submission.

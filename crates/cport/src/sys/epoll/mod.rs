@@ -136,7 +136,7 @@ use std::time::Duration;
 use socket2::SockRef;
 
 use self::op::{Extra, Origin, Pending, Pool, Side, Step};
-use self::sys::{Epoll, EventFd};
+use self::sys::Epoll;
 use crate::completion::{Completion, Handle, OpId, Rejected};
 use crate::config::{Backend, Config};
 use crate::queue::Reactor;
@@ -145,6 +145,7 @@ use crate::sys::error::{
     aborted, bad_handle, none_in_flight, not_a_socket, not_in_flight, not_ip, port_closed,
 };
 use crate::sys::slab::Slab;
+use crate::sys::unix::EventFd;
 use crate::sys::{Op, Opts, Ready, Source, SourceKind};
 
 /// The epoll data of the eventfd; no handle has slot index `u32::MAX`
@@ -232,7 +233,7 @@ struct Socket<T> {
 impl<T: Send + 'static> Driver<T> {
     pub(crate) fn new(config: &Config) -> io::Result<Self> {
         let epoll = Epoll::new()?;
-        let waker = EventFd::new()?;
+        let waker = EventFd::new(true)?;
         epoll.add(waker.raw(), libc::EPOLLIN as u32, WAKE)?;
         Ok(Driver {
             port: config.port_id,

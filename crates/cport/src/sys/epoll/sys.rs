@@ -12,31 +12,8 @@ use std::time::Duration;
 
 use socket2::{MaybeUninitSlice, SockRef};
 
-/// Return values whose `-1` means "see errno".
-pub(super) trait IsMinusOne: Copy {
-    fn is_minus_one(self) -> bool;
-}
-
-impl IsMinusOne for i32 {
-    fn is_minus_one(self) -> bool {
-        self == -1
-    }
-}
-
-impl IsMinusOne for isize {
-    fn is_minus_one(self) -> bool {
-        self == -1
-    }
-}
-
-/// The errno convention, once: `-1` becomes the thread's last OS error.
-pub(super) fn cvt<R: IsMinusOne>(r: R) -> io::Result<R> {
-    if r.is_minus_one() {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
-}
+use crate::sys::advance;
+use crate::sys::unix::cvt;
 
 /// Repeats `f` while a signal interrupts it: an `EINTR` is not the
 /// operation's outcome and must not reach a completion.
@@ -133,86 +110,14 @@ impl Epoll {
     }
 }
 
-/// The eventfd that makes a blocked `epoll_wait` return.
-#[derive(Debug)]
-pub(super) struct EventFd {
-    fd: OwnedFd,
-}
-
-impl EventFd {
-    pub(super) fn new() -> io::Result<EventFd> {
-        // SAFETY:
-        // - eventfd takes no pointers; the flags are valid constants.
-        let fd = cvt(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
-        // SAFETY:
-        // - `fd` was just returned by the kernel and is owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(EventFd { fd })
-    }
-
-    pub(super) fn raw(&self) -> RawFd {
-        self.fd.as_raw_fd()
-    }
-
-    pub(super) fn notify(&self) {
-        let one: u64 = 1;
-        // SAFETY:
-        // - The pointer is to 8 readable bytes, the size eventfd requires.
-        // EAGAIN means the counter is saturated: a wake is pending already,
-        // which is all this call promises, so the result is not needed.
-        let _ = unsafe { libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
-    }
-
-    /// Resets the counter, or the level-triggered registration would make
-    /// every later wait return at once.
-    pub(super) fn drain(&self) {
-        let mut v: u64 = 0;
-        // SAFETY:
-        // - The pointer is to 8 writable bytes, the size eventfd requires.
-        // EAGAIN (already drained) is the only failure of a valid eventfd.
-        let _ = unsafe { libc::read(self.fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
-    }
-}
-
 // ----- receiving into spare capacity ----------------------------------------
-
-/// Marks `n` more bytes of `buf` as initialised.
-///
-/// # Safety
-/// The kernel must have written `n` bytes at `buf.len()..`, within the
-/// capacity.
-unsafe fn advance(buf: &mut Vec<u8>, n: usize) {
-    debug_assert!(n <= buf.capacity() - buf.len());
-    // SAFETY:
-    // - The caller promises these bytes were written and fit the capacity.
-    unsafe { buf.set_len(buf.len() + n) };
-}
-
-/// Spreads `n` received bytes over the buffers' spare capacity, in order,
-/// the way the kernel filled them.
-///
-/// # Safety
-/// The kernel must have written `n` bytes into the spare capacities of
-/// `bufs`, filling each in order before the next.
-unsafe fn advance_all(bufs: &mut [Vec<u8>], mut n: usize) {
-    for b in bufs {
-        if n == 0 {
-            break;
-        }
-        let k = (b.capacity() - b.len()).min(n);
-        // SAFETY:
-        // - The kernel filled `k` bytes of this buffer's spare room.
-        unsafe { advance(b, k) };
-        n -= k;
-    }
-}
 
 /// recv(2) into the spare capacity of `buf`.
 pub(super) fn recv(fd: &OwnedFd, buf: &mut Vec<u8>) -> io::Result<usize> {
     let n = SockRef::from(fd).recv(buf.spare_capacity_mut())?;
     // SAFETY:
     // - recv wrote `n` bytes at the start of the spare capacity.
-    unsafe { advance(buf, n) };
+    unsafe { advance(std::slice::from_mut(buf), n) };
     Ok(n)
 }
 
@@ -227,7 +132,7 @@ pub(super) fn recv_from(
     // SAFETY:
     // - Without MSG_TRUNC in the request flags, recvmsg returns the bytes
     //   it copied into the single slice: the start of the spare capacity.
-    unsafe { advance(buf, n) };
+    unsafe { advance(std::slice::from_mut(buf), n) };
     Ok((n, flags.is_truncated(), from.as_socket()))
 }
 
@@ -319,7 +224,7 @@ pub(super) fn recv_vectored(fd: &OwnedFd, bufs: &mut [Vec<u8>]) -> io::Result<us
     // SAFETY:
     // - recvmsg filled the iovecs in order; the empty ones left out took
     //   nothing, so the bytes fill each buffer's spare room in turn.
-    unsafe { advance_all(bufs, n) };
+    unsafe { advance(bufs, n) };
     Ok(n)
 }
 
@@ -365,7 +270,7 @@ pub(super) fn pread(fd: &OwnedFd, buf: &mut Vec<u8>, off: u64) -> io::Result<usi
     })?);
     // SAFETY:
     // - pread wrote `n` bytes at the start of the spare capacity.
-    unsafe { advance(buf, n) };
+    unsafe { advance(std::slice::from_mut(buf), n) };
     Ok(n)
 }
 
@@ -381,7 +286,7 @@ pub(super) fn preadv(fd: &OwnedFd, bufs: &mut [Vec<u8>], off: u64) -> io::Result
     let n = count(r);
     // SAFETY:
     // - preadv fills the iovecs in order (empty ones were left out).
-    unsafe { advance_all(bufs, n) };
+    unsafe { advance(bufs, n) };
     Ok(n)
 }
 

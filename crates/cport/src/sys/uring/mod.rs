@@ -162,6 +162,7 @@ use crate::config::{Backend, Config};
 use crate::queue::Reactor;
 use crate::sync::lock_std as lock;
 use crate::sys::error::{aborted, bad_handle, none_in_flight, not_in_flight, not_ip, port_closed};
+use crate::sys::unix::EventFd;
 use crate::sys::{Op, Opts, Ready, Source, SourceKind};
 
 // Neither reserved value is an `OpId`: index u32::MAX is the slab's "none"
@@ -263,7 +264,7 @@ pub(crate) struct Driver<T> {
     state: Mutex<State<T>>,
     /// Buffers handed out by pooled receives and recycled, for reuse.
     pool: Mutex<Vec<Vec<u8>>>,
-    wake_fd: OwnedFd,
+    wake_fd: EventFd,
     /// A wake-up was written and its read not yet reaped.
     wake_pending: AtomicBool,
     /// SQEs pushed (or backlogged) and not yet handed to the kernel.
@@ -307,7 +308,7 @@ impl<T: Send + 'static> Driver<T> {
         })?;
         probe_cancel_any(&mut ring)?;
 
-        let wake_fd = raw::eventfd()?;
+        let wake_fd = EventFd::new(false)?;
         let wake_sqe = wake_read(&wake_fd, &wake_buf);
         // SAFETY:
         // - `&mut ring`: no other SubmissionQueue exists;
@@ -442,9 +443,9 @@ fn probe_cancel_any(ring: &mut IoUring) -> io::Result<()> {
     }
 }
 
-fn wake_read(fd: &OwnedFd, buf: &Heap<u64>) -> squeue::Entry {
+fn wake_read(fd: &EventFd, buf: &Heap<u64>) -> squeue::Entry {
     // Offset -1: "the file position", the only one an eventfd accepts.
-    opcode::Read::new(Fd(fd.as_raw_fd()), buf.as_ptr().cast(), 8)
+    opcode::Read::new(Fd(fd.raw()), buf.as_ptr().cast(), 8)
         .offset(u64::MAX)
         .build()
         .user_data(WAKE)
@@ -883,7 +884,7 @@ impl<T> Driver<T> {
 
     fn wake_inner(&self) {
         if !self.wake_pending.swap(true, Ordering::AcqRel) {
-            raw::eventfd_signal(self.wake_fd.as_raw_fd());
+            self.wake_fd.notify();
         }
     }
 

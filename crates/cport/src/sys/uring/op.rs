@@ -12,11 +12,12 @@ use io_uring::types::Fd;
 use io_uring::{cqueue, opcode, squeue};
 
 use super::bufring::{BufRing, BGID};
-use super::raw::{self, Heap};
+use super::raw::Heap;
 use crate::completion::{Handle, OpKind, Payload};
 use crate::sync::lock_std as lock;
 use crate::sys::error::aborted;
-use crate::sys::Op;
+use crate::sys::unix;
+use crate::sys::{advance, Op};
 
 /// Linux's UIO_MAXIOV: more iovecs make sendmsg/readv fail with EINVAL, so
 /// longer buffer lists are sent in several requests (and received into
@@ -51,7 +52,7 @@ impl Msg {
             // - all-zero bytes are a valid `msghdr` (null pointers, zero
             //   lengths), whatever private padding fields libc declares.
             hdr: unsafe { mem::zeroed() },
-            addr: raw::storage(),
+            addr: unix::storage(),
             addr_len: 0,
             iov: Vec::new(),
         }
@@ -245,7 +246,7 @@ impl Io {
                 // SAFETY:
                 // - a fresh or spare `Msg` is in no request.
                 let msg = unsafe { m.get_mut() };
-                let (s, len) = raw::from_socket_addr(addr);
+                let (s, len) = unix::from_socket_addr(addr);
                 msg.addr = s;
                 msg.addr_len = len;
                 Io::Connect {
@@ -268,7 +269,7 @@ impl Io {
                 // SAFETY:
                 // - a fresh or spare `Msg` is in no request.
                 let msg = unsafe { m.get_mut() };
-                let (s, len) = raw::from_socket_addr(addr);
+                let (s, len) = unix::from_socket_addr(addr);
                 msg.addr = s;
                 msg.addr_len = len;
                 Io::SendTo(b, m)
@@ -300,7 +301,7 @@ impl Io {
                 // SAFETY:
                 // - no request is in flight (this function's contract).
                 let msg = unsafe { m.get_mut() };
-                msg.addr = raw::storage();
+                msg.addr = unix::storage();
                 msg.addr_len = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
                 opcode::Accept::new(
                     fd,
@@ -359,7 +360,7 @@ impl Io {
                 // - no request is in flight (this function's contract).
                 let msg = unsafe { m.get_mut() };
                 msg.spare_iov(std::slice::from_mut(buf));
-                msg.addr = raw::storage();
+                msg.addr = unix::storage();
                 msg.addr_len = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
                 msg.point(true);
                 // MSG_TRUNC: the result is the datagram's real length, which
@@ -441,14 +442,20 @@ impl Io {
                 if res < 0 {
                     return Step::done(Err(os(res)));
                 }
-                advance(std::slice::from_mut(buf), res as usize);
+                // SAFETY:
+                // - the request was a recv or read into exactly this spare
+                //   capacity, and its CQE reports `res` bytes written.
+                unsafe { advance(std::slice::from_mut(buf), res as usize) };
                 Step::done(Ok(res as usize))
             }
             Io::RecvVectored(bufs, _) | Io::ReadVectoredAt(bufs, _, _) => {
                 if res < 0 {
                     return Step::done(Err(os(res)));
                 }
-                advance(bufs, res as usize);
+                // SAFETY:
+                // - the request's iovecs were exactly these spare
+                //   capacities, in order, and its CQE reports `res` bytes.
+                unsafe { advance(bufs, res as usize) };
                 Step::done(Ok(res as usize))
             }
             Io::RecvFrom(buf, _) => {
@@ -457,7 +464,10 @@ impl Io {
                 }
                 let room = buf.capacity() - buf.len();
                 let got = (res as usize).min(room);
-                advance(std::slice::from_mut(buf), got);
+                // SAFETY:
+                // - the request's one iovec was this spare capacity; the
+                //   kernel wrote `got` bytes of the datagram into it.
+                unsafe { advance(std::slice::from_mut(buf), got) };
                 if res as usize > room {
                     Step::done(Err(io::Error::from_raw_os_error(libc::EMSGSIZE)))
                 } else {
@@ -485,7 +495,7 @@ impl Io {
                 let stream = accepted(res);
                 // SAFETY:
                 // - the accept's CQE was reaped: the request is over.
-                let peer = raw::to_socket_addr(unsafe { &m.get().addr });
+                let peer = unix::to_socket_addr(unsafe { &m.get().addr });
                 match peer.map_or_else(|| stream.peer_addr(), Ok) {
                     Ok(peer) => Step::done_with(Ok(0), Extra::Accepted(stream, peer)),
                     Err(e) => Step::done(Err(e)),
@@ -588,7 +598,7 @@ impl Io {
             Io::RecvFrom(buf, m) => {
                 // SAFETY:
                 // - the final CQE was reaped: no request is in flight.
-                let from = raw::to_socket_addr(unsafe { &m.get().addr });
+                let from = unix::to_socket_addr(unsafe { &m.get().addr });
                 (Payload::Datagram { buf, from }, Some(m))
             }
             Io::RecvVectored(b, m)
@@ -663,23 +673,6 @@ fn write_step(done: &mut usize, total: usize, res: i32, stop: bool) -> Step {
         )))
     } else {
         Step::next(Next::Again)
-    }
-}
-
-/// Advances the lengths of `bufs` by the `n` bytes the kernel wrote into
-/// their spare capacities, in order.
-fn advance(bufs: &mut [Vec<u8>], mut n: usize) {
-    for b in bufs {
-        if n == 0 {
-            break;
-        }
-        let k = (b.capacity() - b.len()).min(n);
-        // SAFETY:
-        // - the request's iovecs were exactly these spare capacities, in
-        //   this order, and the kernel reported `n` bytes written into them,
-        //   so the first `k` spare bytes of this buffer are initialised.
-        unsafe { b.set_len(b.len() + k) };
-        n -= k;
     }
 }
 

@@ -1,21 +1,10 @@
 //! Owners of the raw resources the io_uring backend hands to the kernel:
-//! heap cells whose address a request holds, anonymous mappings, the wake
-//! eventfd, socket addresses in their C layout.
+//! heap cells whose address a request holds, anonymous mappings.
 
 use std::io;
-use std::mem;
-use std::net::SocketAddr;
-use std::os::unix::io::{FromRawFd, OwnedFd, RawFd};
 use std::ptr::{self, NonNull};
 
-/// Turns the `-1`-and-errno convention into `io::Result`.
-pub(super) fn cvt(r: i32) -> io::Result<i32> {
-    if r == -1 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
-}
+use crate::sys::unix::cvt;
 
 /// A heap value whose address a kernel request may hold.
 ///
@@ -129,59 +118,6 @@ impl Drop for Mmap {
 // SAFETY: the mapping is plain memory owned by this value; access to its
 // contents is synchronised by the owner (the driver's state lock).
 unsafe impl Send for Mmap {}
-
-/// A blocking eventfd: the io_uring read on it waits by poll, not in a
-/// kernel worker, and a write never blocks since the counter is drained by
-/// every read.
-pub(super) fn eventfd() -> io::Result<OwnedFd> {
-    // SAFETY:
-    // - eventfd takes no pointers.
-    let fd = cvt(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) })?;
-    // SAFETY:
-    // - `fd` was just returned to us and is owned by nothing else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-pub(super) fn eventfd_signal(fd: RawFd) {
-    let one: u64 = 1;
-    // SAFETY:
-    // - the buffer is a live 8-byte local, as eventfd requires;
-    // - `fd` is the driver's eventfd, open for the driver's lifetime.
-    let r = unsafe { libc::write(fd, (&one as *const u64).cast(), mem::size_of::<u64>()) };
-    if r < 0 {
-        log::warn!(target: "cport", "io_uring: writing the wake eventfd failed: {}", io::Error::last_os_error());
-    }
-}
-
-/// A zeroed `sockaddr_storage`.
-pub(super) fn storage() -> libc::sockaddr_storage {
-    // SAFETY:
-    // - all-zero bytes are a valid `sockaddr_storage` (family AF_UNSPEC).
-    unsafe { mem::zeroed() }
-}
-
-/// The socket address in `s`, by its family. The length the kernel writes
-/// back is not relied upon, so an address it did not fill (family 0) is
-/// `None` rather than garbage.
-pub(super) fn to_socket_addr(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
-    let len = match i32::from(s.ss_family) {
-        libc::AF_INET => mem::size_of::<libc::sockaddr_in>(),
-        libc::AF_INET6 => mem::size_of::<libc::sockaddr_in6>(),
-        _ => return None,
-    };
-    // SAFETY:
-    // - `s` is an initialised `sockaddr_storage` of the family just read,
-    //   and `len` is that family's size, within the storage.
-    let addr = unsafe { socket2::SockAddr::new(*s, len as libc::socklen_t) };
-    addr.as_socket()
-}
-
-/// `addr` in its C layout, with its length.
-pub(super) fn from_socket_addr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    let a = socket2::SockAddr::from(addr);
-    let len = a.len();
-    (a.as_storage(), len)
-}
 
 /// RLIMIT_MEMLOCK, for error messages.
 pub(super) fn memlock_limit() -> String {
