@@ -70,7 +70,7 @@ fn stalled(what: &str) -> io::Error {
 fn get_error(what: &str, e: GetError) -> io::Error {
     match e {
         GetError::Timeout => stalled(what),
-        GetError::Closed => io::Error::new(io::ErrorKind::NotConnected, format!("{what}: {e}")),
+        _ => io::Error::new(io::Error::from(e).kind(), format!("{what}: {e}")),
     }
 }
 

@@ -194,11 +194,15 @@ impl<T> From<Rejected<T>> for io::Error {
 
 /// Why [`get`](crate::CompletionPort::get) dequeued nothing.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[non_exhaustive]
 pub enum GetError {
     /// The timeout passed with nothing to dequeue (Windows: WAIT_TIMEOUT).
     Timeout,
     /// The port was closed (Windows: ERROR_ABANDONED_WAIT_0).
     Closed,
+    /// [`get_many`](crate::CompletionPort::get_many) was asked for zero
+    /// completions (Windows: ERROR_INVALID_PARAMETER). Nothing was removed.
+    InvalidInput,
 }
 
 impl fmt::Display for GetError {
@@ -206,6 +210,7 @@ impl fmt::Display for GetError {
         f.write_str(match self {
             GetError::Timeout => "no completion before the timeout",
             GetError::Closed => "the completion port was closed",
+            GetError::InvalidInput => "get_many: max must be at least 1",
         })
     }
 }
@@ -217,6 +222,7 @@ impl From<GetError> for io::Error {
         let kind = match e {
             GetError::Timeout => io::ErrorKind::TimedOut,
             GetError::Closed => io::ErrorKind::NotConnected,
+            GetError::InvalidInput => io::ErrorKind::InvalidInput,
         };
         io::Error::new(kind, e)
     }

@@ -148,8 +148,8 @@ fn work<T: Send + 'static, F>(
                     break;
                 }
             }
-            Err(GetError::Closed) => break,
             Err(GetError::Timeout) => {}
+            Err(_) => break,
         }
     }
     // Counted out before the slot is given up: whoever sees this thread

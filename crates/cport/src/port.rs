@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use crate::completion::{Completion, GetError, Handle, OpId, OpKind, Payload, Rejected};
 use crate::config::{Backend, Config};
-use crate::queue::{Queue, QueueStats};
+use crate::queue::{Batch, Queue, QueueStats, Seat};
 use crate::sys::error::{self, no_room, port_closed};
-use crate::sys::{self, Driver, Op, Opts, Source, SourceInner};
+use crate::sys::{self, Driver, Op, Opts, Ready, Source, SourceInner};
 
 /// Settings of a port, for [`CompletionPort::builder`].
 #[derive(Clone, Debug)]
@@ -195,29 +195,50 @@ impl<T> Drop for Inner<T> {
     }
 }
 
-/// The running record of a thread: which port it took a completion from
-/// and has not come back to (SEMANTICS C1). Dropping an armed record gives
-/// the slot back, which is how a worker that exits stops counting.
+/// The running record of a thread: the port it took a completion from and
+/// what it holds of that port's running slots (SEMANTICS C1–C3). Every
+/// change the thread makes to the count goes through its seat
+/// (`queue::Seat`), so no nesting of `blocking`, `leave` and `get` gives a
+/// slot up twice. Dropping the record (the thread exits, or moves to
+/// another port) gives a held slot back.
 struct RunningOn {
     id: u32,
-    port: Option<Weak<dyn Release>>,
+    port: Weak<dyn Leave>,
+    /// Never `None` while stored: a record without a seat is dropped.
+    seat: Option<Seat>,
 }
 
-trait Release: Send + Sync {
-    fn release_running(&self);
+trait Leave: Send + Sync {
+    fn leave(&self, seat: &mut Option<Seat>);
 }
 
-impl<T: Send + 'static> Release for Inner<T> {
-    fn release_running(&self) {
+impl<T: Send + 'static> Leave for Inner<T> {
+    fn leave(&self, seat: &mut Option<Seat>) {
+        // What the thread deferred must reach the kernel before it stops
+        // running.
         self.driver.flush();
-        self.queue.release(&*self.driver);
+        self.queue.leave(&*self.driver, seat);
     }
 }
 
 impl Drop for RunningOn {
     fn drop(&mut self) {
-        if let Some(port) = self.port.take().and_then(|w| w.upgrade()) {
-            port.release_running();
+        if let Some(port) = self.port.upgrade() {
+            port.leave(&mut self.seat);
+        }
+    }
+}
+
+/// Puts a thread's record back when a `get` ends, however it ends (a
+/// panic resumed from the reap included), unless it holds no seat any more.
+struct Restore(Option<RunningOn>);
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        if let Some(record) = self.0.take() {
+            if record.seat.is_some() {
+                let _ = RUNNING.try_with(|cell| *cell.borrow_mut() = Some(record));
+            }
         }
     }
 }
@@ -279,7 +300,7 @@ impl<T: Send + 'static> CompletionPort<T> {
     /// then the descriptor is closed, so the peer sees the connection end
     /// (SEMANTICS X2). The handle is invalid from now on.
     pub fn close(&self, handle: Handle) -> io::Result<()> {
-        let mut ready = Vec::new();
+        let mut ready = Batch::new();
         let r = self.inner.driver.close(handle, &mut ready);
         self.queue_ready(&mut ready);
         r
@@ -489,7 +510,7 @@ impl<T: Send + 'static> CompletionPort<T> {
     /// race, otherwise an aborted error (SEMANTICS X1). `NotFound` if the
     /// operation is no longer in flight.
     pub fn cancel(&self, op: OpId) -> io::Result<()> {
-        let mut ready = Vec::new();
+        let mut ready = Batch::new();
         let r = self.inner.driver.cancel(op, &mut ready);
         self.queue_ready(&mut ready);
         r
@@ -499,7 +520,7 @@ impl<T: Send + 'static> CompletionPort<T> {
     /// with no OVERLAPPED); returns how many were in flight. `NotFound` when
     /// none was.
     pub fn cancel_handle(&self, handle: Handle) -> io::Result<usize> {
-        let mut ready = Vec::new();
+        let mut ready = Batch::new();
         let r = self.inner.driver.cancel_handle(handle, &mut ready);
         self.queue_ready(&mut ready);
         r
@@ -557,15 +578,23 @@ impl<T: Send + 'static> CompletionPort<T> {
     }
 
     /// Dequeues up to `max` completions in one call
-    /// (GetQueuedCompletionStatusEx), appending them to `out`; returns how
-    /// many. Returns as soon as at least one is available (SEMANTICS Q4).
-    /// The thread counts as one running thread however many it took.
+    /// (GetQueuedCompletionStatusEx), appending them to `out`, which grows
+    /// as needed; returns how many. Returns as soon as at least one is
+    /// available (SEMANTICS Q4). The thread counts as one running thread
+    /// however many it took.
+    ///
+    /// `max` 0 is refused with [`GetError::InvalidInput`] and removes
+    /// nothing, as Windows refuses an empty entry array
+    /// (ERROR_INVALID_PARAMETER); the thread's running state is unchanged.
     pub fn get_many(
         &self,
         out: &mut Vec<Completion<T>>,
         max: usize,
         timeout: Option<Duration>,
     ) -> Result<usize, GetError> {
+        if max == 0 {
+            return Err(GetError::InvalidInput);
+        }
         let before = out.len();
         self.dequeue(max, timeout, out)?;
         Ok(out.len() - before)
@@ -578,23 +607,30 @@ impl<T: Send + 'static> CompletionPort<T> {
     /// After `f` the thread counts as running again, even if that exceeds
     /// the limit for a while.
     pub fn blocking<R>(&self, f: impl FnOnce() -> R) -> R {
-        if !self.running_here() {
+        let entered = self.with_seat(|seat| {
+            self.inner.driver.flush();
+            self.inner.queue.block(&*self.inner.driver, seat)
+        });
+        if entered != Some(true) {
+            // Not running on this port, or already in a section: nothing
+            // to give up, nothing to take back.
             return f();
         }
-        self.inner.driver.flush();
-        self.inner.queue.release(&*self.inner.driver);
-        struct Reenter<'a, T>(&'a Inner<T>);
-        impl<T> Drop for Reenter<'_, T> {
+        struct Reenter<'a, T: Send + 'static>(&'a CompletionPort<T>);
+        impl<T: Send + 'static> Drop for Reenter<'_, T> {
             fn drop(&mut self) {
-                self.0.queue.reenter();
+                let port = self.0;
+                port.with_seat(|seat| port.inner.queue.unblock(seat));
             }
         }
-        let _back = Reenter(&self.inner);
+        let _back = Reenter(self);
         f()
     }
 
     /// Stops counting this thread as running on the port without waiting
-    /// for another completion (what a worker does when it quits).
+    /// for another completion (what a worker does when it quits). Inside a
+    /// [`blocking`](Self::blocking) section the slot is already given up:
+    /// nothing more is given, and the section's end takes none back.
     pub fn leave(&self) {
         let mine = RUNNING
             .try_with(|cell| {
@@ -647,7 +683,7 @@ impl<T: Send + 'static> CompletionPort<T> {
             return Err(Rejected::new(e, value, op.into_payload()));
         }
         let running = self.running_here();
-        let mut ready = Vec::new();
+        let mut ready = Batch::new();
         let r = self.inner.driver.submit(
             handle,
             op,
@@ -662,7 +698,7 @@ impl<T: Send + 'static> CompletionPort<T> {
         r
     }
 
-    fn queue_ready(&self, ready: &mut Vec<Completion<T>>) {
+    fn queue_ready(&self, ready: &mut Ready<T>) {
         let running = self.running_here();
         self.queue_ready_from(ready, running);
     }
@@ -670,16 +706,44 @@ impl<T: Send + 'static> CompletionPort<T> {
     /// Queues completions produced inside a call. From a running thread no
     /// waiter is released for them: the thread comes back to `get` and takes
     /// them itself (C2), which spares a context switch per operation that
-    /// completes at once (the common case of a send on epoll).
-    fn queue_ready_from(&self, ready: &mut Vec<Completion<T>>, running: bool) {
+    /// completes at once (the common case of a send on epoll). A panic of
+    /// user code the call ran (a multishot value's `Clone`) is resumed
+    /// only then, so that it loses nothing else (LESSONS 12).
+    fn queue_ready_from(&self, ready: &mut Ready<T>, running: bool) {
         self.inner.queue.push(&*self.inner.driver, ready, !running);
+        ready.resume_panic();
     }
 
+    /// Whether this thread holds a running slot of this port: it took a
+    /// completion and has not come back, nor entered a blocking section.
     fn running_here(&self) -> bool {
         let id = self.inner.id;
         RUNNING
-            .try_with(|cell| matches!(&*cell.borrow(), Some(on) if on.id == id))
+            .try_with(|cell| {
+                matches!(&*cell.borrow(), Some(on) if on.id == id && on.seat == Some(Seat::Running))
+            })
             .unwrap_or(false)
+    }
+
+    /// Runs `f` on this thread's seat on this port, if it has a record here.
+    fn with_seat<R>(&self, f: impl FnOnce(&mut Option<Seat>) -> R) -> Option<R> {
+        let id = self.inner.id;
+        RUNNING
+            .try_with(|cell| {
+                let mut slot = cell.borrow_mut();
+                let r = match slot.as_mut() {
+                    Some(on) if on.id == id => Some(f(&mut on.seat)),
+                    _ => None,
+                };
+                if matches!(&*slot, Some(on) if on.seat.is_none()) {
+                    // A seat given up (`leave`): the record goes, and its
+                    // drop gives nothing back.
+                    *slot = None;
+                }
+                r
+            })
+            .ok()
+            .flatten()
     }
 
     fn dequeue<O: Extend<Completion<T>>>(
@@ -689,45 +753,32 @@ impl<T: Send + 'static> CompletionPort<T> {
         out: &mut O,
     ) -> Result<(), GetError> {
         let id = self.inner.id;
-        // Take this thread's running record: ours means we are coming back
-        // (disarmed, the queue gives the slot up); another port's is
-        // released, since a thread runs on one port at a time.
-        let (mine, other) = RUNNING
-            .try_with(|cell| {
-                let mut slot = cell.borrow_mut();
-                match slot.as_ref() {
-                    Some(on) if on.id == id => {
-                        let mut on = slot.take().expect("checked");
-                        let weak = on.port.take();
-                        (Some((on, weak)), None)
-                    }
-                    Some(_) => (None, slot.take()),
-                    None => (None, None),
+        // This thread's record: ours means it is coming back (or calls
+        // `get` inside a blocking section); another port's is dropped, which
+        // gives that port's slot back, since a thread runs on one port at a
+        // time.
+        let taken = RUNNING
+            .try_with(|cell| cell.borrow_mut().take())
+            .ok()
+            .flatten();
+        let record = match taken {
+            Some(on) if on.id == id => on,
+            other => {
+                drop(other);
+                RunningOn {
+                    id,
+                    port: Arc::downgrade(&self.inner) as Weak<dyn Leave>,
+                    seat: None,
                 }
-            })
-            .unwrap_or((None, None));
-        drop(other);
-        let returning = mine.is_some();
-        let r = self
-            .inner
+            }
+        };
+        let mut restore = Restore(Some(record));
+        let seat = match restore.0.as_mut() {
+            Some(on) => &mut on.seat,
+            None => unreachable!("the record was just stored"),
+        };
+        self.inner
             .queue
-            .get(&*self.inner.driver, returning, max, timeout, out);
-        if r.is_ok() {
-            let record = match mine {
-                Some((mut on, weak)) => {
-                    on.port = weak;
-                    on
-                }
-                None => {
-                    let weak: Weak<dyn Release> = Arc::downgrade(&self.inner) as Weak<dyn Release>;
-                    RunningOn {
-                        id,
-                        port: Some(weak),
-                    }
-                }
-            };
-            let _ = RUNNING.try_with(|cell| *cell.borrow_mut() = Some(record));
-        }
-        r
+            .get(&*self.inner.driver, seat, max, timeout, out)
     }
 }

@@ -157,4 +157,104 @@ backends! {
         assert_eq!(counts(&port), (0, 0, 0));
         a.exit();
     }
+    // LESSONS 13: a blocking section gives the slot up once, whatever it
+    // calls. Two threads hold the two slots of N = 2 throughout; a third
+    // waits. Every count is read between steps.
+    fn c3_nested_blocking_leave_and_get_inside_give_the_slot_up_once(backend: Backend) {
+        let port = common::port::<u32>(backend, 2);
+        let (a, h) = (Agent::spawn(&port), Agent::spawn(&port));
+        for agent in [&a, &h] {
+            port.post(0, 0, 0).unwrap();
+            assert_eq!(agent.call(|p| p.get(common::LONG).map(|c| c.value)), Ok(0));
+        }
+        assert_eq!(counts(&port), (0, 0, 2));
+
+        // Nested sections: the inner one has nothing to give.
+        let seen = a.call(|p| {
+            p.blocking(|| {
+                let outer = p.stats().running;
+                let inner = p.blocking(|| p.stats().running);
+                (outer, inner, p.stats().running)
+            })
+        });
+        assert_eq!(seen, (1, 1, 1), "the slot is given up once, not per level");
+        assert_eq!(counts(&port), (0, 0, 2), "and taken back once");
+
+        // `get` inside a section, with nothing queued: the thread waited as
+        // a newcomer, holds no slot after it, and the section's end takes
+        // none back.
+        let seen = a.call(|p| {
+            p.blocking(|| {
+                let r = p.get(Some(Duration::ZERO)).map(|c| c.value);
+                (r, p.stats().running)
+            })
+        });
+        assert_eq!(seen, (Err(cport::GetError::Timeout), 1));
+        assert_eq!(counts(&port), (0, 0, 1), "A timed out inside: not running");
+
+        // A post is delivered at once to a waiter: the count is exact, so
+        // the free slot is seen as free.
+        let w = Agent::spawn(&port);
+        let w_got = w.start(|p| p.get(common::LONG).map(|c| c.value));
+        wait_waiting(&port, 1);
+        port.post(5, 0, 5).unwrap();
+        assert_eq!(recv(&w_got), Ok(5));
+        assert_eq!(counts(&port), (0, 0, 2));
+        w.call(|p| p.leave());
+
+        // `get` inside a section that dequeues: the thread runs on what it
+        // took, one slot, and the section's end takes no second one.
+        port.post(6, 0, 6).unwrap();
+        let seen = a.call(|p| {
+            p.blocking(|| {
+                let r = p.get(Some(Duration::ZERO)).map(|c| c.value);
+                (r, p.stats().running)
+            })
+        });
+        assert_eq!(seen, (Ok(6), 2));
+        assert_eq!(counts(&port), (0, 0, 2));
+
+        // `leave` inside a section: nothing more is given, nothing taken back.
+        let seen = a.call(|p| {
+            p.blocking(|| {
+                p.leave();
+                p.stats().running
+            })
+        });
+        assert_eq!(seen, 1);
+        assert_eq!(counts(&port), (0, 0, 1), "A left: only H runs");
+        // Leaving again, or a section now, changes nothing.
+        a.call(|p| {
+            p.leave();
+            p.blocking(|| ())
+        });
+        assert_eq!(counts(&port), (0, 0, 1));
+        a.exit();
+        w.exit();
+        h.exit();
+        assert_eq!(counts(&port), (0, 0, 0));
+    }
+
+    // A `get` on another port inside a section moves the thread there: the
+    // first port's slot was given up once, by the section.
+    fn c3_get_on_another_port_inside_blocking_moves_the_thread(backend: Backend) {
+        let one = common::port::<u32>(backend, 2);
+        let two = common::port::<u32>(backend, 2);
+        let a = Agent::spawn(&one);
+        one.post(0, 0, 0).unwrap();
+        assert_eq!(a.call(|p| p.get(common::LONG).map(|c| c.value)), Ok(0));
+        two.post(1, 0, 1).unwrap();
+        let two2 = two.clone();
+        let seen = a.call(move |p| {
+            p.blocking(|| {
+                let r = two2.get(Some(Duration::ZERO)).map(|c| c.value);
+                (r, p.stats().running, two2.stats().running)
+            })
+        });
+        assert_eq!(seen, (Ok(1), 0, 1));
+        assert_eq!(counts(&one), (0, 0, 0), "the section's end takes nothing back");
+        assert_eq!(counts(&two), (0, 0, 1));
+        a.exit();
+        assert_eq!(counts(&two), (0, 0, 0));
+    }
 }

@@ -135,6 +135,46 @@ backends! {
         assert_eq!(counts(&port), (0, 0, 0));
     }
 
+    fn q2_a_packet_goes_to_the_waiter_released_for_it(backend: Backend) {
+        // Two threads wait; a third (not running on the port) posts three
+        // packets, then calls `get` itself. Windows binds a packet to the
+        // waiter it releases: the newest waiter gets the first, the older
+        // the second, the poster the third. Repeated: it must not depend
+        // on which thread the scheduler runs first.
+        let port = common::port::<u32>(backend, 4);
+        for round in 0..50 {
+            let (tx, rx) = mpsc::channel();
+            let mut agents = Vec::new();
+            for id in ["older", "newer"] {
+                let before = port.stats().waiting;
+                let a = Agent::spawn(&port);
+                let tx = tx.clone();
+                a.start(move |p| tx.send((id, p.get(common::LONG).unwrap().value)).unwrap());
+                agents.push(a);
+                wait_waiting(&port, before + 1);
+            }
+            let poster = Agent::spawn(&port);
+            let mine = poster.call(|p| {
+                for v in 1..=3 {
+                    p.post(0, 0, v).unwrap();
+                }
+                p.get(common::LONG).map(|c| c.value)
+            });
+            let mut theirs = vec![recv(&rx), recv(&rx)];
+            theirs.sort_unstable();
+            assert_eq!(
+                (theirs, mine),
+                (vec![("newer", 1), ("older", 2)], Ok(3)),
+                "round {round}"
+            );
+            for a in agents {
+                a.exit();
+            }
+            poster.exit();
+            assert_eq!(counts(&port), (0, 0, 0));
+        }
+    }
+
     fn q3_one_consumer_sees_queue_order(backend: Backend) {
         let port = common::port::<u32>(backend, 1);
         for i in 0..100u32 {
@@ -250,6 +290,26 @@ backends! {
         wait_waiting(&port, 1);
         port.post(2, 0, 8).unwrap();
         assert_eq!(recv(&got), Ok((1, Some(8))));
+    }
+
+    fn q4_get_many_of_zero_is_refused_and_removes_nothing(backend: Backend) {
+        let port = common::port::<u32>(backend, 1);
+        port.post(1, 0, 1).unwrap();
+        let mut out = Vec::new();
+        for timeout in [Some(Duration::ZERO), common::LONG, None] {
+            assert_eq!(port.get_many(&mut out, 0, timeout), Err(GetError::InvalidInput));
+        }
+        assert!(out.is_empty());
+        assert_eq!(counts(&port), (1, 0, 0), "nothing removed, the thread not running");
+        // A running thread is refused too, and stays running.
+        assert_eq!(port.get(Some(Duration::ZERO)).unwrap().value, 1);
+        assert_eq!(port.get_many(&mut out, 0, None), Err(GetError::InvalidInput));
+        assert_eq!(counts(&port), (0, 0, 1));
+        assert_eq!(
+            io::Error::from(GetError::InvalidInput).kind(),
+            io::ErrorKind::InvalidInput
+        );
+        port.leave();
     }
 
     fn q5_failed_operation_is_a_completion_timeout_is_not(backend: Backend) {

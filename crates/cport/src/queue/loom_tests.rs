@@ -7,7 +7,7 @@ use loom::sync::atomic::{AtomicUsize, Ordering};
 use loom::sync::{Arc, Condvar, Mutex};
 use loom::thread;
 
-use super::{Queue, Reactor};
+use super::{Batch, Queue, Reactor, Seat};
 use crate::completion::GetError;
 
 /// A kernel that never completes anything by itself: only `wake` ends a
@@ -21,7 +21,7 @@ struct Kernel {
 impl Reactor<u32> for Kernel {
     fn flush(&self) {}
 
-    fn wait(&self, timeout: Option<Duration>, _out: &mut Vec<u32>) {
+    fn wait(&self, timeout: Option<Duration>, _out: &mut Batch<u32>) {
         let mut w = self.woken.lock().unwrap();
         if timeout == Some(Duration::ZERO) {
             *w = false;
@@ -41,9 +41,15 @@ impl Reactor<u32> for Kernel {
 
 type Shared = Arc<(Queue<u32>, Kernel)>;
 
+/// The seat of a thread coming back (`true`) or of one with none.
+fn seat(returning: bool) -> Option<Seat> {
+    returning.then_some(Seat::Running)
+}
+
 fn get(q: &Shared, returning: bool) -> Result<u32, GetError> {
     let mut out = Vec::new();
-    q.0.get(&q.1, returning, 1, None, &mut out).map(|()| out[0])
+    q.0.get(&q.1, &mut seat(returning), 1, None, &mut out)
+        .map(|()| out[0])
 }
 
 #[test]
@@ -52,7 +58,7 @@ fn loom_post_reaches_a_blocked_thread() {
         let q: Shared = Arc::new((Queue::new(1), Kernel::default()));
         let q2 = q.clone();
         let t = thread::spawn(move || get(&q2, false));
-        q.0.push(&q.1, &mut vec![5], true);
+        q.0.push(&q.1, &mut Batch::from(vec![5]), true);
         assert_eq!(t.join().unwrap(), Ok(5));
     });
 }
@@ -78,8 +84,8 @@ fn loom_posts_from_two_threads_reach_the_getter() {
             vec![first, second]
         });
         let q3 = q.clone();
-        let poster = thread::spawn(move || q3.0.push(&q3.1, &mut vec![1], true));
-        q.0.push(&q.1, &mut vec![2], true);
+        let poster = thread::spawn(move || q3.0.push(&q3.1, &mut Batch::from(vec![1]), true));
+        q.0.push(&q.1, &mut Batch::from(vec![2]), true);
         poster.join().unwrap();
         let mut got = getter.join().unwrap();
         got.sort_unstable();
@@ -111,11 +117,11 @@ fn loom_waiters_are_released_lifo() {
         let c = spawn(&q);
         until_waiting(&q, 3);
         // Q2: the most recent waiter first; the leader, oldest, last.
-        q.0.push(&q.1, &mut vec![1], true);
+        q.0.push(&q.1, &mut Batch::from(vec![1]), true);
         assert_eq!(c.join().unwrap(), 1);
-        q.0.push(&q.1, &mut vec![2], true);
+        q.0.push(&q.1, &mut Batch::from(vec![2]), true);
         assert_eq!(b.join().unwrap(), 2);
-        q.0.push(&q.1, &mut vec![3], true);
+        q.0.push(&q.1, &mut Batch::from(vec![3]), true);
         assert_eq!(a.join().unwrap(), 3);
     });
 }
@@ -137,12 +143,12 @@ fn loom_concurrency_limit_holds() {
                     );
                     running.fetch_sub(1, Ordering::SeqCst);
                     // Exit: give the slot back as the port does for a thread that ends.
-                    q.0.release(&q.1);
+                    q.0.leave(&q.1, &mut Some(Seat::Running));
                     v
                 })
             })
             .collect();
-        q.0.push(&q.1, &mut vec![1, 2], true);
+        q.0.push(&q.1, &mut Batch::from(vec![1, 2]), true);
         let mut got: Vec<u32> = workers.into_iter().map(|t| t.join().unwrap()).collect();
         got.sort_unstable();
         assert_eq!(got, vec![1, 2]);
@@ -193,7 +199,7 @@ fn loom_handoff_keeps_fifo_with_queued_items() {
         // Posts (which may go through the mailbox) around a completion
         // queued the locked way: Q3 says they leave in this order.
         q.0.push_one(&q.1, 2).unwrap();
-        q.0.push(&q.1, &mut vec![3], true);
+        q.0.push(&q.1, &mut Batch::from(vec![3]), true);
         q.0.push_one(&q.1, 4).unwrap();
         assert_eq!(getter.join().unwrap(), vec![1, 2, 3, 4]);
     });
@@ -250,5 +256,87 @@ fn loom_handoff_ends_when_the_queue_closes() {
             }
             Err(e) => assert_eq!(e, GetError::Closed),
         }
+    });
+}
+
+/// LESSONS 13: a thread's seat goes through a blocking section, a nested
+/// one and a `get` inside it while a waiter and a poster race it; the
+/// running count ends exact and every item is taken once.
+#[test]
+fn loom_a_blocking_section_gives_its_slot_up_once_whatever_it_calls() {
+    model(2, || {
+        let q: Shared = Arc::new((Queue::new(1), Kernel::default()));
+        q.0.push(&q.1, &mut Batch::from(vec![1]), true);
+        let mut seat = None;
+        let mut out = Vec::new();
+        q.0.get(&q.1, &mut seat, 1, None, &mut out).unwrap();
+        assert_eq!((out.pop(), seat), (Some(1), Some(Seat::Running)));
+
+        let waiter = {
+            let q = q.clone();
+            thread::spawn(move || {
+                let mut seat = None;
+                let mut out = Vec::new();
+                q.0.get(&q.1, &mut seat, 1, None, &mut out).unwrap();
+                q.0.leave(&q.1, &mut seat);
+                out[0]
+            })
+        };
+        let poster = {
+            let q = q.clone();
+            thread::spawn(move || q.0.push(&q.1, &mut Batch::from(vec![2, 3]), true))
+        };
+
+        assert!(
+            q.0.block(&q.1, &mut seat),
+            "the outer section gives the slot up"
+        );
+        assert!(
+            !q.0.block(&q.1, &mut seat),
+            "a nested one has nothing to give"
+        );
+        assert!(q.0.stats().running <= 1, "C1");
+        let mine = q.0.get(&q.1, &mut seat, 1, Some(Duration::ZERO), &mut out);
+        assert_eq!(mine.is_ok(), seat == Some(Seat::Running));
+        assert!(q.0.stats().running <= 1, "C1");
+        q.0.unblock(&mut seat);
+        assert!(q.0.stats().running <= 1, "C1, after the section");
+        q.0.leave(&q.1, &mut seat);
+
+        let theirs = waiter.join().unwrap();
+        poster.join().unwrap();
+        assert_eq!(q.0.stats().running, 0, "every slot given back once");
+        // Whatever is left is still queued, once.
+        while let Ok(()) = q.0.get(&q.1, &mut seat, 1, Some(Duration::ZERO), &mut out) {
+            q.0.leave(&q.1, &mut seat);
+        }
+        out.push(theirs);
+        out.sort_unstable();
+        assert_eq!(out, vec![2, 3]);
+    });
+}
+
+/// Q2: a packet is bound to the waiter released for it. Two threads wait
+/// (the leader, then a follower); a third posts three items, then calls
+/// `get` itself: the newest waiter gets the first, the older the second,
+/// the poster the third.
+#[test]
+fn loom_a_posted_item_goes_to_the_waiter_released_for_it() {
+    model(2, || {
+        let q: Shared = Arc::new((Queue::new(3), Kernel::default()));
+        let spawn = |q: &Shared| {
+            let q = q.clone();
+            thread::spawn(move || get(&q, false).unwrap())
+        };
+        let older = spawn(&q);
+        until_waiting(&q, 1);
+        let newer = spawn(&q);
+        until_waiting(&q, 2);
+        for i in 1..=3 {
+            q.0.push(&q.1, &mut Batch::from(vec![i]), true);
+        }
+        assert_eq!(get(&q, false), Ok(3), "the poster gets what is left");
+        assert_eq!(newer.join().unwrap(), 1);
+        assert_eq!(older.join().unwrap(), 2);
     });
 }

@@ -7,13 +7,22 @@
 //!
 //! * **FIFO items, LIFO waiters** (SEMANTICS Q2, Q3). Items leave in the
 //!   order they were pushed; a blocked `get` is a [`Waiter`] on a stack,
-//!   and the most recent waiter is released first.
+//!   and the most recent waiter is released first. An item is *bound* to
+//!   the waiter released for it, as a packet is on Windows: a thread that
+//!   reaches the lock first (still running, or calling `get` after the
+//!   push) takes a later item, never the one a released waiter was woken
+//!   for.
 //! * **Concurrency accounting** (C1–C3). `running` counts threads that took
-//!   an item and have not come back. No waiter is released while
-//!   `running >= concurrency`; a thread coming back (`returning`) gives its
-//!   slot up and may take the next item at once, without blocking (C2).
-//!   [`Queue::release`] and [`Queue::reenter`] bracket a blocking section
-//!   (C3), and the port calls `release` when a running thread exits.
+//!   an item and have not come back; items bound to released waiters count
+//!   too, since those waiters are about to run them. No waiter is released,
+//!   and no thread takes an item, while that sum is at the limit. A thread
+//!   coming back (`Seat::Running`) gives its slot up and may take the next
+//!   item at once, without blocking (C2). [`Queue::block`] and
+//!   [`Queue::unblock`] bracket a blocking section (C3), and
+//!   [`Queue::leave`] ends a thread's running without another `get`.
+//!   Which of these a thread may do is kept in its [`Seat`], so that a
+//!   nested section, a `leave` or a `get` inside a section never gives the
+//!   same slot up twice (LESSONS 13).
 //! * **Leader/follower** (the scheme of Boost.Asio's scheduler). The kernel
 //!   side (an io_uring or an epoll set) is polled by one thread at a time,
 //!   the *leader*, through [`Reactor::wait`]. What it reaps goes into the
@@ -35,13 +44,22 @@
 //!   waiter, so Q2 would release it first anyway) and opens a one-item
 //!   mailbox: the next post goes straight into it, without the state lock.
 //!   A thread-to-thread hand-off then costs what a channel's costs: a
-//!   couple of cache-line transfers and no system call.
+//!   couple of cache-line transfers and no system call. Any other thread
+//!   about to sleep spins too, as the top waiter of the stack: a post is
+//!   bound to it like to any released waiter, but it sees that without a
+//!   wake-up.
+//! * **User code never unwinds through a reap** ([`Batch`]). A backend
+//!   runs user code while it reaps (a multishot operation's `Clone` of its
+//!   value); a panic there is caught and held in the batch until what was
+//!   reaped is queued, then resumed (LESSONS 12).
 //!
 //! Nothing here knows about the kernel or about the item type, so the
 //! whole protocol is model-checked with loom (`loom_tests.rs`).
 
+use std::any::Any;
 use std::collections::VecDeque;
 use std::mem;
+use std::panic::{self, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
 use crate::completion::GetError;
@@ -57,11 +75,112 @@ pub(crate) trait Reactor<E> {
     /// Waits for kernel events for at most `timeout` (`None`: no limit,
     /// zero: just look) and appends the completions they made to `out`.
     /// Called by one thread at a time, the leader. Returns early, possibly
-    /// with nothing, after [`wake`](Reactor::wake).
-    fn wait(&self, timeout: Option<Duration>, out: &mut Vec<E>);
+    /// with nothing, after [`wake`](Reactor::wake). Never unwinds for user
+    /// code: a panic of user code run meanwhile is caught into `out`.
+    fn wait(&self, timeout: Option<Duration>, out: &mut Batch<E>);
 
     /// Makes a `wait` in progress, or the next one, return soon.
     fn wake(&self);
+}
+
+/// A caught panic's payload.
+pub(crate) type Panic = Box<dyn Any + Send + 'static>;
+
+/// Items a reap or an issuing call produced, and the panic of user code
+/// that ran meanwhile (a multishot operation's `Clone` of its value).
+///
+/// The panic is held until the items are queued and then resumed, on the
+/// thread that ran the user code: a panicking value must not take other
+/// operations' completions with it (LESSONS 12). Only the one panic is
+/// kept; a second one in the same batch is dropped (its payload only).
+#[derive(Debug)]
+pub(crate) struct Batch<E> {
+    items: Vec<E>,
+    panic: Option<Panic>,
+}
+
+impl<E> Default for Batch<E> {
+    fn default() -> Self {
+        Batch::new()
+    }
+}
+
+impl<E> Batch<E> {
+    pub(crate) fn new() -> Self {
+        Batch {
+            items: Vec::new(),
+            panic: None,
+        }
+    }
+
+    pub(crate) fn push(&mut self, e: E) {
+        self.items.push(e);
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Drops the items (user code runs: their values' `Drop`).
+    pub(crate) fn clear(&mut self) {
+        self.items.clear();
+    }
+
+    /// Runs user code `f`. A panic is kept (the first one) and `None`
+    /// returned; whatever `f` was making is lost, nothing else.
+    pub(crate) fn catch<R>(&mut self, f: impl FnOnce() -> R) -> Option<R> {
+        match panic::catch_unwind(AssertUnwindSafe(f)) {
+            Ok(r) => Some(r),
+            Err(p) => {
+                if self.panic.is_none() {
+                    self.panic = Some(p);
+                }
+                None
+            }
+        }
+    }
+
+    /// The caught panic, if any, to be resumed once the items are queued.
+    pub(crate) fn take_panic(&mut self) -> Option<Panic> {
+        self.panic.take()
+    }
+
+    /// Resumes a caught panic. Call after the items are queued.
+    pub(crate) fn resume_panic(&mut self) {
+        if let Some(p) = self.panic.take() {
+            panic::resume_unwind(p);
+        }
+    }
+}
+
+/// The items, for a caller that drops them one by one; a caught panic is
+/// not carried over, so take it first.
+impl<E> IntoIterator for Batch<E> {
+    type Item = E;
+    type IntoIter = std::vec::IntoIter<E>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.items.into_iter()
+    }
+}
+
+#[cfg(test)]
+impl<E> From<Vec<E>> for Batch<E> {
+    fn from(items: Vec<E>) -> Self {
+        Batch { items, panic: None }
+    }
+}
+
+/// What a thread holds of a queue's running slots: the record the port
+/// keeps per thread, through which every change the thread makes to the
+/// count goes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Seat {
+    /// Counted in `running`: took an item and has not come back.
+    Running,
+    /// Gave its slot up for a blocking section (C3) and will take it back
+    /// when the section ends; not counted.
+    Blocked,
 }
 
 /// While the queue never runs empty nobody polls the kernel; after this
@@ -69,10 +188,12 @@ pub(crate) trait Reactor<E> {
 /// interval has the same purpose and size).
 const POLL_EVERY: usize = 61;
 
-/// One thread blocked as a follower.
+/// One thread blocked (or about to block) as a follower.
 struct Waiter {
     cv: Condvar,
-    /// Set, under the state lock, when the waiter was popped and signalled.
+    /// Set, under the state lock, when the waiter was popped and signalled:
+    /// with an item bound to it (in `State::bound`), or to take the leader
+    /// role, or because the queue closed.
     notified: AtomicBool,
 }
 
@@ -80,9 +201,15 @@ struct Waiter {
 enum Leader {
     /// No thread polls the kernel.
     Idle,
+    /// A thread holds the role but spins in user space for a moment
+    /// before it polls, watching `Queue::leader_bound`: an item bound to it
+    /// meanwhile needs no kernel wake-up.
+    Spinning,
     /// A thread is inside [`Reactor::wait`].
     Polling,
-    /// A thread is inside [`Reactor::wait`] and was asked to come out.
+    /// A thread is inside [`Reactor::wait`] and was asked to come out for
+    /// the item bound to it (`State::leader_item`), or because the queue
+    /// closed.
     Woken,
     /// A thread is inside [`Reactor::wait`] with a zero timeout: it comes
     /// back by itself, so waking it would only cost a system call on each
@@ -91,32 +218,83 @@ enum Leader {
 }
 
 struct State<E> {
+    /// Queued items bound to no waiter, oldest first.
     items: VecDeque<E>,
     /// Blocked followers; the top of the stack is the most recent.
     waiters: Vec<Arc<Waiter>>,
+    /// Items bound to released followers, each taken by its own waiter
+    /// (Q2). Always older than everything in `items`.
+    bound: Vec<(Arc<Waiter>, E)>,
+    /// The item bound to the leader when it was woken for it.
+    leader_item: Option<E>,
     /// Threads that took items and have not come back (C1).
     running: usize,
-    /// Followers signalled but not yet back under the lock. Counted so one
-    /// item never releases two threads.
+    /// Followers signalled without an item (for the leader role, or at
+    /// close) and not yet back under the lock. Counted so that one free
+    /// role never releases two threads.
     woken: usize,
     leader: Leader,
     /// Items taken since the kernel was last polled (see `POLL_EVERY`).
     since_poll: usize,
     closed: bool,
-    /// The leader's batch vector, kept to avoid an allocation per poll.
-    spare: Vec<E>,
+    /// The leader's batch, kept to avoid an allocation per poll.
+    spare: Batch<E>,
+}
+
+impl<E> State<E> {
+    /// Running threads plus the released waiters about to run their bound
+    /// items: what C1 limits.
+    fn busy(&self) -> usize {
+        self.running + self.bound.len() + usize::from(self.leader_item.is_some())
+    }
+
+    /// Whether a thread that is not running may take an unbound item now.
+    fn can_take(&self, concurrency: usize) -> bool {
+        !self.items.is_empty() && self.busy() < concurrency
+    }
+
+    /// The item bound to `w`, if it was released for one.
+    fn bound_to(&mut self, w: &Arc<Waiter>) -> Option<E> {
+        let i = self.bound.iter().position(|(x, _)| Arc::ptr_eq(x, w))?;
+        Some(self.bound.remove(i).1)
+    }
+
+    fn forget_waiter(&mut self, w: &Arc<Waiter>) {
+        if let Some(i) = self.waiters.iter().rposition(|x| Arc::ptr_eq(x, w)) {
+            self.waiters.remove(i);
+        }
+    }
 }
 
 pub(crate) struct Queue<E> {
     concurrency: usize,
     state: Mutex<State<E>>,
-    /// `state.items.len()`, stored under the lock, read without it by a
-    /// thread spinning before it sleeps.
-    queued: AtomicUsize,
+    /// Set when an item is bound to a `Leader::Spinning` leader.
+    leader_bound: AtomicBool,
     /// Whether spinning before sleeping has been finding work lately.
     spin: Spin,
     /// The one-item hand-off from a post to a spinning running thread.
     mailbox: Mailbox<E>,
+}
+
+/// How a follower's wait ended.
+enum Woke<E> {
+    /// Released with this item bound to it.
+    Item(E),
+    /// Released without an item (leader role, close), or timed out: the
+    /// loop decides.
+    Again,
+}
+
+/// Where a `get` stands, besides the state it locks.
+struct Attempt {
+    deadline: Option<Instant>,
+    /// Whether to spin before the next sleep: decided once per `get`, the
+    /// first time it would wait (`None` until then), and spent by that
+    /// wait. A zero timeout never spins.
+    spin: Option<bool>,
+    /// Submitted what this thread deferred: done before it sleeps.
+    flushed: bool,
 }
 
 /// A one-item hand-off from [`Queue::push_one`] to a running thread
@@ -206,14 +384,16 @@ impl<E> Queue<E> {
             state: Mutex::new(State {
                 items: VecDeque::new(),
                 waiters: Vec::new(),
+                bound: Vec::new(),
+                leader_item: None,
                 running: 0,
                 woken: 0,
                 leader: Leader::Idle,
                 since_poll: 0,
                 closed: false,
-                spare: Vec::new(),
+                spare: Batch::new(),
             }),
-            queued: AtomicUsize::new(0),
+            leader_bound: AtomicBool::new(false),
             spin: Spin::default(),
             mailbox: Mailbox {
                 state: AtomicUsize::new(EMPTY),
@@ -228,30 +408,45 @@ impl<E> Queue<E> {
         self.concurrency
     }
 
-    /// Dequeues up to `max` items (at least one) into `out`.
+    /// Dequeues up to `max` items (at least one) into `out`, for a thread
+    /// whose record on this queue is `seat`.
     ///
-    /// `returning` says the calling thread is running on this queue (took an
-    /// item earlier and has not released it): its slot is given up first,
-    /// so it can take the next item at once (C2). On `Ok` the caller is
+    /// A thread coming back (`Seat::Running`) gives its slot up first, so
+    /// it can take the next item at once (C2). A thread in a blocking
+    /// section (`Seat::Blocked`) has no slot to give. On `Ok` the thread is
     /// running, one slot whatever `max` was (as with
-    /// GetQueuedCompletionStatusEx).
+    /// GetQueuedCompletionStatusEx), and its seat says so; on `Err` it has
+    /// no slot. A panic of user code met while this thread polled the
+    /// kernel is resumed here, after what was reaped is queued; the thread
+    /// then has no slot either.
     pub(crate) fn get<R: Reactor<E> + ?Sized>(
         &self,
         reactor: &R,
-        returning: bool,
+        seat: &mut Option<Seat>,
         max: usize,
         timeout: Option<Duration>,
         out: &mut impl Extend<E>,
     ) -> Result<(), GetError> {
         let max = max.max(1);
-        let deadline = timeout.map(|t| Instant::now() + t);
-        let mut flushed = false;
-        let mut spun = timeout == Some(Duration::ZERO);
-        if returning && !spun && self.spin.should_spin(&self.mailbox.posts) {
-            spun = true;
+        let returning = *seat == Some(Seat::Running);
+        let mut at = Attempt {
+            deadline: timeout.map(|t| Instant::now() + t),
+            spin: if timeout == Some(Duration::ZERO) {
+                Some(false)
+            } else {
+                None
+            },
+            flushed: false,
+        };
+        if returning && at.spin.is_none() && self.spin.should_spin(&self.mailbox.posts) {
+            at.spin = Some(false);
             match self.handoff(reactor, max, out) {
                 Handoff::Took => return Ok(()),
-                Handoff::Closed => return Err(GetError::Closed),
+                Handoff::Closed => {
+                    sync::lock(&self.state).running -= 1;
+                    *seat = None;
+                    return Err(GetError::Closed);
+                }
                 Handoff::Missed => {}
             }
         }
@@ -259,101 +454,185 @@ impl<E> Queue<E> {
         if returning {
             st.running -= 1;
         }
+        *seat = None;
+        let r = self.dequeue(st, reactor, max, &mut at, out);
+        if r.is_ok() {
+            *seat = Some(Seat::Running);
+        }
+        r
+    }
+
+    /// The locked path of `get`, for a thread that holds no slot: each
+    /// turn of the loop takes what it may, or waits in one of three ways
+    /// (spinning, polling the kernel as the leader, sleeping as a
+    /// follower), and looks again.
+    fn dequeue<'a, R: Reactor<E> + ?Sized>(
+        &'a self,
+        mut st: sync::MutexGuard<'a, State<E>>,
+        reactor: &R,
+        max: usize,
+        at: &mut Attempt,
+        out: &mut impl Extend<E>,
+    ) -> Result<(), GetError> {
         loop {
             if st.closed {
                 return Err(GetError::Closed);
             }
-            // Items promised to released followers (`woken`) are theirs
-            // (Q2: the most recent waiter gets the next item, not whichever
-            // thread reaches the lock first); take only what is left.
-            if st.items.len() > st.woken && st.running < self.concurrency {
+            if st.can_take(self.concurrency) {
                 if st.leader == Leader::Idle && st.since_poll >= POLL_EVERY {
                     // The queue has not been empty for a while, so nobody
                     // has polled the kernel: look once, without waiting, so
                     // that a stream of posts or of completions made at issue
                     // cannot starve I/O completions waiting in the kernel.
-                    st = self.poll(st, reactor, Some(Duration::ZERO));
-                    if st.closed {
-                        return Err(GetError::Closed);
-                    }
+                    st = match self.lead(st, reactor, Some(Duration::ZERO), None, out)? {
+                        Led::Back(g) => g,
+                        Led::Took => return Ok(()),
+                    };
                     continue;
                 }
-                st.running += 1;
-                self.take(st, reactor, max, out);
+                self.take(st, reactor, None, max, out);
                 return Ok(());
             }
-            if st.items.is_empty() && !spun {
-                // Before sleeping (in the kernel or on a condvar), watch the
-                // queue for a moment: a post or completion from a thread
-                // that is running is then taken without a wake-up system
-                // call on either side, which is what makes a cross-thread
-                // hand-off as cheap as a channel's. Bounded to a few
-                // microseconds, and yields to the thread that may post.
-                // Only while spinning pays off here (see `Spin`): on a port
-                // fed by the kernel alone it would be pure cost.
-                spun = true;
-                if self.spin.should_spin(&self.mailbox.posts) {
-                    drop(st);
-                    spin_until(|| self.queued.load(Ordering::Relaxed) > 0);
-                    st = sync::lock(&self.state);
-                    continue;
+            let spin = *at
+                .spin
+                .get_or_insert_with(|| self.spin.should_spin(&self.mailbox.posts));
+            if st.items.is_empty() && st.leader == Leader::Idle && spin {
+                // Take the leader role, but watch for a post for a moment
+                // before polling: the post is then bound to this thread
+                // without a system call on either side.
+                at.spin = Some(false);
+                match self.spin_as_leader(st, reactor, max, out) {
+                    Led::Took => return Ok(()),
+                    Led::Back(g) => st = g,
                 }
+                continue;
             }
             if st.items.is_empty() && st.leader == Leader::Idle {
-                // Lead: poll the kernel ourselves.
-                st = self.poll(st, reactor, remaining(deadline));
-                // A thread that polls has submitted what it deferred.
-                flushed = true;
-                if st.closed {
-                    return Err(GetError::Closed);
+                // Lead: poll the kernel ourselves. A thread that polls has
+                // submitted what it deferred.
+                at.flushed = true;
+                match self.lead(st, reactor, remaining(at.deadline), Some(max), out) {
+                    Ok(Led::Took) => return Ok(()),
+                    Ok(Led::Back(g)) => st = g,
+                    Err(e) => return Err(e),
                 }
-                if st.items.is_empty() && expired(deadline) {
+                if st.items.is_empty() && expired(at.deadline) {
                     return self.leave_empty(st, reactor, GetError::Timeout);
                 }
                 continue;
             }
-            if expired(deadline) {
+            if expired(at.deadline) {
                 return self.leave_empty(st, reactor, GetError::Timeout);
             }
-            if !flushed {
+            if !at.flushed {
                 // About to sleep: submit what this thread deferred, or it
                 // would wait on operations the kernel has not seen.
                 drop(st);
                 reactor.flush();
-                flushed = true;
+                at.flushed = true;
                 st = sync::lock(&self.state);
                 continue;
             }
-            let w = Arc::new(Waiter {
-                cv: Condvar::new(),
-                notified: AtomicBool::new(false),
-            });
-            st.waiters.push(w.clone());
-            st = sync::wait(&w.cv, st, remaining(deadline));
-            if w.notified.load(Ordering::Relaxed) {
-                st.woken -= 1;
-            } else if let Some(i) = st.waiters.iter().rposition(|x| Arc::ptr_eq(x, &w)) {
-                // Timed out (or woke spuriously): leave the stack; the loop
-                // decides between trying again and reporting the timeout.
-                st.waiters.remove(i);
+            let (g, woke) = self.follow(st, spin, at.deadline);
+            at.spin = Some(false);
+            st = g;
+            if let Woke::Item(item) = woke {
+                st.running += 1;
+                self.take(st, reactor, Some(item), max, out);
+                return Ok(());
             }
         }
     }
 
-    /// Moves up to `max` of the items nobody was released for into `out`
-    /// (the caller counts itself running), then restores the invariants and
-    /// unlocks.
+    /// Waits as a follower: on the stack of waiters, spinning first when
+    /// `spin` (posts have been arriving: one bound to this thread is then
+    /// seen without a wake-up), then asleep on its own condvar until
+    /// released or `deadline`.
+    fn follow<'a>(
+        &'a self,
+        mut st: sync::MutexGuard<'a, State<E>>,
+        spin: bool,
+        deadline: Option<Instant>,
+    ) -> (sync::MutexGuard<'a, State<E>>, Woke<E>) {
+        let w = Arc::new(Waiter {
+            cv: Condvar::new(),
+            notified: AtomicBool::new(false),
+        });
+        st.waiters.push(w.clone());
+        if spin {
+            // Bounded to a few microseconds, and yields to the thread that
+            // may post. Should the leader role fall free meanwhile, the
+            // thread that frees it releases a waiter to take it over
+            // (`rebalance`), so this one may go to sleep regardless.
+            drop(st);
+            spin_until(|| w.notified.load(Ordering::Acquire));
+            st = sync::lock(&self.state);
+        }
+        if !w.notified.load(Ordering::Relaxed) {
+            st = sync::wait(&w.cv, st, remaining(deadline));
+        }
+        if !w.notified.load(Ordering::Relaxed) {
+            // Timed out (or woke spuriously): leave the stack; the loop
+            // decides between trying again and reporting the timeout.
+            st.forget_waiter(&w);
+            return (st, Woke::Again);
+        }
+        match st.bound_to(&w) {
+            Some(item) => (st, Woke::Item(item)),
+            None => {
+                st.woken -= 1;
+                (st, Woke::Again)
+            }
+        }
+    }
+
+    /// Holds the leader role in user space for a moment (`Leader::Spinning`)
+    /// and takes an item bound to it meanwhile. Comes back with the role
+    /// idle and the state locked if nothing came, for the caller to poll.
+    fn spin_as_leader<'a, R: Reactor<E> + ?Sized>(
+        &'a self,
+        mut st: sync::MutexGuard<'a, State<E>>,
+        reactor: &R,
+        max: usize,
+        out: &mut impl Extend<E>,
+    ) -> Led<'a, E> {
+        st.leader = Leader::Spinning;
+        self.leader_bound.store(false, Ordering::Relaxed);
+        drop(st);
+        spin_until(|| self.leader_bound.load(Ordering::Acquire));
+        let mut st = sync::lock(&self.state);
+        st.leader = Leader::Idle;
+        match st.leader_item.take() {
+            Some(item) => {
+                st.running += 1;
+                self.take(st, reactor, Some(item), max, out);
+                Led::Took
+            }
+            None => Led::Back(st),
+        }
+    }
+
+    /// Moves `first` (an item bound to this thread) and then items nobody
+    /// was released for into `out`, `max` in all; the caller counts itself
+    /// running. Then restores the invariants and unlocks.
     fn take<R: Reactor<E> + ?Sized>(
         &self,
         mut st: sync::MutexGuard<'_, State<E>>,
         reactor: &R,
+        first: Option<E>,
         max: usize,
         out: &mut impl Extend<E>,
     ) {
-        let n = max.min(st.items.len() - st.woken);
-        out.extend(st.items.drain(..n));
-        self.queued.store(st.items.len(), Ordering::Relaxed);
-        st.since_poll += n;
+        let mut n = 0;
+        if let Some(item) = first {
+            out.extend(Some(item));
+            n += 1;
+        } else {
+            st.running += 1;
+        }
+        let more = (max - n).min(st.items.len());
+        out.extend(st.items.drain(..more));
+        st.since_poll += n + more;
         let wake = self.rebalance(&mut st);
         drop(st);
         if wake {
@@ -374,7 +653,7 @@ impl<E> Queue<E> {
     ) -> Handoff {
         {
             let mut st = sync::lock(&self.state);
-            if st.closed || st.running > self.concurrency {
+            if st.closed || st.busy() > self.concurrency {
                 // Over the limit after a blocking section (C3): this thread
                 // must give its slot up and wait, which the locked path does.
                 return Handoff::Missed;
@@ -383,21 +662,22 @@ impl<E> Queue<E> {
                 // Posts alone have been feeding this thread: look at the
                 // kernel once, without waiting, as the locked path does, so
                 // that I/O completions are not starved by them.
-                st = self.poll(st, reactor, Some(Duration::ZERO));
-                if st.closed {
-                    return Handoff::Missed;
-                }
+                st = match self.lead(st, reactor, Some(Duration::ZERO), None, out) {
+                    Ok(Led::Back(g)) => g,
+                    _ => return Handoff::Missed,
+                };
             }
-            if st.items.len() > st.woken {
+            if !st.items.is_empty() {
                 // The post came first: take it under this same lock rather
                 // than unlocking and locking again on the locked path (in a
-                // ping-pong this is every other hand-off).
-                self.take(st, reactor, max, out);
+                // ping-pong this is every other hand-off). The thread keeps
+                // its slot: `take` counts it once more, so give it first.
+                st.running -= 1;
+                self.take(st, reactor, None, max, out);
                 return Handoff::Took;
             }
-            if !st.items.is_empty() || self.mailbox.state.load(Ordering::Relaxed) != EMPTY {
-                // Items promised to released followers, or another thread
-                // has the mailbox: the locked path decides.
+            if self.mailbox.state.load(Ordering::Relaxed) != EMPTY {
+                // Another thread has the mailbox: the locked path decides.
                 return Handoff::Missed;
             }
             self.mailbox.state.store(WANTED, Ordering::Relaxed);
@@ -423,16 +703,24 @@ impl<E> Queue<E> {
     }
 
     /// Polls the kernel as the leader, for at most `timeout`, and queues
-    /// what it reaped. Called with the leader role idle; returns with the
-    /// state locked again and the role idle. On a queue closed meanwhile,
+    /// what it reaped. Called with the leader role idle; comes back with
+    /// the role idle.
+    ///
+    /// With `take: Some(max)` (a blocking poll by a thread with no slot),
+    /// an item bound to the leader while it polled is this thread's: it is
+    /// taken (with more, up to `max`) and the state unlocked (`Led::Took`).
+    /// Otherwise the state comes back locked. On a queue closed meanwhile,
     /// the reaped completions are dropped (outside the lock: they may own
-    /// descriptors), never queued where nobody will take them.
-    fn poll<'a, R: Reactor<E> + ?Sized>(
+    /// descriptors), never queued where nobody will take them. A panic of
+    /// user code caught in the reap is resumed once the rest is queued.
+    fn lead<'a, R: Reactor<E> + ?Sized>(
         &'a self,
         mut st: sync::MutexGuard<'a, State<E>>,
         reactor: &R,
         timeout: Option<Duration>,
-    ) -> sync::MutexGuard<'a, State<E>> {
+        take: Option<usize>,
+        out: &mut impl Extend<E>,
+    ) -> Result<Led<'a, E>, GetError> {
         st.leader = if timeout == Some(Duration::ZERO) {
             Leader::Looking
         } else {
@@ -446,18 +734,49 @@ impl<E> Queue<E> {
         let mut st = sync::lock(&self.state);
         st.leader = Leader::Idle;
         st.since_poll = 0;
+        let panic = batch.take_panic();
         if st.closed {
             drop(st);
             drop(batch);
-            return sync::lock(&self.state);
+            if let Some(p) = panic {
+                panic::resume_unwind(p);
+            }
+            return Err(GetError::Closed);
         }
         if !batch.is_empty() {
             self.mailbox.revoke();
         }
-        st.items.extend(batch.drain(..));
-        self.queued.store(st.items.len(), Ordering::Relaxed);
+        st.items.extend(batch.items.drain(..));
         st.spare = batch;
-        st
+        let mine = st.leader_item.take();
+        if let Some(p) = panic {
+            // Everything reaped is queued; whoever can run it is released
+            // before this thread unwinds. An item bound to it goes back to
+            // the front, being the oldest.
+            if let Some(item) = mine {
+                st.items.push_front(item);
+            }
+            let wake = self.rebalance(&mut st);
+            drop(st);
+            if wake {
+                reactor.wake();
+            }
+            panic::resume_unwind(p);
+        }
+        match (mine, take) {
+            (Some(item), Some(max)) => {
+                st.running += 1;
+                self.take(st, reactor, Some(item), max, out);
+                Ok(Led::Took)
+            }
+            (Some(item), None) => {
+                // Bound to a leader that was only looking: cannot happen
+                // (only a polling leader is bound), but never lose it.
+                st.items.push_front(item);
+                Ok(Led::Back(st))
+            }
+            (None, _) => Ok(Led::Back(st)),
+        }
     }
 
     /// Returns from `get` with nothing dequeued; keeps the leader role
@@ -478,31 +797,31 @@ impl<E> Queue<E> {
         Err(err)
     }
 
-    /// Queues `items` (drained) behind what is queued.
+    /// Queues the items of `batch` (drained) behind what is queued.
     ///
     /// With `release` a waiter is released for them when the concurrency
     /// limit allows (C1). Without it nobody is woken: the caller is a
     /// running thread that will come back and take them itself (C2); see
-    /// `CompletionPort` for when the port chooses that.
+    /// `CompletionPort` for when the port chooses that. A panic caught in
+    /// the batch stays there for the caller to resume.
     pub(crate) fn push<R: Reactor<E> + ?Sized>(
         &self,
         reactor: &R,
-        items: &mut Vec<E>,
+        batch: &mut Batch<E>,
         release: bool,
     ) {
-        if items.is_empty() {
+        if batch.is_empty() {
             return;
         }
         let mut st = sync::lock(&self.state);
         if st.closed {
             // Dropped outside the lock: items may own descriptors.
             drop(st);
-            items.clear();
+            batch.clear();
             return;
         }
         self.mailbox.revoke();
-        st.items.extend(items.drain(..));
-        self.queued.store(st.items.len(), Ordering::Relaxed);
+        st.items.extend(batch.items.drain(..));
         let wake = release && self.rebalance(&mut st);
         drop(st);
         if wake {
@@ -529,7 +848,6 @@ impl<E> Queue<E> {
         }
         self.mailbox.revoke();
         st.items.push_back(item);
-        self.queued.store(st.items.len(), Ordering::Relaxed);
         let wake = self.rebalance(&mut st);
         drop(st);
         if wake {
@@ -538,9 +856,44 @@ impl<E> Queue<E> {
         Ok(())
     }
 
-    /// A running thread stops running without coming back through `get`:
-    /// it entered a blocking section (C3) or exited.
-    pub(crate) fn release<R: Reactor<E> + ?Sized>(&self, reactor: &R) {
+    /// A thread enters a blocking section (C3): if it is running, its slot
+    /// is given up and its seat says so. Returns whether it was given up,
+    /// that is, whether [`unblock`](Queue::unblock) is owed; a nested
+    /// section, or one entered with no slot, gives nothing up.
+    pub(crate) fn block<R: Reactor<E> + ?Sized>(
+        &self,
+        reactor: &R,
+        seat: &mut Option<Seat>,
+    ) -> bool {
+        if *seat != Some(Seat::Running) {
+            return false;
+        }
+        *seat = Some(Seat::Blocked);
+        self.release(reactor);
+        true
+    }
+
+    /// A blocking section ends: a thread whose seat is still `Blocked`
+    /// runs again. The count may exceed the limit for a while (C3); no
+    /// waiter is released until it drops below. A thread that took a slot
+    /// inside the section (a `get`) or left (`leave`) takes nothing.
+    pub(crate) fn unblock(&self, seat: &mut Option<Seat>) {
+        if *seat == Some(Seat::Blocked) {
+            *seat = Some(Seat::Running);
+            sync::lock(&self.state).running += 1;
+        }
+    }
+
+    /// The thread stops running without coming back through `get` (it
+    /// quits, or exits): a slot it holds is given up, one given up already
+    /// is not given again.
+    pub(crate) fn leave<R: Reactor<E> + ?Sized>(&self, reactor: &R, seat: &mut Option<Seat>) {
+        if seat.take() == Some(Seat::Running) {
+            self.release(reactor);
+        }
+    }
+
+    fn release<R: Reactor<E> + ?Sized>(&self, reactor: &R) {
         let mut st = sync::lock(&self.state);
         st.running -= 1;
         let wake = self.rebalance(&mut st);
@@ -550,16 +903,9 @@ impl<E> Queue<E> {
         }
     }
 
-    /// A thread that called [`release`](Queue::release) for a blocking
-    /// section runs again. The count may exceed the limit for a while (C3);
-    /// no waiter is released until it drops below.
-    pub(crate) fn reenter(&self) {
-        sync::lock(&self.state).running += 1;
-    }
-
     /// Closes the queue: every waiter, and every later `get`, returns
-    /// [`GetError::Closed`]. Returns what was queued, for the caller to
-    /// drop outside the lock.
+    /// [`GetError::Closed`]. Returns what was queued, bound to released
+    /// waiters included, for the caller to drop outside the lock.
     pub(crate) fn close<R: Reactor<E> + ?Sized>(&self, reactor: &R) -> Vec<E> {
         let mut st = sync::lock(&self.state);
         st.closed = true;
@@ -569,13 +915,21 @@ impl<E> Queue<E> {
         self.mailbox.revoke();
         let waiters = mem::take(&mut st.waiters);
         for w in &waiters {
-            w.notified.store(true, Ordering::Relaxed);
+            w.notified.store(true, Ordering::Release);
             w.cv.notify_one();
         }
         st.woken += waiters.len();
         let polling = st.leader != Leader::Idle;
-        let items = st.items.drain(..).collect();
-        self.queued.store(0, Ordering::Relaxed);
+        self.leader_bound.store(true, Ordering::Release);
+        let mut items: Vec<E> = Vec::new();
+        for (w, item) in mem::take(&mut st.bound) {
+            // Its waiter comes back without an item: count it as woken.
+            st.woken += 1;
+            drop(w);
+            items.push(item);
+        }
+        items.extend(st.leader_item.take());
+        items.extend(st.items.drain(..));
         drop(st);
         if polling {
             reactor.wake();
@@ -588,53 +942,67 @@ impl<E> Queue<E> {
     }
 
     /// Restores the invariants after any change: queued items that a thread
-    /// may run have a released waiter each; the kernel has a poller whenever
-    /// what it reaps could run. Returns true when the leader must be woken
-    /// through the reactor (done by the caller, after unlocking).
+    /// may run are bound to released waiters, newest first; the kernel has
+    /// a poller whenever what it reaps could run. Returns true when the
+    /// leader must be woken through the reactor (done by the caller, after
+    /// unlocking).
     fn rebalance(&self, st: &mut State<E>) -> bool {
-        // C1 and Q2: release the most recent waiters, one per queued item,
-        // while the running count allows.
-        while st.items.len() > st.woken && st.running + st.woken < self.concurrency {
-            match st.waiters.pop() {
-                Some(w) => {
-                    w.notified.store(true, Ordering::Relaxed);
-                    w.cv.notify_one();
-                    st.woken += 1;
+        let mut wake = false;
+        // C1 and Q2: bind the oldest items to the most recent waiters while
+        // the running count allows; the leader, the oldest waiter, last.
+        while st.can_take(self.concurrency) {
+            if let Some(w) = st.waiters.pop() {
+                if let Some(item) = st.items.pop_front() {
+                    st.bound.push((w.clone(), item));
                 }
-                None => break,
+                w.notified.store(true, Ordering::Release);
+                w.cv.notify_one();
+            } else if st.leader == Leader::Spinning && st.leader_item.is_none() {
+                // The leader watches for it in user space.
+                st.leader_item = st.items.pop_front();
+                self.leader_bound.store(true, Ordering::Release);
+            } else if st.leader == Leader::Polling && st.leader_item.is_none() {
+                // Nobody in user space to take it: the leader must come out.
+                st.leader_item = st.items.pop_front();
+                st.leader = Leader::Woken;
+                wake = true;
+            } else {
+                break;
             }
-        }
-        let runnable = st.items.len() > st.woken && st.running + st.woken < self.concurrency;
-        if runnable && st.leader == Leader::Polling {
-            // Nobody in user space to take it: the leader must come out.
-            st.leader = Leader::Woken;
-            return true;
         }
         if st.leader == Leader::Idle
             && st.items.is_empty()
             && st.woken == 0
-            && st.running < self.concurrency
+            && st.busy() < self.concurrency
         {
             // Hand the leader role on, or completions would sit in the
             // kernel while a thread that could run them sleeps.
             if let Some(w) = st.waiters.pop() {
-                w.notified.store(true, Ordering::Relaxed);
+                w.notified.store(true, Ordering::Release);
                 w.cv.notify_one();
                 st.woken += 1;
             }
         }
-        false
+        wake
     }
 
     /// A snapshot of the counts, for monitoring and tests.
     pub(crate) fn stats(&self) -> QueueStats {
         let st = sync::lock(&self.state);
         QueueStats {
-            queued: st.items.len(),
+            queued: st.items.len() + st.bound.len() + usize::from(st.leader_item.is_some()),
             waiting: st.waiters.len() + usize::from(st.leader != Leader::Idle),
             running: st.running,
         }
     }
+}
+
+/// What [`Queue::lead`] came back with.
+enum Led<'a, E> {
+    /// The state, locked again.
+    Back(sync::MutexGuard<'a, State<E>>),
+    /// The item bound to the leader, and maybe more, are in `out`.
+    Took,
 }
 
 /// What [`Queue::handoff`] came back with.
@@ -646,10 +1014,11 @@ enum Handoff {
     Missed,
 }
 
-/// Armed while a thread polls the kernel. If the poll unwinds (a user's
-/// `Clone` or `Drop` of a per-operation value panicked inside the
-/// backend), the leader role is handed on: left set, no thread would ever
-/// poll again and every later I/O completion would be lost.
+/// Armed while a thread polls the kernel. Backends catch user code's
+/// panics ([`Batch::catch`]), so a poll unwinds only on a failure of the
+/// port's own (an allocation, a bug); the leader role is then handed on
+/// all the same: left set, no thread would ever poll again and every later
+/// I/O completion would be lost.
 struct Lead<'a, E>(&'a Queue<E>);
 
 impl<E> Drop for Lead<'_, E> {

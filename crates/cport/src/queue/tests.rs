@@ -8,7 +8,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::{Queue, Reactor};
+use super::{Batch, Queue, Reactor, Seat};
 use crate::completion::GetError;
 
 /// A kernel stand-in: `complete` makes items that the leader's `wait`
@@ -41,7 +41,7 @@ impl MockReactor {
 impl Reactor<u32> for MockReactor {
     fn flush(&self) {}
 
-    fn wait(&self, timeout: Option<Duration>, out: &mut Vec<u32>) {
+    fn wait(&self, timeout: Option<Duration>, out: &mut Batch<u32>) {
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut k = self.state.lock().unwrap();
         k.polling += 1;
@@ -49,7 +49,9 @@ impl Reactor<u32> for MockReactor {
         loop {
             if k.woken || !k.done.is_empty() {
                 k.woken = false;
-                out.append(&mut k.done);
+                for d in k.done.drain(..) {
+                    out.push(d);
+                }
                 break;
             }
             match deadline {
@@ -65,6 +67,11 @@ impl Reactor<u32> for MockReactor {
         self.state.lock().unwrap().woken = true;
         self.cv.notify_all();
     }
+}
+
+/// The seat of a thread coming back (`true`) or of one with none.
+fn seat(returning: bool) -> Option<Seat> {
+    returning.then_some(Seat::Running)
 }
 
 const LIMIT: Duration = Duration::from_secs(10);
@@ -97,7 +104,7 @@ fn waiter(
     let t = thread::spawn(move || {
         let mut out = Vec::new();
         let r =
-            q2.0.get(&q2.1, false, 1, Some(LIMIT), &mut out)
+            q2.0.get(&q2.1, &mut seat(false), 1, Some(LIMIT), &mut out)
                 .map(|()| out[0]);
         tx.send((id, r)).unwrap();
     });
@@ -106,7 +113,7 @@ fn waiter(
 }
 
 fn push(q: &Shared, item: u32) {
-    q.0.push(&q.1, &mut vec![item], true);
+    q.0.push(&q.1, &mut Batch::from(vec![item]), true);
 }
 
 #[test]
@@ -143,8 +150,14 @@ fn q3_single_consumer_sees_push_order() {
     let mut returning = false;
     for _ in 0..100 {
         let mut out = Vec::new();
-        q.0.get(&q.1, returning, 1, Some(Duration::ZERO), &mut out)
-            .unwrap();
+        q.0.get(
+            &q.1,
+            &mut seat(returning),
+            1,
+            Some(Duration::ZERO),
+            &mut out,
+        )
+        .unwrap();
         returning = true;
         got.extend(out);
     }
@@ -188,7 +201,7 @@ fn q3_posts_handed_to_a_spinning_thread_keep_order_and_arrive_once() {
     let mut returning = false;
     for _ in 0..total {
         let mut out = Vec::new();
-        q.0.get(&q.1, returning, 1, Some(LIMIT), &mut out)
+        q.0.get(&q.1, &mut seat(returning), 1, Some(LIMIT), &mut out)
             .expect("an item within the limit");
         returning = true;
         let v = out[0];
@@ -203,7 +216,7 @@ fn q3_posts_handed_to_a_spinning_thread_keep_order_and_arrive_once() {
     assert_eq!(next, [PER_POSTER, PER_POSTER, KERNEL]);
     let mut out = Vec::new();
     assert_eq!(
-        q.0.get(&q.1, true, 1, Some(Duration::ZERO), &mut out),
+        q.0.get(&q.1, &mut seat(true), 1, Some(Duration::ZERO), &mut out),
         Err(GetError::Timeout),
         "an item arrived twice"
     );
@@ -216,7 +229,7 @@ fn q4_get_many_takes_up_to_max_as_one_running_thread() {
         push(&q, i);
     }
     let mut out = Vec::new();
-    q.0.get(&q.1, false, 3, Some(Duration::ZERO), &mut out)
+    q.0.get(&q.1, &mut seat(false), 3, Some(Duration::ZERO), &mut out)
         .unwrap();
     assert_eq!(out, vec![0, 1, 2]);
     assert_eq!(
@@ -225,7 +238,7 @@ fn q4_get_many_takes_up_to_max_as_one_running_thread() {
         "a batch counts as one running thread"
     );
     out.clear();
-    q.0.get(&q.1, true, 10, Some(Duration::ZERO), &mut out)
+    q.0.get(&q.1, &mut seat(true), 10, Some(Duration::ZERO), &mut out)
         .unwrap();
     assert_eq!(
         out,
@@ -240,13 +253,19 @@ fn q1_timeout_zero_returns_at_once_and_timeout_is_not_an_item() {
     let mut out = Vec::new();
     let t = Instant::now();
     assert_eq!(
-        q.0.get(&q.1, false, 1, Some(Duration::ZERO), &mut out),
+        q.0.get(&q.1, &mut seat(false), 1, Some(Duration::ZERO), &mut out),
         Err(GetError::Timeout)
     );
     assert!(t.elapsed() < Duration::from_secs(1));
     let t = Instant::now();
     assert_eq!(
-        q.0.get(&q.1, false, 1, Some(Duration::from_millis(50)), &mut out),
+        q.0.get(
+            &q.1,
+            &mut seat(false),
+            1,
+            Some(Duration::from_millis(50)),
+            &mut out
+        ),
         Err(GetError::Timeout)
     );
     assert!(
@@ -277,7 +296,7 @@ fn c1_no_waiter_released_while_n_threads_run() {
     );
     assert!(rx.try_recv().is_err());
     // The running thread leaves (as a worker does on exit): the other runs.
-    q.0.release(&q.1);
+    q.0.leave(&q.1, &mut Some(Seat::Running));
     let (second, r) = rx.recv_timeout(LIMIT).unwrap();
     assert_eq!(r, Ok(2));
     assert_ne!(first, second);
@@ -291,10 +310,10 @@ fn c2_running_thread_takes_next_without_blocking() {
     push(&q, 1);
     push(&q, 2);
     let mut out = Vec::new();
-    q.0.get(&q.1, false, 1, Some(Duration::ZERO), &mut out)
+    q.0.get(&q.1, &mut seat(false), 1, Some(Duration::ZERO), &mut out)
         .unwrap();
     // Coming back with a zero timeout: the slot it gives up is its own.
-    q.0.get(&q.1, true, 1, Some(Duration::ZERO), &mut out)
+    q.0.get(&q.1, &mut seat(true), 1, Some(Duration::ZERO), &mut out)
         .unwrap();
     assert_eq!(out, vec![1, 2]);
     assert_eq!(q.1.polling(), 0);
@@ -305,25 +324,25 @@ fn c3_blocking_section_frees_the_slot_and_may_exceed_the_limit() {
     let q = queue(1);
     push(&q, 1);
     let mut out = Vec::new();
-    q.0.get(&q.1, false, 1, Some(Duration::ZERO), &mut out)
+    q.0.get(&q.1, &mut seat(false), 1, Some(Duration::ZERO), &mut out)
         .unwrap();
     let (tx, rx) = mpsc::channel();
     let t = waiter(&q, 1, &tx);
     push(&q, 2);
     assert!(rx.try_recv().is_err(), "limit reached: not released");
     // The running thread blocks: its slot goes to the waiter.
-    q.0.release(&q.1);
+    q.0.leave(&q.1, &mut Some(Seat::Running));
     assert_eq!(rx.recv_timeout(LIMIT).unwrap(), (1, Ok(2)));
     // It comes back: two run with a limit of one, and nobody else is released.
-    q.0.reenter();
+    q.0.unblock(&mut Some(Seat::Blocked));
     assert_eq!(q.0.stats().running, 2);
     let t2 = waiter(&q, 2, &tx);
     push(&q, 3);
     assert!(rx.try_recv().is_err());
     assert_eq!(q.0.stats().queued, 1);
     // Both leave; below the limit again, the waiter runs.
-    q.0.release(&q.1);
-    q.0.release(&q.1);
+    q.0.leave(&q.1, &mut Some(Seat::Running));
+    q.0.leave(&q.1, &mut Some(Seat::Running));
     assert_eq!(rx.recv_timeout(LIMIT).unwrap(), (2, Ok(3)));
     t.join().unwrap();
     t2.join().unwrap();
@@ -338,24 +357,31 @@ fn c3_returning_thread_over_the_limit_does_not_take_through_the_hand_off() {
     let q = queue(1);
     q.0.push_one(&q.1, 1).unwrap();
     let mut out = Vec::new();
-    q.0.get(&q.1, false, 1, Some(Duration::ZERO), &mut out)
+    q.0.get(&q.1, &mut seat(false), 1, Some(Duration::ZERO), &mut out)
         .unwrap();
     // A second thread comes back from a blocking section: two run.
-    q.0.reenter();
+    q.0.unblock(&mut Some(Seat::Blocked));
     assert_eq!(q.0.stats().running, 2);
     // A post arrives, so the returning thread would spin and hand off.
     q.0.push_one(&q.1, 2).unwrap();
     let mut out = Vec::new();
     assert_eq!(
-        q.0.get(&q.1, true, 1, Some(Duration::from_millis(20)), &mut out),
+        q.0.get(
+            &q.1,
+            &mut seat(true),
+            1,
+            Some(Duration::from_millis(20)),
+            &mut out
+        ),
         Err(GetError::Timeout),
         "took an item with two threads running and a limit of one"
     );
     assert_eq!(q.0.stats().queued, 1);
     assert_eq!(q.0.stats().running, 1);
     // Once the other thread leaves, the item can run.
-    q.0.release(&q.1);
-    q.0.get(&q.1, false, 1, Some(LIMIT), &mut out).unwrap();
+    q.0.leave(&q.1, &mut Some(Seat::Running));
+    q.0.get(&q.1, &mut seat(false), 1, Some(LIMIT), &mut out)
+        .unwrap();
     assert_eq!(out, vec![2]);
 }
 
@@ -377,7 +403,7 @@ fn q6_close_wakes_every_waiter_with_closed() {
     assert_eq!(ids, vec![0, 1, 2]);
     let mut out = Vec::new();
     assert_eq!(
-        q.0.get(&q.1, false, 1, None, &mut out),
+        q.0.get(&q.1, &mut seat(false), 1, None, &mut out),
         Err(GetError::Closed)
     );
     for t in threads {
@@ -408,14 +434,14 @@ fn push_from_running_thread_releases_nobody() {
     let q = queue(2);
     push(&q, 1);
     let mut out = Vec::new();
-    q.0.get(&q.1, false, 1, Some(Duration::ZERO), &mut out)
+    q.0.get(&q.1, &mut seat(false), 1, Some(Duration::ZERO), &mut out)
         .unwrap();
     let (tx, rx) = mpsc::channel();
     let t0 = waiter(&q, 0, &tx); // leader
     let t1 = waiter(&q, 1, &tx); // follower
-    q.0.push(&q.1, &mut vec![2], false);
+    q.0.push(&q.1, &mut Batch::from(vec![2]), false);
     assert_eq!(q.0.stats().waiting, 2, "nobody released for a lazy push");
-    q.0.get(&q.1, true, 1, Some(Duration::ZERO), &mut out)
+    q.0.get(&q.1, &mut seat(true), 1, Some(Duration::ZERO), &mut out)
         .unwrap();
     assert_eq!(out, vec![1, 2]);
     q.0.close(&q.1);
@@ -436,7 +462,7 @@ struct PanicsOnce {
 impl Reactor<u32> for PanicsOnce {
     fn flush(&self) {}
 
-    fn wait(&self, timeout: Option<Duration>, out: &mut Vec<u32>) {
+    fn wait(&self, timeout: Option<Duration>, out: &mut Batch<u32>) {
         if !self
             .panicked
             .swap(true, std::sync::atomic::Ordering::SeqCst)
@@ -460,14 +486,17 @@ fn a_poll_that_panics_hands_the_leader_role_on() {
     let q = Queue::<u32>::new(2);
     let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let mut out = Vec::new();
-        q.get(&reactor, false, 1, Some(LIMIT), &mut out)
+        q.get(&reactor, &mut seat(false), 1, Some(LIMIT), &mut out)
     }));
     assert!(unwound.is_err(), "the poll panicked through get");
     assert_eq!(q.stats().waiting, 0, "nobody polls after the unwind");
     // The next thread must become the leader and reap what completes.
     reactor.kernel.complete(7);
     let mut out = Vec::new();
-    assert_eq!(q.get(&reactor, false, 1, Some(LIMIT), &mut out), Ok(()));
+    assert_eq!(
+        q.get(&reactor, &mut seat(false), 1, Some(LIMIT), &mut out),
+        Ok(())
+    );
     assert_eq!(out, vec![7]);
 }
 

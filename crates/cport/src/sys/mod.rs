@@ -24,7 +24,7 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 
 use crate::completion::{Completion, Handle, OpId, OpKind, Payload, Rejected};
 use crate::config::{Backend, Config};
-use crate::queue::Reactor;
+use crate::queue::{Batch, Reactor};
 
 #[cfg(target_os = "linux")]
 pub(crate) mod epoll;
@@ -112,8 +112,9 @@ fn fall_back<T: Send + 'static>(
     }
 }
 
-/// Completions made at once by a call, for the port to queue.
-pub(crate) type Ready<T> = Vec<Completion<T>>;
+/// Completions made at once by a call, for the port to queue, with the
+/// panic of user code the call ran, if any (see `queue::Batch`).
+pub(crate) type Ready<T> = Batch<Completion<T>>;
 
 /// What each backend implements. All methods may be called from any thread
 /// at any time, except `Reactor::wait`, which the queue calls from one

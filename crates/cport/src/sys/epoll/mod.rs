@@ -280,7 +280,7 @@ impl<T> Socket<T> {
     }
 
     /// Queues `p` and, when nothing was ahead of it, tries it at once.
-    fn issue(&mut self, p: Pending<T>, at: Origin, pool: &Pool, out: &mut Vec<Completion<T>>) {
+    fn issue(&mut self, p: Pending<T>, at: Origin, pool: &Pool, out: &mut Ready<T>) {
         if let Op::Connect(addr) = p.op {
             return self.connect(p, addr, at, out);
         }
@@ -293,13 +293,7 @@ impl<T> Socket<T> {
         }
     }
 
-    fn connect(
-        &mut self,
-        p: Pending<T>,
-        addr: SocketAddr,
-        at: Origin,
-        out: &mut Vec<Completion<T>>,
-    ) {
+    fn connect(&mut self, p: Pending<T>, addr: SocketAddr, at: Origin, out: &mut Ready<T>) {
         let r = match &self.fd {
             Some(fd) => SockRef::from(fd).connect(&addr.into()),
             None => Err(aborted()),
@@ -315,7 +309,7 @@ impl<T> Socket<T> {
     }
 
     /// Runs the head of one FIFO until it must wait or the FIFO is empty.
-    fn drive(&mut self, side: Side, at: Origin, pool: &Pool, out: &mut Vec<Completion<T>>) {
+    fn drive(&mut self, side: Side, at: Origin, pool: &Pool, out: &mut Ready<T>) {
         if side == Side::Read && self.connecting {
             return;
         }
@@ -337,7 +331,17 @@ impl<T> Socket<T> {
         while let Some(head) = q.front_mut() {
             match op::attempt(head, fd, pool) {
                 Step::Wait => break,
-                Step::More(clone, r, extra) => out.push(at.more(head, clone, r, extra)),
+                Step::More(clone, r, extra) => {
+                    // User code, inside the reap or the issuing call: a
+                    // panic is held in `out` until everything is queued. The
+                    // event it was cloned for is lost (an accepted
+                    // connection is closed) and the loop goes on to EAGAIN,
+                    // which the edge-triggered registration needs, or the
+                    // handle would never be reported again (LESSONS 12).
+                    if let Some(value) = out.catch(|| clone(&head.value)) {
+                        out.push(at.more(head, value, r, extra));
+                    }
+                }
                 Step::Done(r, extra) => {
                     if let Some(p) = q.pop_front() {
                         if let Op::Connect(_) = p.op {
@@ -354,7 +358,7 @@ impl<T> Socket<T> {
     }
 
     /// Handles one epoll event.
-    fn on_event(&mut self, events: u32, at: Origin, pool: &Pool, out: &mut Vec<Completion<T>>) {
+    fn on_event(&mut self, events: u32, at: Origin, pool: &Pool, out: &mut Ready<T>) {
         if events & READABLE != 0 {
             self.drive(Side::Read, at, pool, out);
         }
@@ -374,7 +378,7 @@ impl<T> Socket<T> {
     }
 
     /// Completes every queued operation aborted; returns how many.
-    fn abort_all(&mut self, at: Origin, out: &mut Vec<Completion<T>>) -> usize {
+    fn abort_all(&mut self, at: Origin, out: &mut Ready<T>) -> usize {
         self.connecting = false;
         let n = self.reads.len() + self.writes.len();
         for p in self.reads.drain(..).chain(self.writes.drain(..)) {
@@ -632,7 +636,7 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
                     })
                     .collect()
             };
-            let mut dropped = Vec::new();
+            let mut dropped = Ready::new();
             for (h, e) in &entries {
                 if let Io::Socket(m) = &e.io {
                     lock(m).abort_all(Self::origin(e, *h), &mut dropped);
@@ -656,7 +660,7 @@ impl<T: Send + 'static> Reactor<Completion<T>> for Driver<T> {
         // deferred on epoll.
     }
 
-    fn wait(&self, timeout: Option<Duration>, out: &mut Vec<Completion<T>>) {
+    fn wait(&self, timeout: Option<Duration>, out: &mut Ready<T>) {
         let mut bufs = lock(&self.leader);
         let LeaderBufs { events, batch } = &mut *bufs;
         match self.epoll.wait(events, sys::timeout_ms(timeout)) {

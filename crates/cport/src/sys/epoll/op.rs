@@ -90,7 +90,7 @@ impl Origin {
     pub(super) fn more<T>(
         &self,
         p: &Pending<T>,
-        clone: fn(&T) -> T,
+        value: T,
         result: io::Result<usize>,
         extra: Extra,
     ) -> Completion<T> {
@@ -100,7 +100,7 @@ impl Origin {
             op: Some(p.id),
             handle: Some(self.handle),
             result,
-            value: clone(&p.value),
+            value,
             payload: match extra {
                 Extra::Accepted(stream, peer) => Payload::Accepted { stream, peer },
                 _ => Payload::None,

@@ -548,12 +548,7 @@ impl<T> Driver<T> {
 
     /// Cancels every operation of the handle `h` (see `cancel_one`);
     /// returns how many there were and whether a cancel SQE was pushed.
-    fn cancel_all_of(
-        &self,
-        st: &mut State<T>,
-        h: Handle,
-        ready: &mut Vec<Completion<T>>,
-    ) -> (usize, bool) {
+    fn cancel_all_of(&self, st: &mut State<T>, h: Handle, ready: &mut Ready<T>) -> (usize, bool) {
         let ids = match st.handles.get(h.index, h.gen) {
             Some(e) => e.ops.clone(),
             None => return (0, false),
@@ -567,7 +562,7 @@ impl<T> Driver<T> {
 
     /// Drains the CQ into `out`; then puts pool buffers back and re-arms
     /// the receives that met an empty ring.
-    fn reap(&self, st: &mut State<T>, out: &mut Vec<Completion<T>>) {
+    fn reap(&self, st: &mut State<T>, out: &mut Ready<T>) {
         // Bounded: a CQ refilled as fast as it drains must not keep the
         // leader (and the lock) forever.
         for _ in 0..4 {
@@ -593,14 +588,7 @@ impl<T> Driver<T> {
         st.rearm = rearm;
     }
 
-    fn on_cqe(
-        &self,
-        st: &mut State<T>,
-        user_data: u64,
-        res: i32,
-        flags: u32,
-        out: &mut Vec<Completion<T>>,
-    ) {
+    fn on_cqe(&self, st: &mut State<T>, user_data: u64, res: i32, flags: u32, out: &mut Ready<T>) {
         match user_data {
             WAKE => {
                 self.wake_pending.store(false, Ordering::Release);
@@ -624,14 +612,7 @@ impl<T> Driver<T> {
         }
     }
 
-    fn on_op_cqe(
-        &self,
-        st: &mut State<T>,
-        id: OpId,
-        res: i32,
-        flags: u32,
-        out: &mut Vec<Completion<T>>,
-    ) {
+    fn on_op_cqe(&self, st: &mut State<T>, id: OpId, res: i32, flags: u32, out: &mut Ready<T>) {
         let closed = st.closed;
         let State {
             ops,
@@ -673,9 +654,21 @@ impl<T> Driver<T> {
         };
         let step = op.io.on_cqe(op.fd, res, flags, stop, pool);
         if let Some((result, extra)) = step.event {
-            let value = match op.multishot {
-                Some(clone) => clone(&op.value),
+            let clone = match op.multishot {
+                Some(clone) => clone,
                 None => unreachable!("a multishot event from a single-shot operation"),
+            };
+            // User code, inside the reap: a panic is held in `out` until
+            // what this pass reaped is queued. The event it was cloned for
+            // is lost with it (an accepted connection is closed), nothing
+            // else (LESSONS 12).
+            let value = match out.catch(|| clone(&op.value)) {
+                Some(v) => v,
+                None => {
+                    drop(extra);
+                    self.after_cqe(st, id, step.next, out);
+                    return;
+                }
             };
             out.push(Completion {
                 key: op.key,
@@ -688,7 +681,12 @@ impl<T> Driver<T> {
                 more: true,
             });
         }
-        match step.next {
+        self.after_cqe(st, id, step.next, out);
+    }
+
+    /// Does what a CQE's step says comes next for operation `id`.
+    fn after_cqe(&self, st: &mut State<T>, id: OpId, next: Next, out: &mut Ready<T>) {
+        match next {
             Next::Wait => {}
             Next::Again => self.again(st, id, out),
             Next::Rearm => st.rearm.push(id),
@@ -698,7 +696,7 @@ impl<T> Driver<T> {
 
     /// Submits the next request of operation `id`, unless it was asked to
     /// stop meanwhile (then it ends aborted).
-    fn again(&self, st: &mut State<T>, id: OpId, out: &mut Vec<Completion<T>>) {
+    fn again(&self, st: &mut State<T>, id: OpId, out: &mut Ready<T>) {
         let closed = st.closed;
         let State { ops, handles, .. } = &mut *st;
         let op = match ops.get_mut(id.index, id.gen) {
@@ -729,7 +727,7 @@ impl<T> Driver<T> {
         id: OpId,
         result: io::Result<usize>,
         extra: Extra,
-        out: &mut Vec<Completion<T>>,
+        out: &mut Ready<T>,
     ) {
         let op = match st.ops.remove(id.index, id.gen) {
             Some(op) => op,
@@ -781,13 +779,7 @@ impl<T> Driver<T> {
     }
 
     /// Issues the first operation waiting in lane `l` of `handle`.
-    fn start_next(
-        &self,
-        st: &mut State<T>,
-        handle: Handle,
-        l: usize,
-        out: &mut Vec<Completion<T>>,
-    ) {
+    fn start_next(&self, st: &mut State<T>, handle: Handle, l: usize, out: &mut Ready<T>) {
         let id = match st.handles.get_mut(handle.index, handle.gen) {
             Some(h) => match h.lanes[l].waiting.pop_front() {
                 Some(id) => {
@@ -807,7 +799,7 @@ impl<T> Driver<T> {
 
     /// Ends a parked operation (never issued) aborted, or asks the kernel
     /// to cancel an issued one. Returns whether a cancel SQE was pushed.
-    fn cancel_one(&self, st: &mut State<T>, id: OpId, ready: &mut Vec<Completion<T>>) -> bool {
+    fn cancel_one(&self, st: &mut State<T>, id: OpId, ready: &mut Ready<T>) -> bool {
         match st.ops.get(id.index, id.gen) {
             Some(op) if op.parked => {
                 self.finish(st, id, Err(aborted()), Extra::None, ready);
@@ -845,7 +837,7 @@ impl<T> Driver<T> {
         self.submit_pending();
     }
 
-    fn wait_inner(&self, timeout: Option<Duration>, out: &mut Vec<Completion<T>>) {
+    fn wait_inner(&self, timeout: Option<Duration>, out: &mut Ready<T>) {
         if self.backlogged.load(Ordering::Acquire) {
             let mut st = self.lock();
             self.drain_backlog(&mut st);
@@ -907,7 +899,7 @@ impl<T> Driver<T> {
         }
         // Never issued: they end here (the queue is closed, so their
         // completions are dropped, outside the lock).
-        let mut dropped = Vec::new();
+        let mut dropped = Ready::new();
         for id in parked {
             self.finish(&mut st, id, Err(aborted()), Extra::None, &mut dropped);
         }
@@ -930,7 +922,7 @@ impl<T> Driver<T> {
         // request the kernel cannot cancel (a regular-file read under way)
         // is left to the port's drop.
         let deadline = Instant::now() + CLOSE_BOUND;
-        let mut out = Vec::new();
+        let mut out = Ready::new();
         while Self::in_flight(&self.lock()) > 0 && Instant::now() < deadline {
             self.wait_inner(Some(Duration::from_millis(10)), &mut out);
             out.clear();
@@ -943,7 +935,7 @@ impl<T: Send + 'static> Reactor<Completion<T>> for Driver<T> {
         self.flush_inner();
     }
 
-    fn wait(&self, timeout: Option<Duration>, out: &mut Vec<Completion<T>>) {
+    fn wait(&self, timeout: Option<Duration>, out: &mut Ready<T>) {
         self.wait_inner(timeout, out);
     }
 
@@ -1176,7 +1168,7 @@ impl<T> Drop for Driver<T> {
     fn drop(&mut self) {
         self.close_port_inner();
         let deadline = Instant::now() + DROP_BOUND;
-        let mut out = Vec::new();
+        let mut out = Ready::new();
         // A panic in a value's `Drop` (or a multishot `Clone`) must not
         // unwind past this point: the slab would be freed with the ring open
         // and requests still writing into its buffers. Caught, the rest of

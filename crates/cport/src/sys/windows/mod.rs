@@ -357,26 +357,32 @@ impl<T: Send + 'static> Driver<T> {
                 }
                 if matches!(p.op, Op::Accept) {
                     if let Some(clone) = p.multishot {
-                        let value = clone(&p.value);
                         let payload = accepted(p);
                         let result = match payload {
                             Payload::Accepted { .. } => Ok(0),
                             _ => Err(io::Error::last_os_error()),
                         };
-                        out.push(Completion {
-                            key: p.key,
-                            kind: OpKind::Accept,
-                            op: Some(OpId {
-                                port: self.port,
-                                index: i,
-                                gen: g,
-                            }),
-                            handle: Some(p.handle),
-                            result,
-                            value,
-                            payload,
-                            more: true,
-                        });
+                        // User code, inside the reap: a panic is held in
+                        // `out` until the rest is queued; the connection it
+                        // was cloned for is closed, nothing else is lost
+                        // (LESSONS 12).
+                        let value = out.catch(|| clone(&p.value));
+                        if let Some(value) = value {
+                            out.push(Completion {
+                                key: p.key,
+                                kind: OpKind::Accept,
+                                op: Some(OpId {
+                                    port: self.port,
+                                    index: i,
+                                    gen: g,
+                                }),
+                                handle: Some(p.handle),
+                                result,
+                                value,
+                                payload,
+                                more: true,
+                            });
+                        }
                         match start(p, skip) {
                             Started::Pending => return,
                             Started::Done(b, e) => {
@@ -1279,7 +1285,7 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
         if self.closed.swap(true, Ordering::SeqCst) {
             return;
         }
-        let mut dropped = Vec::new();
+        let mut dropped = Ready::new();
         {
             let mut st = lock(&self.state);
             // Parked receives have nothing in the kernel to cancel.
@@ -1303,7 +1309,7 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
         }
         // Outside the lock; every value is dropped even if one's Drop
         // panics, and the first panic goes on to the port, which logs it.
-        let mut first = None;
+        let mut first = dropped.take_panic();
         for c in dropped {
             if let Err(p) = panic::catch_unwind(AssertUnwindSafe(|| drop(c))) {
                 first.get_or_insert(p);
@@ -1322,7 +1328,7 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
 impl<T: Send + 'static> Reactor<Completion<T>> for Driver<T> {
     fn flush(&self) {}
 
-    fn wait(&self, timeout: Option<Duration>, out: &mut Vec<Completion<T>>) {
+    fn wait(&self, timeout: Option<Duration>, out: &mut Ready<T>) {
         let ms = match timeout {
             None => u32::MAX,
             // Rounded up: a sub-millisecond timeout must not become a
@@ -1398,7 +1404,7 @@ impl<T: Send + 'static> Driver<T> {
 
     /// Dequeues one batch of packets (waiting at most `ms`) and settles the
     /// operations they finish. Returns how many packets came.
-    fn reap(&self, ms: u32, out: &mut Vec<Completion<T>>) -> usize {
+    fn reap(&self, ms: u32, out: &mut Ready<T>) -> usize {
         let (entries, n) = dequeue_packets(self.iocp, ms);
         if n == 0 {
             return 0;
