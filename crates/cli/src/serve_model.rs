@@ -33,12 +33,16 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let stats = Arc::new(Stats::default());
     // The callback model's port is built here, so the first line names
     // the backend `auto` chose.
-    let callback = match model {
-        Model::Callback => Some(
-            cport_models::callback::Server::new(args.backend.to_backend())
-                .context("cannot create the completion port")?,
+    let (callback, listener) = match model {
+        Model::Callback => (
+            Some(cport_models::callback::Server::new(
+                listener,
+                args.backend.to_backend(),
+                stats.clone(),
+            )?),
+            None,
         ),
-        _ => None,
+        _ => (None, Some(listener)),
     };
 
     // The first line names the address actually bound, as the port
@@ -58,9 +62,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         thread::Builder::new()
             .name(format!("model-{model}"))
             .spawn(move || {
-                let r = match callback {
-                    Some(c) => c.serve(listener, stop, stats),
-                    None => model.serve(listener, stop, stats),
+                let r = match (callback, listener) {
+                    (Some(c), _) => c.serve(stop),
+                    (None, Some(l)) => model.serve(l, stop, stats),
+                    (None, None) => unreachable!("a model has its listener"),
                 };
                 let _ = done_tx.send(r);
             })
