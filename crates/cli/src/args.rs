@@ -1,4 +1,6 @@
-//! The command line: what each subcommand accepts. Parsing only; the work
+//! The command line: what each subcommand accepts, and every check of it
+//! that needs no system call: ranges (in the value parsers, so clap reports
+//! them) and contradictions between flags ([`Command::check`]). The work
 //! lives in `serve`, `client`, `load` and `bench`.
 
 use std::net::IpAddr;
@@ -6,6 +8,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use cport_models::Model;
+
+use crate::Usage;
 
 /// The tutorials' IOCP echo server, its client, and a load generator.
 #[derive(Parser, Debug)]
@@ -121,12 +126,74 @@ pub struct ServeArgs {
     /// completion port with workers). Models other than port serve TCP
     /// only, without the port's options (workers, limits, timeouts).
     #[arg(long, default_value = "port", value_parser = parse_model)]
-    pub model: cport_models::Model,
+    pub model: Model,
 }
 
-fn parse_model(s: &str) -> Result<cport_models::Model, String> {
+fn parse_model(s: &str) -> Result<Model, String> {
     s.parse()
         .map_err(|e: cport_models::UnknownModel| e.to_string())
+}
+
+impl Command {
+    /// The contradictions between flags: a usage error (exit 2) before any
+    /// work starts.
+    pub fn check(&self) -> anyhow::Result<()> {
+        match self {
+            Command::Serve(a) => a.check().map_err(Into::into),
+            Command::Client(_) | Command::Load(_) | Command::Bench(_) => Ok(()),
+        }
+    }
+}
+
+impl ServeArgs {
+    fn check(&self) -> Result<(), Usage> {
+        if self.model != Model::Port {
+            return self.check_model_options();
+        }
+        if self.no_tcp && self.no_udp {
+            return Err(Usage(
+                "--no-tcp and --no-udp together leave nothing to serve".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The models other than port have none of the port server's options:
+    /// those given are refused rather than ignored (`--buffer-size` and
+    /// `--shutdown-timeout`, which have defaults, are ignored).
+    fn check_model_options(&self) -> Result<(), Usage> {
+        let model = self.model;
+        let mut unsupported = Vec::new();
+        if self.no_tcp {
+            unsupported.push("--no-tcp (this model serves TCP only)");
+        }
+        if self.workers.is_some() {
+            unsupported.push("--workers");
+        }
+        if self.concurrency.is_some() {
+            unsupported.push("--concurrency");
+        }
+        if self.print {
+            unsupported.push("--print");
+        }
+        if self.max_conns.is_some() {
+            unsupported.push("--max-conns");
+        }
+        if self.idle_timeout.is_some() {
+            unsupported.push("--idle-timeout");
+        }
+        if self.backend != BackendArg::Auto && model != Model::Callback {
+            unsupported.push("--backend (only the port and callback models run on a port)");
+        }
+        if unsupported.is_empty() {
+            Ok(())
+        } else {
+            Err(Usage(format!(
+                "--model {model} does not support {}; these are options of --model port",
+                unsupported.join(", ")
+            )))
+        }
+    }
 }
 
 #[derive(Args, Debug)]

@@ -7,9 +7,9 @@
 mod args;
 mod bench;
 mod client;
+mod console;
 mod load;
 mod serve;
-mod serve_model;
 
 use std::error::Error;
 use std::fmt;
@@ -39,12 +39,12 @@ fn main() -> ExitCode {
     // --help and --version).
     let cli = Cli::try_parse().unwrap_or_else(|e| e.exit());
     init_logging(cli.verbose);
-    let result = match cli.command {
+    let result = cli.command.check().and_then(|()| match cli.command {
         Command::Serve(a) => serve::run(a),
         Command::Client(a) => client::run(a),
         Command::Load(a) => load::run(a),
         Command::Bench(a) => bench::run(a),
-    };
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
