@@ -1,4 +1,19 @@
-//! What the commands write and the signals they take.
+//! What the commands write and the signals they take, made safe for the
+//! places a command runs in: a pipe whose reader exits (`| head`), a log
+//! pipe that goes away (`2>&1 | tee log`), Ctrl-C at any moment.
+//!
+//! * stdout: a write that fails because its reader has gone ends the
+//!   command quietly, as Unix tools end ([`StdoutClosed`]); `print!`
+//!   would panic there instead.
+//! * logs: a log line that cannot be written is dropped. tracing reports a
+//!   failed write with `eprintln!`, which panics when stderr is the broken
+//!   pipe, and a panic in the signal thread left a server that no signal
+//!   could stop.
+//! * signals: one thread runs each command's response; its own logging
+//!   cannot stop it.
+//!
+//! (A closed descriptor, `>&-` or `2>&-`, is no failure: the Rust runtime
+//! opens /dev/null in its place before `main`.)
 
 use std::error::Error;
 use std::fmt;
@@ -7,8 +22,9 @@ use std::panic::{self, AssertUnwindSafe};
 use std::thread;
 
 use anyhow::Context;
+use tracing_subscriber::fmt::MakeWriter;
 
-/// stdout's reader has gone.
+/// stdout's reader has gone: the command ends quietly (exit 0).
 #[derive(Debug)]
 pub struct StdoutClosed;
 
@@ -48,6 +64,33 @@ pub fn line(text: &str) -> anyhow::Result<()> {
     print(&format!("{text}\n"))
 }
 
+/// Calls `gone` once stdout's reader has gone (the pipe's reading end, a
+/// socket's peer, the terminal hung up), watched by a thread of its own:
+/// a command whose next line may be a long time coming still ends with
+/// its reader. Never calls it for a file or /dev/null.
+pub fn watch_stdout(gone: impl FnOnce() + Send + 'static) -> anyhow::Result<()> {
+    use rustix::event::{poll, PollFd, PollFlags};
+    thread::Builder::new()
+        .name("cport-stdout".into())
+        .spawn(move || {
+            let stdout = io::stdout();
+            // No events asked for: poll still reports POLLERR (a pipe
+            // without readers) and POLLHUP (a hang-up), and nothing else.
+            let mut fds = [PollFd::new(&stdout, PollFlags::empty())];
+            loop {
+                match poll(&mut fds, None) {
+                    Ok(_) if !fds[0].revents().is_empty() => return gone(),
+                    Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                    // poll(2) on one valid descriptor fails only for want
+                    // of memory: stop watching rather than spin.
+                    Err(_) => return,
+                }
+            }
+        })
+        .context("cannot start the thread watching stdout")?;
+    Ok(())
+}
+
 /// Calls `respond(signal, n)` on the `n`th SIGINT or SIGTERM (counting
 /// from 1), from a thread of its own. A panic in `respond` is caught: the
 /// next signal is still answered.
@@ -64,4 +107,38 @@ pub fn on_signals(mut respond: impl FnMut(i32, u32) + Send + 'static) -> anyhow:
         })
         .context("cannot start the signal thread")?;
     Ok(())
+}
+
+/// The log writer: stderr, with write errors dropped (see the module
+/// docs).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Logs;
+
+/// One log line's writer.
+#[derive(Debug)]
+pub struct LogLine;
+
+impl Write for LogLine {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let _ = io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        let _ = io::stderr().flush();
+        Ok(())
+    }
+}
+
+impl MakeWriter<'_> for Logs {
+    type Writer = LogLine;
+
+    fn make_writer(&self) -> LogLine {
+        LogLine
+    }
+}
+
+/// An error line on stderr, `cport: …`, never failing.
+pub fn error_line(text: &str) {
+    let _ = writeln!(io::stderr(), "cport: {text}");
 }

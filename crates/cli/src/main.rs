@@ -2,7 +2,8 @@
 //! library, a load generator to measure them, and the benchmark of the
 //! tutorials' I/O models.
 //!
-//! Exit codes: 0 success, 1 failure while running, 2 bad usage.
+//! Exit codes: 0 success (also when stdout's reader has gone), 1 failure
+//! while running, 2 bad usage.
 
 mod args;
 mod bench;
@@ -20,6 +21,7 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use crate::args::{Cli, Command};
+use crate::console::{Logs, StdoutClosed};
 
 /// A mistake in how the command was called (exit code 2), found after
 /// parsing (e.g. flags that contradict each other).
@@ -47,8 +49,9 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<StdoutClosed>().is_some() => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("cport: {e:#}");
+            console::error_line(&format!("{e:#}"));
             if e.downcast_ref::<Usage>().is_some() {
                 ExitCode::from(2)
             } else {
@@ -59,7 +62,8 @@ fn main() -> ExitCode {
 }
 
 /// Logs go to stderr; stdout carries the commands' output (the listening
-/// line, echoes, reports). `RUST_LOG` overrides `-v`.
+/// line, echoes, reports). `RUST_LOG` overrides `-v`. A log line that
+/// cannot be written is dropped (console::Logs).
 fn init_logging(verbose: u8) {
     let level = match verbose {
         0 => "warn",
@@ -70,7 +74,8 @@ fn init_logging(verbose: u8) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(Logs)
         .with_ansi(std::io::stderr().is_terminal())
+        .log_internal_errors(false)
         .init();
 }

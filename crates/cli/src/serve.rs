@@ -8,6 +8,12 @@
 //! Ctrl-C or SIGTERM stops the server: the port server drains (a second
 //! signal closes every connection at once), the other models stop at once.
 //! One signal more than that exits at once, whatever the server is doing.
+//!
+//! With `--stats` or `--print` the server ends, as after a signal, when
+//! stdout's reader has gone (`cport serve --stats | head -1`): its output
+//! has nowhere to go. Without them stdout carries only the listening line,
+//! and the server outlives that line's reader, as any program that writes
+//! nothing more does.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
@@ -24,7 +30,7 @@ use socket2::{Domain, Protocol as IpProtocol, Socket, Type};
 use tracing::info;
 
 use crate::args::ServeArgs;
-use crate::console::{self, signal_name};
+use crate::console::{self, signal_name, StdoutClosed};
 
 /// Listen backlog. Linux caps it at `net.core.somaxconn` (4096 by default
 /// since 5.4); with the old default of 128, 500 simultaneous connects
@@ -60,7 +66,7 @@ fn run_port(args: ServeArgs) -> anyhow::Result<()> {
         max_conns: args.max_conns,
         idle_timeout: args.idle_timeout,
         shutdown_timeout: args.shutdown_timeout,
-        on_data: args.print.then(print_data),
+        on_data: args.print.then(|| print_data(stop.clone())),
     };
     let server = port::Server::new(options, listener, udp, Arc::new(Stats::default()))?;
     let control = server.control();
@@ -68,6 +74,9 @@ fn run_port(args: ServeArgs) -> anyhow::Result<()> {
     // Before the listening line: a SIGTERM sent as soon as the address is
     // known must start the drain, not kill the process.
     watch_signals(&stop, Some(control.clone()))?;
+    if args.stats || args.print {
+        watch_stdout(&stop)?;
+    }
     // The first line is the address actually bound (tests and scripts start
     // the server on port 0 and read it from here).
     console::line(&format!(
@@ -116,6 +125,9 @@ fn run_model(args: ServeArgs) -> anyhow::Result<()> {
     };
 
     watch_signals(&stop, None)?;
+    if args.stats {
+        watch_stdout(&stop)?;
+    }
     // The first line names the address actually bound, as the port
     // server's does (scripts start on port 0 and read it from here).
     console::line(&format!(
@@ -156,9 +168,11 @@ fn supervise(
         match done_rx.recv_timeout(Duration::from_secs(1)) {
             Ok(r) => return r.map_err(Into::into),
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                if let Some(line) = stats.as_mut().map(|f| f()) {
-                    // A closed stdout must not stop the server.
-                    let _ = console::line(&line);
+                let Some(line) = stats.as_mut().map(|f| f()) else {
+                    continue;
+                };
+                if !out_or_stop(&line, stop) {
+                    stats = None;
                 }
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
@@ -211,11 +225,35 @@ fn model_stats(stats: Arc<Stats>) -> impl FnMut() -> String {
 }
 
 /// `--print`: each message received, as one line with its sender.
-fn print_data() -> port::OnData {
+fn print_data(stop: Stop) -> port::OnData {
     Box::new(move |proto: Protocol, peer: SocketAddr, data: &[u8]| {
-        // A closed stdout must not stop the server.
-        let _ = console::line(&format!("[{proto}] {peer}: {}", printable(data)));
+        out_or_stop(&format!("[{proto}] {peer}: {}", printable(data)), &stop);
     })
+}
+
+/// Prints `line`; when stdout's reader has gone, stops the server instead
+/// and says so (false). Another failure to write (a full disk) loses the
+/// line, not the service.
+fn out_or_stop(line: &str, stop: &Stop) -> bool {
+    match console::line(line) {
+        Err(e) if e.is::<StdoutClosed>() => {
+            stdout_gone(stop);
+            false
+        }
+        _ => true,
+    }
+}
+
+fn stdout_gone(stop: &Stop) {
+    if !stop.is_stopped() {
+        stop.stop();
+        info!("stdout was closed: shutting down");
+    }
+}
+
+fn watch_stdout(stop: &Stop) -> anyhow::Result<()> {
+    let stop = stop.clone();
+    console::watch_stdout(move || stdout_gone(&stop))
 }
 
 /// SIGINT and SIGTERM: the first stops the server; the second closes the
