@@ -36,6 +36,25 @@ impl fmt::Display for StdoutClosed {
 
 impl Error for StdoutClosed {}
 
+/// The command was stopped by a signal: exit 128 + the signal's number
+/// (130 for SIGINT, 143 for SIGTERM), as a shell reports it.
+#[derive(Debug)]
+pub struct Interrupted(pub i32);
+
+impl Interrupted {
+    pub fn exit_code(&self) -> u8 {
+        u8::try_from(128 + self.0).unwrap_or(1)
+    }
+}
+
+impl fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "interrupted by {}", signal_name(self.0))
+    }
+}
+
+impl Error for Interrupted {}
+
 /// `SIGINT`, `SIGTERM`, …
 pub fn signal_name(sig: i32) -> String {
     signal_hook::low_level::signal_name(sig).map_or_else(|| format!("signal {sig}"), str::to_string)

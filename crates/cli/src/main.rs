@@ -3,7 +3,7 @@
 //! tutorials' I/O models.
 //!
 //! Exit codes: 0 success (also when stdout's reader has gone), 1 failure
-//! while running, 2 bad usage.
+//! while running, 2 bad usage, 128 + N stopped by signal N (`cport load`).
 
 mod args;
 mod bench;
@@ -21,7 +21,7 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use crate::args::{Cli, Command};
-use crate::console::{Logs, StdoutClosed};
+use crate::console::{Interrupted, Logs, StdoutClosed};
 
 /// A mistake in how the command was called (exit code 2), found after
 /// parsing (e.g. flags that contradict each other).
@@ -52,7 +52,9 @@ fn main() -> ExitCode {
         Err(e) if e.downcast_ref::<StdoutClosed>().is_some() => ExitCode::SUCCESS,
         Err(e) => {
             console::error_line(&format!("{e:#}"));
-            if e.downcast_ref::<Usage>().is_some() {
+            if let Some(i) = e.downcast_ref::<Interrupted>() {
+                ExitCode::from(i.exit_code())
+            } else if e.downcast_ref::<Usage>().is_some() {
                 ExitCode::from(2)
             } else {
                 ExitCode::FAILURE
