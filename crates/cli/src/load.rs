@@ -36,6 +36,7 @@ use mio::{Events, Interest, Poll, Token};
 use crate::args::LoadArgs;
 use crate::client;
 use crate::console::{self, signal_name, Interrupted};
+use cport_models::plural;
 
 /// Largest single read or write.
 const CHUNK: usize = 64 * 1024;
@@ -271,8 +272,8 @@ pub fn run(a: LoadArgs) -> anyhow::Result<()> {
         }
         let _ = writeln!(
             text,
-            "target     {addr} (tcp), {} connections, {} B messages, depth {}{}",
-            a.conns,
+            "target     {addr} (tcp), {}, {} B messages, depth {}{}",
+            plural(a.conns.into(), "connection"),
             a.size,
             a.depth,
             a.rate
@@ -280,9 +281,10 @@ pub fn run(a: LoadArgs) -> anyhow::Result<()> {
         );
         let _ = writeln!(
             text,
-            "measured   {:.2} s after a {:.2} s warm-up, {threads} threads",
+            "measured   {:.2} s after a {:.2} s warm-up, {}",
             measured.as_secs_f64(),
             a.warmup.as_secs_f64(),
+            plural(threads as u64, "thread")
         );
         let _ = writeln!(
             text,
@@ -322,7 +324,8 @@ pub fn run(a: LoadArgs) -> anyhow::Result<()> {
     }
     if total_errors > 0 {
         bail!(
-            "{total_errors} error(s); first: {}",
+            "{}; first: {}",
+            plural(total_errors, "error"),
             first_error.unwrap_or_default()
         );
     }
@@ -477,7 +480,7 @@ fn drive(
                 t.fail(
                     c,
                     ErrorKind::Unanswered,
-                    format!("{n} message(s) unanswered at the end"),
+                    format!("{} unanswered at the end", plural(n as u64, "message")),
                 );
             }
             break;
@@ -613,8 +616,9 @@ impl Thread<'_> {
                     return Err((
                         ErrorKind::Closed,
                         format!(
-                            "the server closed the connection after echoing {} of {} bytes",
-                            c.echoed, c.sent
+                            "the server closed the connection after echoing {} of {}",
+                            c.echoed,
+                            plural(c.sent, "byte")
                         ),
                     ));
                 }
@@ -626,7 +630,11 @@ impl Thread<'_> {
             if c.echoed + n as u64 > c.sent {
                 return Err((
                     ErrorKind::Mismatch,
-                    format!("{} bytes echoed, only {} sent", c.echoed + n as u64, c.sent),
+                    format!(
+                        "{} echoed, only {} sent",
+                        plural(c.echoed + n as u64, "byte"),
+                        c.sent
+                    ),
                 ));
             }
             let want = expected(self.pattern, c.id, c.echoed, n);

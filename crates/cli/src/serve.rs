@@ -147,7 +147,8 @@ fn run_model(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 /// Runs `serve` on a thread named `name` until it returns; meanwhile, with
-/// `stats`, prints its line each second.
+/// `stats`, prints its line after the first second (the stats are on),
+/// then each second in which the line changed: an idle server is quiet.
 fn supervise(
     name: &str,
     stop: &Stop,
@@ -164,6 +165,7 @@ fn supervise(
             })
             .context("cannot start the server's thread")?;
     }
+    let mut last = String::new();
     loop {
         match done_rx.recv_timeout(Duration::from_secs(1)) {
             Ok(r) => return r.map_err(Into::into),
@@ -171,9 +173,10 @@ fn supervise(
                 let Some(line) = stats.as_mut().map(|f| f()) else {
                     continue;
                 };
-                if !out_or_stop(&line, stop) {
+                if line != last && !out_or_stop(&line, stop) {
                     stats = None;
                 }
+                last = line;
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 anyhow::bail!("the server's thread panicked")

@@ -298,9 +298,10 @@ impl Inner {
             self.stats.echoed(echoed as usize);
             self.stats.ended(reason.is_error());
             info!(
-                "disconnect {} (#{}): {reason}; {echoed} bytes echoed in {:.1?}, {} open",
+                "disconnect {} (#{}): {reason}; {} echoed in {:.1?}, {} open",
                 conn.peer,
                 conn.id,
+                plural(echoed, "byte"),
                 conn.since.elapsed(),
                 conns.len()
             );
