@@ -1,4 +1,6 @@
-//! The command line: what each subcommand accepts. Parsing only; the work
+//! The command line: what each subcommand accepts, and every check of it
+//! that needs no system call: ranges (in the value parsers, so clap reports
+//! them) and contradictions between flags ([`Command::check`]). The work
 //! lives in `serve`, `client`, `load` and `bench`.
 
 use std::net::IpAddr;
@@ -6,6 +8,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use cport_models::Model;
+
+use crate::Usage;
 
 /// The tutorials' IOCP echo server, its client, and a load generator.
 #[derive(Parser, Debug)]
@@ -78,12 +83,12 @@ pub struct ServeArgs {
 
     /// Worker threads dequeuing completions (default: 2 × CPUs, as the
     /// tutorials advise).
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    #[arg(long, value_parser = |s: &str| count::<u32>(s, 1, 1024))]
     pub workers: Option<u32>,
 
     /// Threads allowed to run completions at once, the port's concurrency
     /// value (default: number of CPUs).
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    #[arg(long, value_parser = |s: &str| count::<u32>(s, 1, 1024))]
     pub concurrency: Option<u32>,
 
     /// Kernel mechanism of the port.
@@ -94,12 +99,13 @@ pub struct ServeArgs {
     #[arg(long)]
     pub print: bool,
 
-    /// Print one line a second: connections, completions/s, bytes/s.
+    /// Print a line each second in which something changed: connections,
+    /// completions/s, bytes/s.
     #[arg(long)]
     pub stats: bool,
 
     /// Refuse connections beyond this many open ones (closed at once).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_parser = |s: &str| count::<u64>(s, 1, u64::MAX))]
     pub max_conns: Option<u64>,
 
     /// Close a connection that has had no completed I/O for this long
@@ -113,7 +119,7 @@ pub struct ServeArgs {
     pub shutdown_timeout: Duration,
 
     /// Size of each receive buffer in the port's pool (bytes).
-    #[arg(long, default_value_t = 16 * 1024, value_parser = clap::value_parser!(u32).range(64..=(1 << 20)))]
+    #[arg(long, default_value_t = 16 * 1024, value_parser = |s: &str| count::<u32>(s, 64, 1 << 20))]
     pub buffer_size: u32,
 
     /// The tutorials' I/O model to serve with: blocking, nonblocking,
@@ -121,12 +127,74 @@ pub struct ServeArgs {
     /// completion port with workers). Models other than port serve TCP
     /// only, without the port's options (workers, limits, timeouts).
     #[arg(long, default_value = "port", value_parser = parse_model)]
-    pub model: cport_models::Model,
+    pub model: Model,
 }
 
-fn parse_model(s: &str) -> Result<cport_models::Model, String> {
+fn parse_model(s: &str) -> Result<Model, String> {
     s.parse()
         .map_err(|e: cport_models::UnknownModel| e.to_string())
+}
+
+impl Command {
+    /// The contradictions between flags: a usage error (exit 2) before any
+    /// work starts.
+    pub fn check(&self) -> anyhow::Result<()> {
+        match self {
+            Command::Serve(a) => a.check().map_err(Into::into),
+            Command::Client(_) | Command::Load(_) | Command::Bench(_) => Ok(()),
+        }
+    }
+}
+
+impl ServeArgs {
+    fn check(&self) -> Result<(), Usage> {
+        if self.model != Model::Port {
+            return self.check_model_options();
+        }
+        if self.no_tcp && self.no_udp {
+            return Err(Usage(
+                "--no-tcp and --no-udp together leave nothing to serve".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The models other than port have none of the port server's options:
+    /// those given are refused rather than ignored (`--buffer-size` and
+    /// `--shutdown-timeout`, which have defaults, are ignored).
+    fn check_model_options(&self) -> Result<(), Usage> {
+        let model = self.model;
+        let mut unsupported = Vec::new();
+        if self.no_tcp {
+            unsupported.push("--no-tcp (this model serves TCP only)");
+        }
+        if self.workers.is_some() {
+            unsupported.push("--workers");
+        }
+        if self.concurrency.is_some() {
+            unsupported.push("--concurrency");
+        }
+        if self.print {
+            unsupported.push("--print");
+        }
+        if self.max_conns.is_some() {
+            unsupported.push("--max-conns");
+        }
+        if self.idle_timeout.is_some() {
+            unsupported.push("--idle-timeout");
+        }
+        if self.backend != BackendArg::Auto && model != Model::Callback {
+            unsupported.push("--backend (only the port and callback models run on a port)");
+        }
+        if unsupported.is_empty() {
+            Ok(())
+        } else {
+            Err(Usage(format!(
+                "--model {model} does not support {}; these are options of --model port",
+                unsupported.join(", ")
+            )))
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -155,19 +223,19 @@ pub struct LoadArgs {
     pub addr: String,
 
     /// TCP connections.
-    #[arg(short, long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    #[arg(short, long, default_value_t = 50, value_parser = |s: &str| count::<u32>(s, 1, 100_000))]
     pub conns: u32,
 
     /// Bytes per message.
-    #[arg(short, long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=(64 << 20)))]
+    #[arg(short, long, default_value_t = 128, value_parser = |s: &str| count::<u32>(s, 1, 64 << 20))]
     pub size: u32,
 
     /// Messages in flight per connection.
-    #[arg(short, long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    #[arg(short, long, default_value_t = 1, value_parser = |s: &str| count::<u32>(s, 1, 4096))]
     pub depth: u32,
 
-    /// How long to measure, after the warm-up.
-    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    /// How long to measure, after the warm-up (more than 0).
+    #[arg(long, value_parser = parse_period, default_value = "10s")]
     pub duration: Duration,
 
     /// How long to run before measuring.
@@ -181,7 +249,7 @@ pub struct LoadArgs {
     pub rate: Option<f64>,
 
     /// Client threads (default: number of CPUs, at most one per connection).
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256))]
+    #[arg(long, value_parser = |s: &str| count::<u32>(s, 1, 256))]
     pub threads: Option<u32>,
 
     /// Print the report as one JSON object.
@@ -257,6 +325,39 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// A duration that measures something: more than 0.
+fn parse_period(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        Duration::ZERO => Err(format!(
+            "a period of {s:?} measures nothing: give more than 0 (e.g. 10s)"
+        )),
+        d => Ok(d),
+    }
+}
+
+/// A whole number from `lo` to `hi`, in the type of the option (`hi`
+/// fits it).
+fn count<T: TryFrom<u64>>(s: &str, lo: u64, hi: u64) -> Result<T, String> {
+    let range = if hi == u64::MAX {
+        format!("at least {lo}")
+    } else {
+        format!("from {lo} to {hi}")
+    };
+    let digits = s.trim();
+    let out_of_range = || format!("{digits} is out of range: give {range}");
+    let n: u64 = match digits.parse() {
+        Ok(n) => n,
+        Err(_) if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) => {
+            return Err(out_of_range());
+        }
+        Err(_) => return Err(format!("{s:?} is not a whole number")),
+    };
+    if n < lo || n > hi {
+        return Err(out_of_range());
+    }
+    T::try_from(n).map_err(|_| out_of_range())
+}
+
 fn parse_rate(s: &str) -> Result<f64, String> {
     let r: f64 = s
         .parse()
@@ -281,6 +382,34 @@ mod tests {
         assert!(parse_duration("fast").is_err());
         assert!(parse_duration("3 days").is_err());
         assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn counts_name_their_range() {
+        assert_eq!(count::<u32>("4", 1, 1024), Ok(4));
+        assert_eq!(
+            count::<u64>("0", 1, u64::MAX),
+            Err("0 is out of range: give at least 1".to_string())
+        );
+        assert_eq!(
+            count::<u32>("2000", 1, 1024),
+            Err("2000 is out of range: give from 1 to 1024".to_string())
+        );
+        assert_eq!(
+            count::<u64>("99999999999999999999", 1, u64::MAX),
+            Err("99999999999999999999 is out of range: give at least 1".to_string())
+        );
+        assert!(count::<u32>("-1", 1, 10).is_err());
+        assert!(count::<u32>("many", 1, 10).is_err());
+    }
+
+    #[test]
+    fn a_measured_period_is_more_than_zero() {
+        assert_eq!(parse_period("2s"), Ok(Duration::from_secs(2)));
+        for zero in ["0", "0s", "0ms"] {
+            let e = parse_period(zero).unwrap_err();
+            assert!(e.contains("measures nothing"), "{e}");
+        }
     }
 
     #[test]

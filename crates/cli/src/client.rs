@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 
 use crate::args::ClientArgs;
-use crate::Usage;
+use crate::{console, Usage};
 
 /// The largest payload of one UDP datagram over IPv4.
 const MAX_DATAGRAM: usize = 65_507;
@@ -94,12 +94,10 @@ fn udp_socket(addrs: &[SocketAddr], name: &str) -> anyhow::Result<UdpSocket> {
 /// The tutorials' loop: prompt, send one line, print its echo; Q quits.
 fn tcp_prompt(mut stream: TcpStream, name: &str) -> anyhow::Result<()> {
     let stdin = io::stdin();
-    let mut out = io::stdout();
-    writeln!(out, "Connected to {name}")?;
+    console::line(&format!("Connected to {name}"))?;
     let mut line = String::new();
     loop {
-        write!(out, "Input message (Q to quit): ")?;
-        out.flush()?;
+        console::print(PROMPT)?;
         line.clear();
         if stdin.lock().read_line(&mut line)? == 0 || is_quit(&line) {
             break;
@@ -109,17 +107,19 @@ fn tcp_prompt(mut stream: TcpStream, name: &str) -> anyhow::Result<()> {
             .with_context(|| format!("cannot send to {name}"))?;
         let mut echo = vec![0; line.len()];
         read_echo(&mut stream, &mut echo, name)?;
-        write!(
-            out,
-            "Message from server: {}",
-            String::from_utf8_lossy(&echo)
-        )?;
-        if !echo.ends_with(b"\n") {
-            writeln!(out)?;
-        }
+        show_echo(&echo)?;
     }
     let _ = stream.shutdown(Shutdown::Write);
     Ok(())
+}
+
+const PROMPT: &str = "Input message (Q to quit): ";
+
+/// The tutorials' echo line, ended by one line break.
+fn show_echo(echo: &[u8]) -> anyhow::Result<()> {
+    let text = String::from_utf8_lossy(echo);
+    let end = if echo.ends_with(b"\n") { "" } else { "\n" };
+    console::print(&format!("Message from server: {text}{end}"))
 }
 
 fn read_echo(stream: &mut TcpStream, echo: &mut [u8], name: &str) -> anyhow::Result<()> {
@@ -161,10 +161,10 @@ fn tcp_pipe(stream: TcpStream) -> anyhow::Result<()> {
             if e.kind() == io::ErrorKind::BrokenPipe {
                 return Ok(());
             }
-            return Err(e.into());
+            return Err(console::stdout_error(e));
         }
     }
-    out.flush()?;
+    out.flush().map_err(console::stdout_error)?;
     // The server closed: report a failed send, unless stdin is still open
     // (the server may close first, e.g. on its idle timeout).
     match done_rx.try_recv() {
@@ -175,25 +175,16 @@ fn tcp_pipe(stream: TcpStream) -> anyhow::Result<()> {
 
 fn udp_prompt(sock: &UdpSocket, name: &str) -> anyhow::Result<()> {
     let stdin = io::stdin();
-    let mut out = io::stdout();
     let mut line = String::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        write!(out, "Input message (Q to quit): ")?;
-        out.flush()?;
+        console::print(PROMPT)?;
         line.clear();
         if stdin.lock().read_line(&mut line)? == 0 || is_quit(&line) {
             return Ok(());
         }
         let n = udp_round_trip(sock, line.as_bytes(), &mut buf, name)?;
-        write!(
-            out,
-            "Message from server: {}",
-            String::from_utf8_lossy(&buf[..n])
-        )?;
-        if !buf[..n].ends_with(b"\n") {
-            writeln!(out)?;
-        }
+        show_echo(&buf[..n])?;
     }
 }
 
@@ -214,7 +205,7 @@ fn udp_pipe(sock: &UdpSocket, name: &str) -> anyhow::Result<()> {
             if e.kind() == io::ErrorKind::BrokenPipe {
                 return Ok(());
             }
-            return Err(e.into());
+            return Err(console::stdout_error(e));
         }
     }
 }

@@ -11,11 +11,18 @@
 //! message's latency runs from its send (or, with `--rate`, from the time
 //! it was scheduled: a server that stalls cannot hide it by slowing the
 //! sender) to the arrival of its last echoed byte.
+//!
+//! SIGINT or SIGTERM ends the run early: the report covers the period
+//! measured until then, says it was interrupted, and the command exits
+//! 128 + the signal's number (130, 143); while the connections are
+//! still being made there is nothing to report. A second signal exits at
+//! once.
 
 use std::collections::VecDeque;
+use std::fmt::Write as _;
 use std::io::{self, IsTerminal, Read, Write};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -28,6 +35,8 @@ use mio::{Events, Interest, Poll, Token};
 
 use crate::args::LoadArgs;
 use crate::client;
+use crate::console::{self, signal_name, Interrupted};
+use cport_models::plural;
 
 /// Largest single read or write.
 const CHUNK: usize = 64 * 1024;
@@ -69,11 +78,14 @@ impl ErrorKind {
     }
 }
 
-/// Counters the progress display reads while the threads run.
+/// Counters the progress display reads while the threads run, and the
+/// signal that ends the run early.
 #[derive(Default)]
 struct Live {
     measured: AtomicU64,
     errors: AtomicU64,
+    /// SIGINT or SIGTERM, once received (0 before).
+    signal: AtomicI32,
 }
 
 /// One thread's result.
@@ -82,6 +94,8 @@ struct Outcome {
     messages: u64,
     errors: [u64; 4],
     first_error: Option<String>,
+    /// When the thread stopped counting.
+    until: Instant,
 }
 
 /// The schedule every thread follows.
@@ -104,11 +118,25 @@ pub fn run(a: LoadArgs) -> anyhow::Result<()> {
         .min(a.conns as usize)
         .max(1);
     let pattern: Arc<Vec<u8>> = Arc::new(make_pattern());
+    let live = Arc::new(Live::default());
+    {
+        let live = live.clone();
+        console::on_signals(move |sig, n| {
+            if n == 1 {
+                live.signal.store(sig, Ordering::Relaxed);
+            } else {
+                std::process::exit(128 + sig);
+            }
+        })?;
+    }
 
     // Connections are made before the clock starts, so connect time is not
     // counted as the server's latency.
     let mut per_thread: Vec<Vec<(usize, TcpStream)>> = (0..threads).map(|_| Vec::new()).collect();
     for id in 0..a.conns as usize {
+        if let sig @ 1.. = live.signal.load(Ordering::Relaxed) {
+            return Err(Interrupted(sig).into());
+        }
         let s = client::connect(&addrs, &a.addr, Duration::from_secs(5))
             .with_context(|| format!("connection {} of {}", id + 1, a.conns))?;
         s.set_nonblocking(true)?;
@@ -126,7 +154,6 @@ pub fn run(a: LoadArgs) -> anyhow::Result<()> {
         measure_from: start + a.warmup,
         measure_to: start + a.warmup + a.duration,
     };
-    let live = Arc::new(Live::default());
     let mut handles = Vec::new();
     for conns in per_thread {
         let pattern = pattern.clone();
@@ -170,6 +197,7 @@ pub fn run(a: LoadArgs) -> anyhow::Result<()> {
     let mut messages = 0;
     let mut errors = [0u64; 4];
     let mut first_error = None;
+    let mut until = start;
     for h in handles {
         let o = h.join().map_err(|_| anyhow!("a load thread panicked"))??;
         latency
@@ -180,11 +208,20 @@ pub fn run(a: LoadArgs) -> anyhow::Result<()> {
             *t += n;
         }
         first_error = first_error.or(o.first_error);
+        until = until.max(o.until);
     }
 
-    let secs = a.duration.as_secs_f64().max(1e-9);
+    let signal = live.signal.load(Ordering::Relaxed);
+    let measured = if signal == 0 {
+        a.duration
+    } else {
+        until.clamp(plan.measure_from, plan.measure_to) - plan.measure_from
+    };
+    let secs = measured.as_secs_f64().max(1e-9);
+    let interrupted = (signal != 0).then(|| signal_name(signal));
     let total_errors: u64 = errors.iter().sum();
     let us = |q: f64| latency.value_at_quantile(q) as f64 / 1e3;
+    let mut text = String::new();
     if a.json {
         let kinds: serde_json::Map<String, serde_json::Value> = KINDS
             .iter()
@@ -214,29 +251,54 @@ pub fn run(a: LoadArgs) -> anyhow::Result<()> {
             "errors": total_errors,
             "error_kinds": kinds,
             "first_error": first_error,
+            "interrupted": interrupted,
         });
-        println!("{report}");
+        let _ = writeln!(text, "{report}");
     } else {
-        println!(
-            "target     {addr} (tcp), {} connections, {} B messages, depth {}{}",
-            a.conns,
+        if let Some(sig) = &interrupted {
+            let _ = if measured.is_zero() {
+                writeln!(
+                    text,
+                    "interrupted by {sig} during the warm-up: nothing was measured"
+                )
+            } else {
+                writeln!(
+                    text,
+                    "interrupted by {sig}: {:.2} s of the {:.2} s planned were measured",
+                    measured.as_secs_f64(),
+                    a.duration.as_secs_f64()
+                )
+            };
+        }
+        let _ = writeln!(
+            text,
+            "target     {addr} (tcp), {}, {} B messages, depth {}{}",
+            plural(a.conns.into(), "connection"),
             a.size,
             a.depth,
             a.rate
                 .map_or(String::new(), |r| format!(", {r} msg/s scheduled"))
         );
-        println!(
-            "measured   {:.2} s after a {:.2} s warm-up, {threads} threads",
-            secs,
-            a.warmup.as_secs_f64()
+        let _ = writeln!(
+            text,
+            "measured   {:.2} s after a {:.2} s warm-up, {}",
+            measured.as_secs_f64(),
+            a.warmup.as_secs_f64(),
+            plural(threads as u64, "thread")
         );
-        println!("messages   {messages} ({:.1}/s)", messages as f64 / secs);
-        println!(
+        let _ = writeln!(
+            text,
+            "messages   {messages} ({:.1}/s)",
+            messages as f64 / secs
+        );
+        let _ = writeln!(
+            text,
             "throughput {:.2} MB/s each way",
             (messages * u64::from(a.size)) as f64 / secs / 1e6
         );
         if messages > 0 {
-            println!(
+            let _ = writeln!(
+                text,
                 "latency    p50 {}, p99 {}, p999 {}, max {}",
                 human_us(us(0.5)),
                 human_us(us(0.99)),
@@ -251,21 +313,26 @@ pub fn run(a: LoadArgs) -> anyhow::Result<()> {
             .map(|(k, n)| format!("{} {n}", k.name()))
             .collect();
         if detail.is_empty() {
-            println!("errors     0");
+            let _ = writeln!(text, "errors     0");
         } else {
-            println!("errors     {total_errors} ({})", detail.join(", "));
+            let _ = writeln!(text, "errors     {total_errors} ({})", detail.join(", "));
         }
+    }
+    let printed = console::print(&text);
+    if signal != 0 {
+        return Err(Interrupted(signal).into());
     }
     if total_errors > 0 {
         bail!(
-            "{total_errors} error(s); first: {}",
+            "{}; first: {}",
+            plural(total_errors, "error"),
             first_error.unwrap_or_default()
         );
     }
     if messages == 0 {
         bail!("no message was echoed during the measured period");
     }
-    Ok(())
+    printed
 }
 
 fn progress(a: &LoadArgs) -> Option<ProgressBar> {
@@ -384,6 +451,7 @@ fn drive(
             messages: 0,
             errors: [0; 4],
             first_error: None,
+            until: now,
         },
         buf: vec![0; CHUNK],
         unreported: 0,
@@ -394,6 +462,10 @@ fn drive(
     }
     let give_up = plan.measure_to + GRACE;
     loop {
+        // Interrupted: what is in flight is neither counted nor an error.
+        if live.signal.load(Ordering::Relaxed) != 0 {
+            break;
+        }
         let now = Instant::now();
         let sending = now < plan.measure_to;
         if !sending && conns.iter().all(|c| c.done || c.inflight.is_empty()) {
@@ -408,7 +480,7 @@ fn drive(
                 t.fail(
                     c,
                     ErrorKind::Unanswered,
-                    format!("{n} message(s) unanswered at the end"),
+                    format!("{} unanswered at the end", plural(n as u64, "message")),
                 );
             }
             break;
@@ -449,6 +521,7 @@ fn drive(
         t.report();
     }
     t.report();
+    t.out.until = Instant::now();
     for c in conns.iter_mut() {
         let _ = poll.registry().deregister(&mut c.stream);
     }
@@ -543,8 +616,9 @@ impl Thread<'_> {
                     return Err((
                         ErrorKind::Closed,
                         format!(
-                            "the server closed the connection after echoing {} of {} bytes",
-                            c.echoed, c.sent
+                            "the server closed the connection after echoing {} of {}",
+                            c.echoed,
+                            plural(c.sent, "byte")
                         ),
                     ));
                 }
@@ -556,7 +630,11 @@ impl Thread<'_> {
             if c.echoed + n as u64 > c.sent {
                 return Err((
                     ErrorKind::Mismatch,
-                    format!("{} bytes echoed, only {} sent", c.echoed + n as u64, c.sent),
+                    format!(
+                        "{} echoed, only {} sent",
+                        plural(c.echoed + n as u64, "byte"),
+                        c.sent
+                    ),
                 ));
             }
             let want = expected(self.pattern, c.id, c.echoed, n);

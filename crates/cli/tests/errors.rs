@@ -77,6 +77,23 @@ fn bad_usage_exits_2(backend: &str) {
     assert!(err[0].contains("--no-tcp and --no-udp"), "{}", err[0]);
 }
 
+/// Values out of range are refused at parse time (exit 2) in words: a
+/// period of 0 for load, 0 connections for --max-conns.
+#[test]
+fn zero_periods_and_limits_are_refused_in_words() {
+    for (args, want) in [
+        (&["load", "--duration", "0s"][..], "measures nothing"),
+        (&["serve", "--max-conns", "0"], "give at least 1"),
+        (&["serve", "--workers", "2000"], "give from 1 to 1024"),
+    ] {
+        let out = run_cport(args, b"", STEP);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(!err.contains("18446744073709551615"), "{args:?}: {err}");
+    }
+}
+
 /// A client or load generator pointed at a port nobody listens on (no
 /// server, so no backend to vary).
 #[test]

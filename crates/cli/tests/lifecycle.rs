@@ -232,6 +232,47 @@ fn stats_prints_a_line_a_second(backend: &str) {
     );
 }
 
+/// The open count on each connect and disconnect line follows the order
+/// of the lines, also when many connections end at once at shutdown: each
+/// line's count is one more (connect) or one less (disconnect) than the
+/// line before, down to 0.
+fn open_counts_follow_the_order_of_the_lines(backend: &str) {
+    const CONNS: usize = 24;
+    let Some(mut server) = Server::start(backend, &[]) else {
+        return;
+    };
+    let mut conns: Vec<_> = (0..CONNS).map(|_| connect(server.addr)).collect();
+    for s in &mut conns {
+        s.write_all(b"x").unwrap();
+        let mut one = [0u8; 1];
+        s.read_exact(&mut one).unwrap();
+    }
+    server.signal(Signal::TERM);
+    let status = server.wait(STEP).expect("the server exits after SIGTERM");
+    assert_eq!(status.code(), Some(0));
+    let log = server.stderr();
+    let mut open = 0i64;
+    let mut seen = 0;
+    for line in log.lines() {
+        let step = if line.contains(": connect ") {
+            1
+        } else if line.contains(": disconnect ") {
+            -1
+        } else {
+            continue;
+        };
+        let count: i64 = line
+            .rsplit_once(" open")
+            .and_then(|(head, _)| head.rsplit([' ', '(']).next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no open count in {line:?}"));
+        open += step;
+        seen += 1;
+        assert_eq!(count, open, "out of order at {line:?} in:\n{log}");
+    }
+    assert_eq!((seen, open), (2 * CONNS, 0), "{log}");
+}
+
 per_backend!(
     half_close_echoes_every_byte_then_server_closes,
     idle_connections_are_closed_after_the_timeout,
@@ -240,4 +281,28 @@ per_backend!(
     sigterm_with_a_stuck_client_exits_within_the_shutdown_timeout,
     second_signal_closes_at_once,
     stats_prints_a_line_a_second,
+    open_counts_follow_the_order_of_the_lines,
 );
+
+/// `--stats` on an idle server prints its first line and then nothing
+/// while nothing changes (checked over 2.5 s, two more chances to print).
+#[test]
+fn stats_are_quiet_while_nothing_changes() {
+    let server = Server::start("auto", &["--stats"]).expect("auto always starts");
+    let stats = |server: &Server| {
+        server
+            .stdout_lines()
+            .into_iter()
+            .filter(|l| l.starts_with("conns "))
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        wait_until(STEP, || !stats(&server).is_empty()),
+        "no first stats line: {:?}",
+        server.stdout_lines()
+    );
+    thread::sleep(Duration::from_millis(2500));
+    let lines = stats(&server);
+    assert_eq!(lines.len(), 1, "an idle server printed {lines:?}");
+    assert!(lines[0].starts_with("conns 0 "), "{lines:?}");
+}

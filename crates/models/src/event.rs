@@ -174,7 +174,7 @@ fn start_group(
         spawn("model-event", &stats.clone(), move || {
             let r = group(&rx, &control, &stop, &stats, &count, &registry, &events);
             if let Err(e) = r {
-                eprintln!("event: a group thread failed: {e}");
+                tracing::error!("event: a group thread failed: {e}");
             }
         })?
     };

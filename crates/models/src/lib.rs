@@ -18,6 +18,10 @@
 //! | overlapped I/O with completion routines | [`callback`] | one, alertable |
 //! | completion port | [`port`] | a worker pool |
 //!
+//! [`port`] is also the whole server `cport serve` runs (UDP, limits,
+//! timeouts, a graceful shutdown); the `port` model is that server with
+//! its defaults, and [`callback`] is it again with one thread.
+//!
 //! Every model has the signature of [`serve`]: it takes a bound listener,
 //! echoes every connection's bytes back until the peer closes (a
 //! half-close gets every byte echoed, then end of stream), survives peers
@@ -407,6 +411,17 @@ impl Echo {
     }
 }
 
+/// `n` and the noun, singular for one: "1 connection", "2 connections".
+/// Shared with the `cport` command, so that every count it prints reads
+/// right.
+pub fn plural(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 /// Spawns a named thread counted in `stats`.
 pub(crate) fn spawn<F>(name: &str, stats: &Arc<Stats>, f: F) -> io::Result<thread::JoinHandle<()>>
 where
@@ -429,7 +444,8 @@ pub(crate) fn join_all(threads: Vec<thread::JoinHandle<()>>) -> io::Result<()> {
     }
     if panicked > 0 {
         Err(io::Error::other(format!(
-            "{panicked} model thread(s) panicked"
+            "{} panicked",
+            plural(panicked as u64, "model thread")
         )))
     } else {
         Ok(())

@@ -101,7 +101,7 @@ fn refuse(stream: TcpStream, fd: RawFd, stats: &Stats, warned: &AtomicBool) {
     stats.refused.fetch_add(1, Ordering::Relaxed);
     drop(stream);
     if !warned.swap(true, Ordering::Relaxed) {
-        eprintln!(
+        tracing::warn!(
             "select: connection refused: its descriptor {fd} is not below FD_SETSIZE \
              ({FD_LIMIT}), the most an fd_set can hold; use another model for this many \
              descriptors"
@@ -127,7 +127,7 @@ fn start_group(stop: &Stop, stats: &Arc<Stats>) -> io::Result<(Group, thread::Jo
             if let Err(e) = group(rx, wake_rx, stop_wake, &stop, &stats, &count) {
                 // Its connections are dropped with it; the accepting
                 // thread sees the closed channel and counts later ones.
-                eprintln!("select: a group thread failed: {e}");
+                tracing::error!("select: a group thread failed: {e}");
             }
         })?
     };

@@ -45,7 +45,7 @@ pub(crate) fn spawn_signaler(
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
-                eprintln!("signaler: epoll failed: {e}");
+                tracing::error!("signaler: epoll failed: {e}");
                 return;
             }
             for ev in &events {

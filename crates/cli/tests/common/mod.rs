@@ -54,7 +54,8 @@ pub struct Server {
 
 impl Server {
     /// `cport -v serve --port 0 --backend <backend> <extra>`; `None` (with
-    /// the reason printed) when io_uring is refused on this machine.
+    /// the reason printed) when io_uring is refused on this machine. With
+    /// `auto` (which `CPORT_BACKEND` overrides) it is never `None`.
     pub fn start(backend: &str, extra: &[&str]) -> Option<Server> {
         Server::start_with(Command::new(BIN), backend, extra)
     }
@@ -126,13 +127,9 @@ impl Server {
             }
         };
         // "listening on 127.0.0.1:PORT (tcp, udp) backend=uring ..."
-        let addr = first_line
-            .split_whitespace()
-            .nth(2)
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no address in {first_line:?}"));
+        let addr = listening_addr(&first_line);
         assert!(
-            first_line.contains(&format!("backend={backend}")),
+            backend == "auto" || first_line.contains(&format!("backend={backend}")),
             "{first_line}"
         );
         Some(Server {
@@ -204,8 +201,7 @@ impl Server {
 
     /// Sends `signal` to the server.
     pub fn signal(&self, signal: Signal) {
-        let pid = Pid::from_raw(self.pid as i32).expect("a child's pid is positive");
-        kill_process(pid, signal).expect("kill(2) on the server");
+        send_signal(self.pid, signal);
     }
 
     /// Waits for the server to exit; `None` if it is still running after
@@ -234,7 +230,15 @@ impl Drop for Server {
     }
 }
 
-fn wait_exit(child: &mut Child, within: Duration) -> Option<ExitStatus> {
+/// Sends `signal` to the process `pid` (a child of the test).
+pub fn send_signal(pid: u32, signal: Signal) {
+    let pid = Pid::from_raw(pid as i32).expect("a child's pid is positive");
+    kill_process(pid, signal).expect("kill(2) on a child");
+}
+
+/// Waits for `child` to exit; `None` if it is still running after
+/// `within`.
+pub fn wait_exit(child: &mut Child, within: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + within;
     loop {
         if let Ok(Some(s)) = child.try_wait() {
@@ -337,4 +341,55 @@ pub fn fill_until_stalled(s: &TcpStream, limit: usize) -> usize {
         }
     }
     total
+}
+
+/// A child process killed (and reaped) on drop if still running, so that a
+/// failed test leaves nothing behind.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Reads `pipe` on a thread of its own up to the first line that starts
+/// with `prefix` and returns that line; then, with `close`, closes the
+/// pipe (its reader has gone, as `head -1` goes), else keeps draining it.
+pub fn read_until_line(pipe: impl Read + Send + 'static, prefix: &str, close: bool) -> String {
+    let (tx, rx) = mpsc::channel();
+    let reader = thread::spawn({
+        let prefix = prefix.to_string();
+        move || {
+            let mut lines = BufReader::new(pipe).lines();
+            for line in lines.by_ref() {
+                let Ok(line) = line else { break };
+                if line.starts_with(&prefix) {
+                    let _ = tx.send(line);
+                    break;
+                }
+            }
+            if !close {
+                for _ in lines {}
+            }
+        }
+    });
+    let line = rx
+        .recv_timeout(STEP)
+        .unwrap_or_else(|_| panic!("no line starting with {prefix:?} within {STEP:?}"));
+    if close {
+        reader.join().expect("the reading thread");
+    }
+    line
+}
+
+/// The address in a `listening on ADDR …` line.
+pub fn listening_addr(line: &str) -> SocketAddr {
+    line.split_whitespace()
+        .nth(2)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
 }
