@@ -107,7 +107,7 @@ impl Inner {
                     Ok(c) => self.complete(&self.port, c),
                     Err(GetError::Timeout) => {}
                     // Nothing can complete any more: stop at once.
-                    Err(GetError::Closed) => self.events.lock().stop = 2,
+                    Err(_) => self.events.lock().stop = 2,
                 }
             },
         }
