@@ -3,8 +3,10 @@
 //! A [`CompletionPort`] is what `CreateIoCompletionPort` makes on Windows: a
 //! queue that overlapped operations complete into and that a pool of worker
 //! threads dequeues from, with at most N of them running at once. cport
-//! gives that model, with its exact semantics (`SEMANTICS.md`, whose item
-//! ids P1, Q2, … the docs quote), to Rust programs on Linux (io_uring, with
+//! gives that model, with its exact semantics (the repository's
+//! `docs/SEMANTICS.md`, whose item ids P1, Q2, … the docs quote; "LESSONS
+//! n" in comments is item n of `docs/LESSONS.md`, bugs other projects paid
+//! for), to Rust programs on Linux (io_uring, with
 //! an epoll fallback) and on Windows' own port — without its
 //! memory-safety traps: every operation owns its buffers and its
 //! per-operation value until its one completion hands them back.
