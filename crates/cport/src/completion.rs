@@ -131,7 +131,7 @@ pub struct Completion<T> {
     /// The handle the operation ran on (`None` for posted packets).
     pub handle: Option<Handle>,
     /// Bytes transferred, or the operation's error. Cancelled and aborted
-    /// operations fail with an error for which [`is_aborted`] holds.
+    /// operations fail with an error for which [`is_aborted`](crate::is_aborted) holds.
     pub result: io::Result<usize>,
     /// The per-operation value given at issue (the tutorials' PER_IO_DATA),
     /// unchanged.
