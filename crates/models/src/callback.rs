@@ -2,7 +2,7 @@
 //! runs only on the thread that issued it, and only while that thread is
 //! in an alertable wait (SleepEx, WaitForSingleObjectEx, …).
 //!
-//! It is the [`port`](crate::port) server's echo with one thread that
+//! It is the [`port`] server's echo with one thread that
 //! issues every operation and is the only one that dequeues, on a port of
 //! concurrency 1: each completion runs on its issuer, and only when that
 //! thread waits in [`CompletionPort::get`](cport::CompletionPort::get) —
