@@ -125,7 +125,7 @@ fn millis(timeout: Option<Duration>) -> u32 {
     match timeout {
         None => u32::MAX,
         Some(d) => {
-            let ms = d.as_micros().saturating_add(999) / 1000;
+            let ms = d.as_nanos().saturating_add(999_999) / 1_000_000;
             ms.min(u128::from(u32::MAX - 1)) as u32
         }
     }
@@ -140,6 +140,7 @@ mod tests {
     fn waits_round_up_to_whole_milliseconds_and_stay_finite() {
         assert_eq!(millis(None), u32::MAX);
         assert_eq!(millis(Some(Duration::ZERO)), 0);
+        assert_eq!(millis(Some(Duration::from_nanos(1))), 1);
         assert_eq!(millis(Some(Duration::from_micros(1))), 1);
         assert_eq!(millis(Some(Duration::from_micros(1500))), 2);
         assert_eq!(millis(Some(Duration::MAX)), u32::MAX - 1);
