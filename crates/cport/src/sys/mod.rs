@@ -365,14 +365,15 @@ impl Source {
         }
     }
 
-    /// Whether this is a socket (switched to non-blocking on association).
-    pub(crate) fn is_socket(&self) -> bool {
-        self.kind() != SourceKind::File
-    }
 }
 
 #[cfg(unix)]
 impl Source {
+    /// Whether this is a socket (switched to non-blocking on association).
+    pub(crate) fn is_socket(&self) -> bool {
+        self.kind() != SourceKind::File
+    }
+
     /// Gives up the descriptor.
     pub(crate) fn into_fd(self) -> std::os::unix::io::OwnedFd {
         match self.0 {
@@ -381,23 +382,6 @@ impl Source {
             SourceInner::TcpSocket(s) => s.into(),
             SourceInner::UdpSocket(s) => s.into(),
             SourceInner::File(s) => s.into(),
-        }
-    }
-}
-
-#[cfg(windows)]
-impl Source {
-    /// The SOCKET or file HANDLE, still owned by the `Source`: the Windows
-    /// backend keeps the `Source` itself, so that dropping it is the
-    /// closesocket / CloseHandle.
-    pub(crate) fn raw(&self) -> usize {
-        use std::os::windows::io::{AsRawHandle, AsRawSocket};
-        match &self.0 {
-            SourceInner::TcpListener(s) => s.as_raw_socket() as usize,
-            SourceInner::TcpStream(s) => s.as_raw_socket() as usize,
-            SourceInner::TcpSocket(s) => s.as_raw_socket() as usize,
-            SourceInner::UdpSocket(s) => s.as_raw_socket() as usize,
-            SourceInner::File(f) => f.as_raw_handle() as usize,
         }
     }
 }
