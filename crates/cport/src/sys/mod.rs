@@ -364,7 +364,6 @@ impl Source {
             SourceInner::File(_) => SourceKind::File,
         }
     }
-
 }
 
 #[cfg(unix)]
