@@ -521,6 +521,86 @@ backends! {
         assert_eq!(got, b"still open");
     }
 
+    /// A reset sticks to its connection: two receives pending at it both
+    /// fail with it, and so does every receive and send issued after it,
+    /// never 0 bytes or EPIPE (Windows keeps failing with WSAECONNRESET;
+    /// Linux reports the reset once, then end of file).
+    fn o5_a_reset_sticks_to_its_connection(backend: Backend) {
+        let port = common::port::<u32>(backend, 4);
+        let (h, peer) = pair(&port, 1);
+        port.recv(h, Vec::with_capacity(16), 1).unwrap();
+        port.recv(h, Vec::with_capacity(16), 2).unwrap();
+        socket2::SockRef::from(&peer).set_linger(Some(Duration::ZERO)).unwrap();
+        drop(peer);
+        let mut pending: Vec<(u32, ErrorKind)> = (0..2)
+            .map(|_| {
+                let c = next(&port);
+                (c.value, c.result.unwrap_err().kind())
+            })
+            .collect();
+        pending.sort_unstable_by_key(|(v, _)| *v);
+        assert_eq!(
+            pending,
+            [(1, ErrorKind::ConnectionReset), (2, ErrorKind::ConnectionReset)]
+        );
+        port.recv(h, Vec::with_capacity(16), 3).unwrap();
+        port.send(h, b"after".to_vec(), 4).unwrap();
+        port.recv_vectored(h, vec![Vec::with_capacity(4)], 5).unwrap();
+        port.send_vectored(h, vec![b"after".to_vec()], 6).unwrap();
+        port.recv_pooled(h, 7).unwrap();
+        let mut after: Vec<(u32, ErrorKind)> = (0..5)
+            .map(|_| {
+                let c = next(&port);
+                let kind = match &c.result {
+                    Ok(n) => panic!("operation {} after a reset completed with {n} bytes", c.value),
+                    Err(e) => e.kind(),
+                };
+                (c.value, kind)
+            })
+            .collect();
+        after.sort_unstable_by_key(|(v, _)| *v);
+        assert_eq!(after, (3..=7).map(|v| (v, ErrorKind::ConnectionReset)).collect::<Vec<_>>());
+        assert_empty(&port);
+    }
+
+    /// A reset nothing was pending for: the operations issued after it, a
+    /// send first and then receives, all fail with it.
+    fn o5_a_reset_found_later_sticks_too(backend: Backend) {
+        let port = common::port::<u32>(backend, 4);
+        let (h, peer) = pair(&port, 1);
+        socket2::SockRef::from(&peer).set_linger(Some(Duration::ZERO)).unwrap();
+        drop(peer);
+        for v in 1..=4 {
+            if v % 2 == 1 {
+                port.send(h, b"x".to_vec(), v).unwrap();
+            } else {
+                port.recv(h, Vec::with_capacity(8), v).unwrap();
+            }
+            let c = next(&port);
+            assert_eq!(c.value, v);
+            let e = c.result.unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::ConnectionReset, "operation {v}: {e}");
+        }
+    }
+
+    /// A send after this side's own shutdown fails with the broken pipe it
+    /// is, not as a reset, and the connection is not marked as reset.
+    fn o5_send_after_own_shutdown_is_not_a_reset(backend: Backend) {
+        let port = common::port::<u32>(backend, 4);
+        let (h, mut peer) = pair(&port, 1);
+        port.shutdown(h, Shutdown::Write).unwrap();
+        port.send(h, b"late".to_vec(), 1).unwrap();
+        let e = next(&port).result.unwrap_err();
+        assert_ne!(e.kind(), ErrorKind::ConnectionReset, "{e}");
+        // Receiving still works, and the peer's FIN is still 0 bytes.
+        peer.write_all(b"hi").unwrap();
+        port.recv(h, Vec::with_capacity(8), 2).unwrap();
+        assert_eq!(next(&port).result.unwrap(), 2);
+        peer.shutdown(Shutdown::Write).unwrap();
+        port.recv(h, Vec::with_capacity(8), 3).unwrap();
+        assert_eq!(next(&port).result.unwrap(), 0);
+    }
+
     /// A reset is an error (ConnectionReset), never 0 bytes.
     fn o5_peer_reset_is_connection_reset(backend: Backend) {
         let port = common::port::<u32>(backend, 4);

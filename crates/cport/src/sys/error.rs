@@ -13,6 +13,30 @@ pub(crate) const ABORTED: i32 = libc::ECANCELED;
 #[cfg(windows)]
 pub(crate) const ABORTED: i32 = 995;
 
+/// The connection failures a stream keeps ([`Broken`]), the reset first: a
+/// reset, a connection aborted by the stack, a keepalive or retransmission
+/// timeout, an unreachable peer.
+#[cfg(unix)]
+const CONNECTION_FAILURES: [i32; 5] = [
+    libc::ECONNRESET,
+    libc::ECONNABORTED,
+    libc::ETIMEDOUT,
+    libc::EHOSTUNREACH,
+    libc::ENETUNREACH,
+];
+/// The connection failures a stream keeps ([`Broken`]), the reset first:
+/// WSAECONNRESET, WSAECONNABORTED, WSAETIMEDOUT, WSAEHOSTUNREACH,
+/// WSAENETUNREACH, WSAENETRESET.
+#[cfg(windows)]
+const CONNECTION_FAILURES: [i32; 6] = [10054, 10053, 10060, 10065, 10051, 10052];
+
+/// What a send on a stream that can send no more fails with: EPIPE;
+/// WSAESHUTDOWN on Windows (and under wine, which maps EPIPE to it).
+#[cfg(unix)]
+const BROKEN_PIPE: i32 = libc::EPIPE;
+#[cfg(windows)]
+const BROKEN_PIPE: i32 = 10058;
+
 /// Whether `err` is the "operation aborted" outcome of a cancelled
 /// operation or of one pending when its handle was closed (Windows:
 /// ERROR_OPERATION_ABORTED, 995; Linux: `ECANCELED`).
@@ -93,4 +117,57 @@ pub(crate) fn not_ip(what: &str) -> io::Error {
         io::ErrorKind::InvalidInput,
         format!("{what}: not an IP socket"),
     )
+}
+
+/// What a TCP stream remembers of its failure (SEMANTICS O5). Linux reports
+/// a reset once — to the first call that looks — and then reads end of file
+/// (0 bytes) and fails sends with EPIPE; Windows keeps failing every
+/// operation with WSAECONNRESET (wine, on Linux sockets, does not). The port
+/// keeps the first such error of a stream and gives it to every operation
+/// that completes after it, so a reset is never mistaken for a graceful
+/// close.
+#[derive(Debug, Default)]
+pub(crate) struct Broken {
+    /// The raw errno every later operation fails with.
+    error: Option<i32>,
+    /// The user shut the sending side down: an EPIPE is then theirs, not
+    /// the connection's failure.
+    shut_write: bool,
+}
+
+impl Broken {
+    /// `shutdown(how)` was called on the stream.
+    pub(crate) fn shut(&mut self, how: std::net::Shutdown) {
+        if how != std::net::Shutdown::Read {
+            self.shut_write = true;
+        }
+    }
+
+    /// The result a stream operation reports: a failure of the connection
+    /// is recorded, and end of file (a receive's 0 bytes) or EPIPE after
+    /// one become that failure. Data received before it stays data.
+    pub(crate) fn settle(&mut self, receive: bool, r: io::Result<usize>) -> io::Result<usize> {
+        match r {
+            Ok(0) if receive => match self.error {
+                Some(e) => Err(io::Error::from_raw_os_error(e)),
+                None => Ok(0),
+            },
+            Err(e) => match e.raw_os_error() {
+                Some(code) if CONNECTION_FAILURES.contains(&code) => Err(
+                    io::Error::from_raw_os_error(*self.error.get_or_insert(code)),
+                ),
+                // A send on a stream whose failure another call consumed:
+                // the connection is gone, though the code is lost. Reported
+                // as a reset, the one failure that leaves a stream so.
+                Some(code) if code == BROKEN_PIPE && !self.shut_write => {
+                    let reset = CONNECTION_FAILURES[0];
+                    Err(io::Error::from_raw_os_error(
+                        *self.error.get_or_insert(reset),
+                    ))
+                }
+                _ => Err(e),
+            },
+            r => r,
+        }
+    }
 }

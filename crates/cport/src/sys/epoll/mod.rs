@@ -141,6 +141,7 @@ use crate::completion::{Completion, Handle, OpId, Rejected};
 use crate::config::{Backend, Config};
 use crate::queue::Reactor;
 use crate::sync::lock_std as lock;
+use crate::sys::error::Broken;
 use crate::sys::error::{
     aborted, bad_handle, none_in_flight, not_a_socket, not_in_flight, not_ip, port_closed,
 };
@@ -228,6 +229,9 @@ struct Socket<T> {
     /// A connect is in flight: the read side waits, or a recv would consume
     /// the connect's error (SO_ERROR) and the connect would never end.
     connecting: bool,
+    /// A TCP stream's failure, kept for the operations after it (O5);
+    /// `None` for listeners and datagram sockets.
+    broken: Option<Broken>,
 }
 
 impl<T: Send + 'static> Driver<T> {
@@ -319,6 +323,7 @@ impl<T> Socket<T> {
             reads,
             writes,
             connecting,
+            broken,
         } = self;
         let fd = match fd {
             Some(fd) => &*fd,
@@ -347,6 +352,13 @@ impl<T> Socket<T> {
                         if let Op::Connect(_) = p.op {
                             *connecting = false;
                         }
+                        // After a reset the kernel reads end of file and
+                        // fails sends with EPIPE; the port keeps the reset
+                        // (O5).
+                        let r = match (broken.as_mut(), p.stream_io()) {
+                            (Some(b), Some(receive)) => b.settle(receive, r),
+                            _ => r,
+                        };
                         out.push(at.finish(p, r, extra));
                     }
                 }
@@ -408,6 +420,10 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
                 reads: VecDeque::new(),
                 writes: VecDeque::new(),
                 connecting: false,
+                broken: match kind {
+                    SourceKind::TcpStream | SourceKind::TcpSocket => Some(Broken::default()),
+                    _ => None,
+                },
             }))
         } else {
             Io::File(RwLock::new(Some(fd)))
@@ -599,10 +615,17 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
     fn shutdown(&self, handle: Handle, how: Shutdown) -> io::Result<()> {
         let entry = self.lookup(handle).ok_or_else(|| bad_handle("shutdown"))?;
         match &entry.io {
-            Io::Socket(m) => match &lock(m).fd {
-                Some(fd) => SockRef::from(fd).shutdown(how),
-                None => Err(bad_handle("shutdown")),
-            },
+            Io::Socket(m) => {
+                let mut s = lock(m);
+                match &s.fd {
+                    Some(fd) => SockRef::from(fd).shutdown(how)?,
+                    None => return Err(bad_handle("shutdown")),
+                }
+                if let Some(b) = s.broken.as_mut() {
+                    b.shut(how);
+                }
+                Ok(())
+            }
             Io::File(_) => Err(not_a_socket("shutdown")),
         }
     }

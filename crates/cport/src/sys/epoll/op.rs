@@ -32,6 +32,16 @@ pub(super) enum Side {
 }
 
 impl<T> Pending<T> {
+    /// For a stream's data operations, whether it receives; `None` for
+    /// the rest (accept, connect, datagrams, files).
+    pub(super) fn stream_io(&self) -> Option<bool> {
+        match self.op {
+            Op::Recv(_) | Op::RecvVectored(_) | Op::RecvPooled => Some(true),
+            Op::Send(_) | Op::SendVectored(_) => Some(false),
+            _ => None,
+        }
+    }
+
     pub(super) fn side(&self) -> Side {
         match self.op {
             Op::Send(_) | Op::SendVectored(_) | Op::SendTo(..) | Op::Connect(_) => Side::Write,

@@ -161,6 +161,7 @@ use crate::completion::{Completion, Handle, OpId, Rejected};
 use crate::config::{Backend, Config};
 use crate::queue::Reactor;
 use crate::sync::lock_std as lock;
+use crate::sys::error::Broken;
 use crate::sys::error::{aborted, bad_handle, none_in_flight, not_in_flight, not_ip, port_closed};
 use crate::sys::unix::EventFd;
 use crate::sys::{Op, Opts, Ready, Source, SourceKind};
@@ -206,6 +207,8 @@ struct HandleEntry {
     /// `close` was called: the handle is invalid, the descriptor goes when
     /// `ops` is empty.
     closing: bool,
+    /// A stream's failure, kept for the operations after it (O5).
+    broken: Broken,
 }
 
 /// One direction of a stream. io_uring serves several requests waiting on
@@ -744,8 +747,16 @@ impl<T> Driver<T> {
             ..
         } = op;
         let payload = io.into_payload(extra, &mut st.spares);
+        let mut result = result;
         let mut next_in = None;
         if let Some(h) = st.handles.get_mut(handle.index, handle.gen) {
+            if lane.is_some() {
+                // A stream operation: after a reset the kernel reads end of
+                // file and fails sends with EPIPE; the port keeps the reset
+                // (O5). An operation issued after it reaches the kernel and
+                // is settled here too.
+                result = h.broken.settle(lane == Some(RECV_LANE), result);
+            }
             if let Some(i) = h.ops.iter().position(|&o| o == id) {
                 h.ops.swap_remove(i);
             }
@@ -967,6 +978,7 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
             ops: Vec::new(),
             lanes: Default::default(),
             closing: false,
+            broken: Broken::default(),
         });
         Ok(Handle {
             port: self.port_id,
@@ -1128,7 +1140,11 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
         // Under the lock: the descriptor cannot be closed (and its number
         // reused) meanwhile.
         match self.live(&mut st, handle) {
-            Some(e) => socket2::SockRef::from(&e.fd).shutdown(how),
+            Some(e) => {
+                socket2::SockRef::from(&e.fd).shutdown(how)?;
+                e.broken.shut(how);
+                Ok(())
+            }
             None => Err(bad_handle("shutdown")),
         }
     }

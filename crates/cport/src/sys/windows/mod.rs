@@ -88,12 +88,12 @@ use windows_sys::Win32::System::IO::OVERLAPPED_ENTRY;
 use self::op::{Next, OpBox, Operation, Started};
 use self::pool::Pool;
 use self::port::Iocp;
-use crate::completion::{Completion, Handle, OpId, Rejected};
+use crate::completion::{Completion, Handle, OpId, OpKind, Rejected};
 use crate::config::{Backend, Config};
 use crate::queue::Reactor;
 use crate::sync::lock_std as lock;
 use crate::sys::error::{
-    bad_handle, none_in_flight, not_a_socket, not_in_flight, not_ip, port_closed, ABORTED,
+    bad_handle, none_in_flight, not_a_socket, not_in_flight, not_ip, port_closed, Broken, ABORTED,
 };
 use crate::sys::slab::Slab;
 use crate::sys::{Op, Opts, Ready, Source, SourceInner, SourceKind};
@@ -121,6 +121,9 @@ struct Assoc {
     source: Source,
     /// FILE_SKIP_COMPLETION_PORT_ON_SUCCESS is in effect.
     skip: bool,
+    /// A stream's failure, kept for the operations after it (O5): Windows
+    /// keeps failing them itself, wine (on Linux sockets) does not.
+    broken: Broken,
 }
 
 impl Assoc {
@@ -226,7 +229,20 @@ impl<T: Send + 'static> Driver<T> {
             //   outcome, and nothing starts it again.
             let op = unsafe { e.op.into_inner() };
             let pooled = op.is_pooled();
-            out.push(op.complete(bytes, err, orphan, &self.pool));
+            let mut c = op.complete(bytes, err, orphan, &self.pool);
+            if let Some(a) = st.handles.get_mut(handle.index, handle.gen) {
+                if matches!(a.kind, SourceKind::TcpStream | SourceKind::TcpSocket) {
+                    let receive = match c.kind {
+                        OpKind::Recv | OpKind::RecvPooled => Some(true),
+                        OpKind::Send => Some(false),
+                        _ => None,
+                    };
+                    if let Some(receive) = receive {
+                        c.result = a.broken.settle(receive, c.result);
+                    }
+                }
+            }
+            out.push(c);
             if pooled && !st.parked.is_empty() {
                 // Its buffer left the kernel: a parked receive may go on.
                 self.resume(st, out);
@@ -433,6 +449,7 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
             kind,
             source,
             skip,
+            broken: Broken::default(),
         });
         Ok(Handle {
             port: self.port,
@@ -556,14 +573,16 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
     }
 
     fn shutdown(&self, handle: Handle, how: Shutdown) -> io::Result<()> {
-        let st = lock(&self.state);
+        let mut st = lock(&self.state);
         let a = st
             .handles
-            .get(handle.index, handle.gen)
+            .get_mut(handle.index, handle.gen)
             .filter(|_| handle.port == self.port)
             .ok_or_else(|| bad_handle("shutdown"))?;
         let s = net::sock_ref(&a.source).ok_or_else(|| not_a_socket("shutdown"))?;
-        s.shutdown(how)
+        s.shutdown(how)?;
+        a.broken.shut(how);
+        Ok(())
     }
 
     fn addr(&self, handle: Handle, peer: bool) -> io::Result<SocketAddr> {
