@@ -56,12 +56,12 @@
 //! Nothing here knows about the kernel or about the item type, so the
 //! whole protocol is model-checked with loom (`loom_tests.rs`).
 
-use std::any::Any;
 use std::collections::VecDeque;
 use std::mem;
-use std::panic::{self, AssertUnwindSafe};
+use std::panic;
 use std::time::{Duration, Instant};
 
+use self::handoff::{spin_until, Handoff, Mailbox, Spin, EMPTY};
 use crate::completion::GetError;
 use crate::sync::{self, Arc, AtomicBool, AtomicUsize, Condvar, Mutex, Ordering};
 
@@ -81,106 +81,6 @@ pub(crate) trait Reactor<E> {
 
     /// Makes a `wait` in progress, or the next one, return soon.
     fn wake(&self);
-}
-
-/// A caught panic's payload.
-pub(crate) type Panic = Box<dyn Any + Send + 'static>;
-
-/// Items a reap or an issuing call produced, and the panic of user code
-/// that ran meanwhile (a multishot operation's `Clone` of its value).
-///
-/// The panic is held until the items are queued and then resumed, on the
-/// thread that ran the user code: a panicking value must not take other
-/// operations' completions with it (LESSONS 12). Only the one panic is
-/// kept; a second one in the same batch is dropped (its payload only).
-#[derive(Debug)]
-pub(crate) struct Batch<E> {
-    items: Vec<E>,
-    panic: Option<Panic>,
-}
-
-impl<E> Default for Batch<E> {
-    fn default() -> Self {
-        Batch::new()
-    }
-}
-
-impl<E> Batch<E> {
-    pub(crate) fn new() -> Self {
-        Batch {
-            items: Vec::new(),
-            panic: None,
-        }
-    }
-
-    pub(crate) fn push(&mut self, e: E) {
-        self.items.push(e);
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.items.is_empty()
-    }
-
-    /// Drops the items (user code runs: their values' `Drop`).
-    pub(crate) fn clear(&mut self) {
-        self.items.clear();
-    }
-
-    /// Runs user code `f`. A panic is kept (the first one) and `None`
-    /// returned; whatever `f` was making is lost, nothing else.
-    pub(crate) fn catch<R>(&mut self, f: impl FnOnce() -> R) -> Option<R> {
-        match panic::catch_unwind(AssertUnwindSafe(f)) {
-            Ok(r) => Some(r),
-            Err(p) => {
-                if self.panic.is_none() {
-                    self.panic = Some(p);
-                }
-                None
-            }
-        }
-    }
-
-    /// The caught panic, if any, to be resumed once the items are queued.
-    pub(crate) fn take_panic(&mut self) -> Option<Panic> {
-        self.panic.take()
-    }
-
-    /// Resumes a caught panic. Call after the items are queued.
-    pub(crate) fn resume_panic(&mut self) {
-        if let Some(p) = self.panic.take() {
-            panic::resume_unwind(p);
-        }
-    }
-}
-
-/// The items, for a caller that drops them one by one; a caught panic is
-/// not carried over, so take it first.
-impl<E> IntoIterator for Batch<E> {
-    type Item = E;
-    type IntoIter = std::vec::IntoIter<E>;
-
-    fn into_iter(self) -> Self::IntoIter {
-        self.items.into_iter()
-    }
-}
-
-#[cfg(test)]
-impl<E> From<Vec<E>> for Batch<E> {
-    fn from(items: Vec<E>) -> Self {
-        Batch { items, panic: None }
-    }
-}
-
-/// What a thread holds of a queue's running slots: the record the port
-/// keeps per thread, through which every change the thread makes to the
-/// count goes.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) enum Seat {
-    /// Counted in `running`: took an item and has not come back.
-    Running,
-    /// Gave its slot up for a blocking section (C3) and will take it back
-    /// when the section ends; not counted.
-    Blocked,
 }
 
 /// While the queue never runs empty nobody polls the kernel; after this
@@ -295,85 +195,6 @@ struct Attempt {
     spin: Option<bool>,
     /// Submitted what this thread deferred: done before it sleeps.
     flushed: bool,
-}
-
-/// A one-item hand-off from [`Queue::push_one`] to a running thread
-/// spinning in [`Queue::get`], taken without the state lock.
-///
-/// `state` moves EMPTY → WANTED when a running thread finds the queue empty
-/// and opens the mailbox (under the state lock, only from EMPTY, so one
-/// thread at a time); WANTED → FULL when a post fills it; FULL → EMPTY when
-/// the opener takes the item; WANTED → EMPTY when the opener gives up or
-/// when an item is queued the locked way (the mailbox is *revoked*). Every
-/// move out of WANTED or FULL happens under `slot`'s lock.
-///
-/// FIFO (Q3) holds because a mailed item is older than everything queued
-/// after the mailbox opened: the queue was empty when it opened, and
-/// whatever is queued while it is WANTED revokes it first, so no later post
-/// can overtake a queued item through it.
-///
-/// The line also holds what every post reads or writes besides: the
-/// queue's closed flag and its post count. On a line of their own they
-/// would cost a post one more cache miss each.
-#[repr(align(64))]
-struct Mailbox<E> {
-    state: AtomicUsize,
-    /// `State::closed`, readable without the state lock (every post and
-    /// every issue checks it).
-    closed: AtomicBool,
-    /// Posts queued on this port so far (see [`Spin`]). Plain atomics,
-    /// outside loom's model: races only blur the guess.
-    posts: std::sync::atomic::AtomicUsize,
-    slot: Mutex<Option<E>>,
-}
-
-const EMPTY: usize = 0;
-const WANTED: usize = 1;
-const FULL: usize = 2;
-
-impl<E> Mailbox<E> {
-    /// Closes an open mailbox before an item is queued the locked way (or
-    /// the queue closes), so the spinning thread looks at the queue instead.
-    /// Called under the state lock.
-    fn revoke(&self) {
-        if self.state.load(Ordering::Relaxed) == WANTED {
-            let _slot = sync::lock(&self.slot);
-            if self.state.load(Ordering::Relaxed) == WANTED {
-                self.state.store(EMPTY, Ordering::Relaxed);
-            }
-        }
-    }
-
-    /// Hands `item` to the spinning thread if the mailbox is open.
-    fn offer(&self, item: E) -> Result<(), E> {
-        if self.state.load(Ordering::Relaxed) != WANTED {
-            return Err(item);
-        }
-        let mut slot = sync::lock(&self.slot);
-        if self.state.load(Ordering::Relaxed) != WANTED {
-            return Err(item);
-        }
-        *slot = Some(item);
-        self.state.store(FULL, Ordering::Release);
-        Ok(())
-    }
-
-    /// The opener's side, after its spin: the mailed item, or `None` when
-    /// nothing came (the mailbox is closed again) or it was revoked.
-    fn close(&self) -> Option<E> {
-        let mut slot = sync::lock(&self.slot);
-        match self.state.load(Ordering::Relaxed) {
-            WANTED => {
-                self.state.store(EMPTY, Ordering::Relaxed);
-                None
-            }
-            FULL => {
-                self.state.store(EMPTY, Ordering::Relaxed);
-                slot.take()
-            }
-            _ => None,
-        }
-    }
 }
 
 impl<E> Queue<E> {
@@ -640,68 +461,6 @@ impl<E> Queue<E> {
         }
     }
 
-    /// A running thread coming back takes what is queued at once, or, on an
-    /// empty queue, opens the mailbox and spins until a post fills it. It
-    /// keeps its running slot throughout (C2: giving it up and taking it
-    /// back would leave the count where it is), so the concurrency count
-    /// needs no update either way.
-    fn handoff<R: Reactor<E> + ?Sized>(
-        &self,
-        reactor: &R,
-        max: usize,
-        out: &mut impl Extend<E>,
-    ) -> Handoff {
-        {
-            let mut st = sync::lock(&self.state);
-            if st.closed || st.busy() > self.concurrency {
-                // Over the limit after a blocking section (C3): this thread
-                // must give its slot up and wait, which the locked path does.
-                return Handoff::Missed;
-            }
-            if st.leader == Leader::Idle && st.since_poll >= POLL_EVERY {
-                // Posts alone have been feeding this thread: look at the
-                // kernel once, without waiting, as the locked path does, so
-                // that I/O completions are not starved by them.
-                st = match self.lead(st, reactor, Some(Duration::ZERO), None, out) {
-                    Ok(Led::Back(g)) => g,
-                    _ => return Handoff::Missed,
-                };
-            }
-            if !st.items.is_empty() {
-                // The post came first: take it under this same lock rather
-                // than unlocking and locking again on the locked path (in a
-                // ping-pong this is every other hand-off). The thread keeps
-                // its slot: `take` counts it once more, so give it first.
-                st.running -= 1;
-                self.take(st, reactor, None, max, out);
-                return Handoff::Took;
-            }
-            if self.mailbox.state.load(Ordering::Relaxed) != EMPTY {
-                // Another thread has the mailbox: the locked path decides.
-                return Handoff::Missed;
-            }
-            self.mailbox.state.store(WANTED, Ordering::Relaxed);
-            // The item taken through the mailbox counts towards the next
-            // look at the kernel, as one taken from the queue does.
-            st.since_poll += 1;
-        }
-        spin_until(|| self.mailbox.state.load(Ordering::Relaxed) != WANTED);
-        match self.mailbox.close() {
-            Some(item) => {
-                if self.mailbox.closed.load(Ordering::Acquire) {
-                    // Posted as the port closed: dropped like what close
-                    // found queued.
-                    drop(item);
-                    Handoff::Closed
-                } else {
-                    out.extend(Some(item));
-                    Handoff::Took
-                }
-            }
-            None => Handoff::Missed,
-        }
-    }
-
     /// Polls the kernel as the leader, for at most `timeout`, and queues
     /// what it reaped. Called with the leader role idle; comes back with
     /// the role idle.
@@ -746,7 +505,7 @@ impl<E> Queue<E> {
         if !batch.is_empty() {
             self.mailbox.revoke();
         }
-        st.items.extend(batch.items.drain(..));
+        st.items.extend(batch.drain());
         st.spare = batch;
         let mine = st.leader_item.take();
         if let Some(p) = panic {
@@ -821,7 +580,7 @@ impl<E> Queue<E> {
             return;
         }
         self.mailbox.revoke();
-        st.items.extend(batch.items.drain(..));
+        st.items.extend(batch.drain());
         let wake = release && self.rebalance(&mut st);
         drop(st);
         if wake {
@@ -854,53 +613,6 @@ impl<E> Queue<E> {
             reactor.wake();
         }
         Ok(())
-    }
-
-    /// A thread enters a blocking section (C3): if it is running, its slot
-    /// is given up and its seat says so. Returns whether it was given up,
-    /// that is, whether [`unblock`](Queue::unblock) is owed; a nested
-    /// section, or one entered with no slot, gives nothing up.
-    pub(crate) fn block<R: Reactor<E> + ?Sized>(
-        &self,
-        reactor: &R,
-        seat: &mut Option<Seat>,
-    ) -> bool {
-        if *seat != Some(Seat::Running) {
-            return false;
-        }
-        *seat = Some(Seat::Blocked);
-        self.release(reactor);
-        true
-    }
-
-    /// A blocking section ends: a thread whose seat is still `Blocked`
-    /// runs again. The count may exceed the limit for a while (C3); no
-    /// waiter is released until it drops below. A thread that took a slot
-    /// inside the section (a `get`) or left (`leave`) takes nothing.
-    pub(crate) fn unblock(&self, seat: &mut Option<Seat>) {
-        if *seat == Some(Seat::Blocked) {
-            *seat = Some(Seat::Running);
-            sync::lock(&self.state).running += 1;
-        }
-    }
-
-    /// The thread stops running without coming back through `get` (it
-    /// quits, or exits): a slot it holds is given up, one given up already
-    /// is not given again.
-    pub(crate) fn leave<R: Reactor<E> + ?Sized>(&self, reactor: &R, seat: &mut Option<Seat>) {
-        if seat.take() == Some(Seat::Running) {
-            self.release(reactor);
-        }
-    }
-
-    fn release<R: Reactor<E> + ?Sized>(&self, reactor: &R) {
-        let mut st = sync::lock(&self.state);
-        st.running -= 1;
-        let wake = self.rebalance(&mut st);
-        drop(st);
-        if wake {
-            reactor.wake();
-        }
     }
 
     /// Closes the queue: every waiter, and every later `get`, returns
@@ -1005,15 +717,6 @@ enum Led<'a, E> {
     Took,
 }
 
-/// What [`Queue::handoff`] came back with.
-enum Handoff {
-    /// Items were put in the caller's `out`.
-    Took,
-    Closed,
-    /// Nothing came: go the locked way.
-    Missed,
-}
-
 /// Armed while a thread polls the kernel. Backends catch user code's
 /// panics ([`Batch::catch`]), so a poll unwinds only on a failure of the
 /// port's own (an allocation, a bug); the leader role is then handed on
@@ -1044,91 +747,6 @@ pub struct QueueStats {
     pub running: usize,
 }
 
-/// Decides whether a thread about to sleep spins first. Spinning pays
-/// where threads hand work to each other with posts (a hand-off caught by a
-/// spin costs no system call on either side); on a port fed by the kernel
-/// alone it never finds anything and only burns CPU and `sched_yield`s. So
-/// a thread spins while posts have been arriving: within the last `IDLE`
-/// decisions the post count ([`Mailbox::posts`]) moved. (A rule based on
-/// whether spins hit was tried first: once both sides of a ping-pong slept,
-/// each spin missed a partner that was itself asleep, and spinning never
-/// came back.) Plain atomics, outside loom's model: races only blur the
-/// guess. On a cache line of its own: the deciding thread writes it, and a
-/// post should not have to fetch it.
-#[derive(Default)]
-#[repr(align(64))]
-struct Spin {
-    /// The post count as the last decision saw it.
-    seen: std::sync::atomic::AtomicUsize,
-    /// Decisions in a row that saw no new post.
-    idle: std::sync::atomic::AtomicUsize,
-    /// Under loom, whether to spin (a model sets it to explore the hand-off
-    /// through the mailbox; the default rule depends on timing loom cannot
-    /// model).
-    #[cfg(loom)]
-    forced: std::sync::atomic::AtomicBool,
-}
-
-impl Spin {
-    const IDLE: usize = 16;
-
-    fn should_spin(&self, posts: &std::sync::atomic::AtomicUsize) -> bool {
-        use std::sync::atomic::Ordering::Relaxed;
-        if cfg!(loom) {
-            return self.forced();
-        }
-        let posts = posts.load(Relaxed);
-        if self.seen.swap(posts, Relaxed) != posts {
-            self.idle.store(0, Relaxed);
-            return true;
-        }
-        self.idle.fetch_add(1, Relaxed) < Self::IDLE
-    }
-
-    #[cfg(loom)]
-    fn forced(&self) -> bool {
-        self.forced.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    #[cfg(not(loom))]
-    fn forced(&self) -> bool {
-        false
-    }
-}
-
-/// Spins, then yields, until `ready` holds or about as long as a
-/// sleep-and-wake would have cost (the shape of crossbeam's backoff: 127
-/// pauses, then a few yields).
-#[cfg(loom)]
-fn spin_until(ready: impl Fn() -> bool) {
-    for _ in 0..2 {
-        if ready() {
-            return;
-        }
-        loom::thread::yield_now();
-    }
-}
-
-#[cfg(not(loom))]
-fn spin_until(ready: impl Fn() -> bool) {
-    // Looks after every pause, not after each doubling: the look is a
-    // shared read of a line nobody writes until work arrives, and a
-    // doubling step of 64 pauses would add up to a microsecond of latency
-    // to the hand-off it exists for.
-    for _ in 0..127 {
-        std::hint::spin_loop();
-        if ready() {
-            return;
-        }
-    }
-    for _ in 0..4 {
-        std::thread::yield_now();
-        if ready() {
-            return;
-        }
-    }
-}
-
 fn remaining(deadline: Option<Instant>) -> Option<Duration> {
     deadline.map(|d| d.saturating_duration_since(Instant::now()))
 }
@@ -1139,6 +757,13 @@ fn expired(deadline: Option<Instant>) -> bool {
         None => false,
     }
 }
+
+mod batch;
+mod handoff;
+mod seat;
+
+pub(crate) use self::batch::Batch;
+pub(crate) use self::seat::Seat;
 
 #[cfg(all(test, not(loom)))]
 mod tests;
