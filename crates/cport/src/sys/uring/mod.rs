@@ -44,6 +44,12 @@
 //!   wake-up is already pending. The read is re-armed by the reaper; its
 //!   SQE rides along with the next enter.
 //!
+//! Files: `setup.rs` starts a ring and names why one cannot start; `sq.rs`
+//! pushes and submits SQEs; `reap.rs` is the leader's enter and what each
+//! CQE makes of its operation; `op.rs` is one operation's memory, its SQE
+//! and its CQEs; `bufring.rs` the provided-buffer ring; `raw.rs` the raw
+//! resources a request points at.
+//!
 //! # SEMANTICS, item by item
 //!
 //! * **O1, O3** An accepted operation lives in the op slab, owning its
@@ -136,11 +142,13 @@
 mod bufring;
 mod op;
 mod raw;
+mod reap;
+mod setup;
+mod sq;
 #[cfg(test)]
 mod tests;
 
 use std::collections::VecDeque;
-use std::fs;
 use std::io;
 use std::mem::{self, ManuallyDrop};
 use std::net::{Shutdown, SocketAddr};
@@ -150,12 +158,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use io_uring::register::Probe;
-use io_uring::types::{CancelBuilder, Fd, SubmitArgs, Timespec};
+use io_uring::types::CancelBuilder;
 use io_uring::{opcode, squeue, IoUring};
 
 use self::bufring::BufRing;
-use self::op::{Extra, Io, Next, OpState, Pool, Spares};
+use self::op::{Extra, Io, OpState, Spares};
 use self::raw::Heap;
 use crate::completion::{Completion, Handle, OpId, Rejected};
 use crate::config::{Backend, Config};
@@ -293,8 +300,8 @@ impl<T: Send + 'static> Driver<T> {
             .setup_submit_all()
             .setup_cqsize(config.entries.saturating_mul(4))
             .build(config.entries)
-            .map_err(|e| setup_error(e, config.entries))?;
-        probe(&ring)?;
+            .map_err(|e| setup::setup_error(e, config.entries))?;
+        setup::probe(&ring)?;
         bufring.register(&ring).map_err(|e| {
             let why = match e.raw_os_error() {
                 Some(libc::EINVAL) => {
@@ -309,10 +316,10 @@ impl<T: Send + 'static> Driver<T> {
             };
             io::Error::new(e.kind(), format!("{why} ({e})"))
         })?;
-        probe_cancel_any(&mut ring)?;
+        setup::probe_cancel_any(&mut ring)?;
 
         let wake_fd = EventFd::new(false)?;
-        let wake_sqe = wake_read(&wake_fd, &wake_buf);
+        let wake_sqe = setup::wake_read(&wake_fd, &wake_buf);
         // SAFETY:
         // - `&mut ring`: no other SubmissionQueue exists;
         // - the entry points at `wake_buf`, which lives in the driver's
@@ -348,112 +355,6 @@ impl<T: Send + 'static> Driver<T> {
     }
 }
 
-/// Names the cause of an io_uring_setup failure (SEMANTICS R1, LESSONS 5, 9).
-fn setup_error(e: io::Error, entries: u32) -> io::Error {
-    let why = match e.raw_os_error() {
-        Some(libc::EPERM) | Some(libc::EACCES) => {
-            let disabled = fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
-                .map(|s| s.trim().to_string())
-                .unwrap_or_else(|_| "absent (kernel before 6.6)".to_string());
-            format!(
-                "io_uring_setup was refused: kernel.io_uring_disabled is {disabled} \
-                 (1: only for a group, 2: for everyone), or a seccomp filter blocks io_uring \
-                 (Docker's default profile does)"
-            )
-        }
-        Some(libc::ENOSYS) => {
-            "io_uring_setup does not exist here: a kernel built without io_uring, \
-                               or a seccomp filter that answers ENOSYS"
-                .to_string()
-        }
-        Some(libc::ENOMEM) => format!(
-            "io_uring_setup ran out of locked memory: RLIMIT_MEMLOCK is {} (raise `ulimit -l`)",
-            raw::memlock_limit()
-        ),
-        Some(libc::EINVAL) => format!(
-            "io_uring_setup rejected the parameters (entries {entries}, IORING_SETUP_SUBMIT_ALL): \
-             the kernel is probably older than 5.19"
-        ),
-        _ => "io_uring_setup failed".to_string(),
-    };
-    io::Error::new(e.kind(), format!("{why} ({e})"))
-}
-
-/// Checks every opcode and feature the backend relies on.
-fn probe(ring: &IoUring) -> io::Result<()> {
-    let lacks =
-        |what: &str| io::Error::new(io::ErrorKind::Unsupported, format!("kernel lacks {what}"));
-    let params = ring.params();
-    if !params.is_feature_nodrop() {
-        return Err(lacks("IORING_FEAT_NODROP (Linux 5.5)"));
-    }
-    if !params.is_feature_ext_arg() {
-        return Err(lacks("IORING_FEAT_EXT_ARG (Linux 5.11)"));
-    }
-    let mut probe = Probe::new();
-    ring.submitter()
-        .register_probe(&mut probe)
-        .map_err(|e| io::Error::new(e.kind(), format!("IORING_REGISTER_PROBE failed ({e})")))?;
-    let needed = [
-        (opcode::Read::CODE, "IORING_OP_READ"),
-        (opcode::Write::CODE, "IORING_OP_WRITE"),
-        (opcode::Readv::CODE, "IORING_OP_READV"),
-        (opcode::Writev::CODE, "IORING_OP_WRITEV"),
-        (opcode::Recv::CODE, "IORING_OP_RECV"),
-        (opcode::Send::CODE, "IORING_OP_SEND"),
-        (opcode::RecvMsg::CODE, "IORING_OP_RECVMSG"),
-        (opcode::SendMsg::CODE, "IORING_OP_SENDMSG"),
-        (opcode::Accept::CODE, "IORING_OP_ACCEPT"),
-        (opcode::Connect::CODE, "IORING_OP_CONNECT"),
-        (opcode::AsyncCancel::CODE, "IORING_OP_ASYNC_CANCEL"),
-        (opcode::PollAdd::CODE, "IORING_OP_POLL_ADD"),
-    ];
-    for (code, name) in needed {
-        if !probe.is_supported(code) {
-            return Err(lacks(name));
-        }
-    }
-    Ok(())
-}
-
-/// `close_port` cancels with IORING_ASYNC_CANCEL_ANY (5.19), which the
-/// opcode probe cannot see: with nothing in flight the kernel answers
-/// ENOENT if it knows the flag, EINVAL if not.
-fn probe_cancel_any(ring: &mut IoUring) -> io::Result<()> {
-    let sqe = opcode::AsyncCancel2::new(CancelBuilder::any())
-        .build()
-        .user_data(CANCEL);
-    // SAFETY:
-    // - `&mut ring`: no other SubmissionQueue exists;
-    // - a cancel request points at no memory.
-    unsafe { ring.submission().push(&sqe) }
-        .map_err(|_| io::Error::new(io::ErrorKind::Other, "io_uring: empty SQ refused an entry"))?;
-    ring.submit_and_wait(1)?;
-    let res = ring.completion().next().map_or(-libc::EIO, |c| c.result());
-    match -res {
-        libc::ENOENT | 0 => Ok(()),
-        libc::EINVAL => Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "kernel lacks IORING_ASYNC_CANCEL_ANY (Linux 5.19)",
-        )),
-        e => Err(io::Error::new(
-            io::Error::from_raw_os_error(e).kind(),
-            format!(
-                "probing IORING_ASYNC_CANCEL_ANY failed ({})",
-                io::Error::from_raw_os_error(e)
-            ),
-        )),
-    }
-}
-
-fn wake_read(fd: &EventFd, buf: &Heap<u64>) -> squeue::Entry {
-    // Offset -1: "the file position", the only one an eventfd accepts.
-    opcode::Read::new(Fd(fd.raw()), buf.as_ptr().cast(), 8)
-        .offset(u64::MAX)
-        .build()
-        .user_data(WAKE)
-}
-
 impl<T> Driver<T> {
     fn lock(&self) -> MutexGuard<'_, State<T>> {
         lock(&self.state)
@@ -465,88 +366,6 @@ impl<T> Driver<T> {
             return None;
         }
         st.handles.get_mut(h.index, h.gen).filter(|e| !e.closing)
-    }
-
-    /// Pushes one SQE into the SQ. `_locked` proves the state lock is held.
-    fn try_push(&self, _locked: &mut State<T>, sqe: &squeue::Entry) -> bool {
-        // SAFETY:
-        // - the state lock is held (the caller has `&mut State` from its
-        //   guard, or `&mut self` in `Drop`), and every SubmissionQueue is
-        //   made under it: this one is the only one;
-        // - every pointer in the entry is into memory owned by an operation
-        //   in the slab (or the driver's wake buffer) until its last CQE.
-        unsafe { self.ring.submission_shared().push(sqe) }.is_ok()
-    }
-
-    /// Queues `sqe` for the kernel, counted for `flush`.
-    fn push(&self, st: &mut State<T>, sqe: squeue::Entry) {
-        self.push_uncounted(st, sqe);
-        // Counted only once published: a leader whose swap takes this count
-        // (acquire) then enters with the SQE visible in the tail. Counting
-        // first would let it enter without the SQE while the pusher's own
-        // swap finds 0 and skips the submit, stranding the SQE.
-        self.unsubmitted.fetch_add(1, Ordering::Release);
-    }
-
-    /// Queues `sqe`; the next `io_uring_enter` of any kind takes it.
-    fn push_uncounted(&self, st: &mut State<T>, sqe: squeue::Entry) {
-        if st.backlog.is_empty() {
-            if self.try_push(st, &sqe) {
-                return;
-            }
-            // Full. The kernel copies SQEs when it takes them, so one submit
-            // makes room (done under the lock: rare, and it must not race
-            // with the retry).
-            if let Err(e) = self.ring.submit() {
-                log::debug!(target: "cport", "io_uring: submit to make room failed: {e}");
-            }
-            if self.try_push(st, &sqe) {
-                return;
-            }
-        }
-        // The kernel would not take SQEs (out of memory?): keep them in
-        // order and get the leader to retry in its enter.
-        st.backlog.push_back(sqe);
-        self.backlogged.store(true, Ordering::Release);
-        self.wake_inner();
-    }
-
-    fn drain_backlog(&self, st: &mut State<T>) {
-        while let Some(sqe) = st.backlog.pop_front() {
-            if !self.try_push(st, &sqe) {
-                st.backlog.push_front(sqe);
-                return;
-            }
-        }
-        self.backlogged.store(false, Ordering::Release);
-    }
-
-    /// Hands everything pushed so far to the kernel, if anything was.
-    fn submit_pending(&self) {
-        if self.unsubmitted.swap(0, Ordering::AcqRel) == 0 {
-            // Nothing, or another thread's enter took it (an enter submits
-            // every published SQE, ours included).
-            return;
-        }
-        if let Err(e) = self.ring.submit() {
-            // EAGAIN/EBUSY: the SQEs stay in the SQ; the leader retries in
-            // its enter, so make it come round.
-            log::debug!(target: "cport", "io_uring: submit failed: {e}");
-            self.unsubmitted.fetch_add(1, Ordering::Release);
-            self.wake_inner();
-        }
-    }
-
-    /// Asks the kernel to cancel `id` (its CQE is ignored).
-    fn push_cancel(&self, st: &mut State<T>, id: OpId) {
-        if let Some(op) = st.ops.get_mut(id.index, id.gen) {
-            op.cancelled = true;
-        }
-        let sqe = opcode::AsyncCancel::new(user_data(id))
-            .build()
-            .user_data(CANCEL)
-            .flags(squeue::Flags::SKIP_SUCCESS);
-        self.push(st, sqe);
     }
 
     /// Cancels every operation of the handle `h` (see `cancel_one`);
@@ -561,251 +380,6 @@ impl<T> Driver<T> {
             pushed |= self.cancel_one(st, id, ready);
         }
         (ids.len(), pushed)
-    }
-
-    /// Drains the CQ into `out`; then puts pool buffers back and re-arms
-    /// the receives that met an empty ring.
-    fn reap(&self, st: &mut State<T>, out: &mut Ready<T>) {
-        // Bounded: a CQ refilled as fast as it drains must not keep the
-        // leader (and the lock) forever.
-        for _ in 0..4 {
-            // SAFETY:
-            // - the state lock is held, and every CompletionQueue is made
-            //   under it: this one is the only one.
-            let mut cq = unsafe { self.ring.completion_shared() };
-            if cq.is_empty() {
-                break;
-            }
-            for cqe in &mut cq {
-                self.on_cqe(st, cqe.user_data(), cqe.result(), cqe.flags(), out);
-            }
-        }
-        st.bufring.publish();
-        if st.rearm.is_empty() {
-            return;
-        }
-        let mut rearm = mem::take(&mut st.rearm);
-        for id in rearm.drain(..) {
-            self.again(st, id, out);
-        }
-        st.rearm = rearm;
-    }
-
-    fn on_cqe(&self, st: &mut State<T>, user_data: u64, res: i32, flags: u32, out: &mut Ready<T>) {
-        match user_data {
-            WAKE => {
-                self.wake_pending.store(false, Ordering::Release);
-                st.wake_inflight = false;
-                if res < 0 && res != -libc::ECANCELED {
-                    log::warn!(target: "cport", "io_uring: wake read failed: {}", io::Error::from_raw_os_error(-res));
-                }
-                if !st.closed {
-                    let sqe = wake_read(&self.wake_fd, &st.wake_buf);
-                    self.push_uncounted(st, sqe);
-                    st.wake_inflight = true;
-                }
-            }
-            CANCEL => {
-                // ENOENT: finished first; EALREADY: running, will finish.
-                if res < 0 && res != -libc::ENOENT && res != -libc::EALREADY {
-                    log::debug!(target: "cport", "io_uring: cancel failed: {}", io::Error::from_raw_os_error(-res));
-                }
-            }
-            _ => self.on_op_cqe(st, op_id(self.port_id, user_data), res, flags, out),
-        }
-    }
-
-    fn on_op_cqe(&self, st: &mut State<T>, id: OpId, res: i32, flags: u32, out: &mut Ready<T>) {
-        let closed = st.closed;
-        let State {
-            ops,
-            handles,
-            bufring,
-            ..
-        } = st;
-        let op = match ops.get_mut(id.index, id.gen) {
-            Some(op) => op,
-            None => {
-                log::error!(target: "cport", "io_uring: CQE for unknown operation {id:?} (res {res})");
-                return;
-            }
-        };
-        let closing = handles
-            .get(op.handle.index, op.handle.gen)
-            .map_or(true, |h| h.closing);
-        let stop = op.cancelled || closing || closed;
-        if res == -libc::ECANCELED && !stop && !io_uring::cqueue::more(flags) {
-            // Nobody here asked for this: the kernel cancels a thread's
-            // requests when that thread exits, and any thread may issue on
-            // a port. Issue it again from this (reaping) thread.
-            if let Some(bid) = io_uring::cqueue::buffer_select(flags) {
-                if bufring.owns(bid) {
-                    bufring.put(bid);
-                }
-            }
-            op::lost_to_exit(&mut op.io);
-            self.again(st, id, out);
-            return;
-        }
-        let pool = match op.io {
-            Io::RecvPooled => Some(Pool {
-                ring: bufring,
-                free: &self.pool,
-                buffer_size: self.pool_buffer_size,
-            }),
-            _ => None,
-        };
-        let step = op.io.on_cqe(op.fd, res, flags, stop, pool);
-        if let Some((result, extra)) = step.event {
-            let clone = match op.multishot {
-                Some(clone) => clone,
-                None => unreachable!("a multishot event from a single-shot operation"),
-            };
-            // User code, inside the reap: a panic is held in `out` until
-            // what this pass reaped is queued. The event it was cloned for
-            // is lost with it (an accepted connection is closed), nothing
-            // else (LESSONS 12).
-            let value = match out.catch(|| clone(&op.value)) {
-                Some(v) => v,
-                None => {
-                    drop(extra);
-                    self.after_cqe(st, id, step.next, out);
-                    return;
-                }
-            };
-            out.push(Completion {
-                key: op.key,
-                kind: op.kind,
-                op: Some(id),
-                handle: Some(op.handle),
-                result,
-                value,
-                payload: op::extra_payload(extra),
-                more: true,
-            });
-        }
-        self.after_cqe(st, id, step.next, out);
-    }
-
-    /// Does what a CQE's step says comes next for operation `id`.
-    fn after_cqe(&self, st: &mut State<T>, id: OpId, next: Next, out: &mut Ready<T>) {
-        match next {
-            Next::Wait => {}
-            Next::Again => self.again(st, id, out),
-            Next::Rearm => st.rearm.push(id),
-            Next::Done(result, extra) => self.finish(st, id, result, extra, out),
-        }
-    }
-
-    /// Submits the next request of operation `id`, unless it was asked to
-    /// stop meanwhile (then it ends aborted).
-    fn again(&self, st: &mut State<T>, id: OpId, out: &mut Ready<T>) {
-        let closed = st.closed;
-        let State { ops, handles, .. } = &mut *st;
-        let op = match ops.get_mut(id.index, id.gen) {
-            Some(op) => op,
-            None => return,
-        };
-        let closing = handles
-            .get(op.handle.index, op.handle.gen)
-            .map_or(true, |h| h.closing);
-        if op.cancelled || closing || closed {
-            self.finish(st, id, Err(aborted()), Extra::None, out);
-            return;
-        }
-        // SAFETY:
-        // - the operation's previous request ended (its CQE was reaped
-        //   without F_MORE), or it never had one (parked in its lane): none
-        //   is in flight;
-        // - the entry points into the operation, which stays in the slab
-        //   until its final CQE.
-        let sqe = unsafe { op.io.sqe(op.fd, self.pool_buffer_size) }.user_data(user_data(id));
-        self.push(st, sqe);
-    }
-
-    /// Ends operation `id` with its one final completion.
-    fn finish(
-        &self,
-        st: &mut State<T>,
-        id: OpId,
-        result: io::Result<usize>,
-        extra: Extra,
-        out: &mut Ready<T>,
-    ) {
-        let op = match st.ops.remove(id.index, id.gen) {
-            Some(op) => op,
-            None => return,
-        };
-        let OpState {
-            handle,
-            key,
-            kind,
-            value,
-            io,
-            lane,
-            parked,
-            ..
-        } = op;
-        let payload = io.into_payload(extra, &mut st.spares);
-        let mut result = result;
-        let mut next_in = None;
-        if let Some(h) = st.handles.get_mut(handle.index, handle.gen) {
-            if lane.is_some() {
-                // A stream operation: after a reset the kernel reads end of
-                // file and fails sends with EPIPE; the port keeps the reset
-                // (O5). An operation issued after it reaches the kernel and
-                // is settled here too.
-                result = h.broken.settle(lane == Some(RECV_LANE), result);
-            }
-            if let Some(i) = h.ops.iter().position(|&o| o == id) {
-                h.ops.swap_remove(i);
-            }
-            if let Some(l) = lane {
-                if parked {
-                    h.lanes[l].waiting.retain(|&o| o != id);
-                } else {
-                    h.lanes[l].busy = false;
-                    next_in = Some(l);
-                }
-            }
-            if h.closing && h.ops.is_empty() {
-                if let Some(h) = st.handles.remove(handle.index, handle.gen) {
-                    st.dead.push(h.fd);
-                }
-            }
-        }
-        out.push(Completion {
-            key,
-            kind,
-            op: Some(id),
-            handle: Some(handle),
-            result,
-            value,
-            payload,
-            more: false,
-        });
-        if let Some(l) = next_in {
-            self.start_next(st, handle, l, out);
-        }
-    }
-
-    /// Issues the first operation waiting in lane `l` of `handle`.
-    fn start_next(&self, st: &mut State<T>, handle: Handle, l: usize, out: &mut Ready<T>) {
-        let id = match st.handles.get_mut(handle.index, handle.gen) {
-            Some(h) => match h.lanes[l].waiting.pop_front() {
-                Some(id) => {
-                    h.lanes[l].busy = true;
-                    id
-                }
-                None => return,
-            },
-            None => return,
-        };
-        if let Some(op) = st.ops.get_mut(id.index, id.gen) {
-            op.parked = false;
-        }
-        // Ends it aborted instead if it was asked to stop meanwhile.
-        self.again(st, id, out);
     }
 
     /// Ends a parked operation (never issued) aborted, or asks the kernel
@@ -835,54 +409,6 @@ impl<T> Driver<T> {
     /// Operations (and the wake read) the kernel may still be working on.
     fn in_flight(st: &State<T>) -> usize {
         st.ops.len() + usize::from(st.wake_inflight)
-    }
-
-    fn flush_inner(&self) {
-        if self.unsubmitted.load(Ordering::Acquire) == 0 {
-            return;
-        }
-        if self.backlogged.load(Ordering::Acquire) {
-            let mut st = self.lock();
-            self.drain_backlog(&mut st);
-        }
-        self.submit_pending();
-    }
-
-    fn wait_inner(&self, timeout: Option<Duration>, out: &mut Ready<T>) {
-        if self.backlogged.load(Ordering::Acquire) {
-            let mut st = self.lock();
-            self.drain_backlog(&mut st);
-        }
-        // This enter submits every SQE published before the swap (acquire
-        // pairs with `push`), so their counts are taken; a push counted after
-        // the swap is submitted by its own thread.
-        let deferred = self.unsubmitted.swap(0, Ordering::AcqRel);
-        let submitter = self.ring.submitter();
-        let r = match timeout {
-            // A look with nothing to submit needs no system call: CQEs are
-            // posted to the shared ring by the kernel on its own.
-            Some(d) if d.is_zero() && deferred == 0 => Ok(0),
-            Some(d) if d.is_zero() => submitter.submit(),
-            // Beyond a year is "forever"; it also keeps tv_sec in range.
-            Some(d) if d < Duration::from_secs(365 * 24 * 3600) => {
-                let ts = Timespec::from(d);
-                submitter.submit_with_args(1, &SubmitArgs::new().timespec(&ts))
-            }
-            _ => submitter.submit_and_wait(1),
-        };
-        if let Err(e) = r {
-            match e.raw_os_error() {
-                // Timed out, interrupted, or the CQ is full (EBUSY): reap.
-                Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN) => {}
-                _ => log::warn!(target: "cport", "io_uring_enter failed: {e}"),
-            }
-        }
-        let mut st = self.lock();
-        self.reap(&mut st, out);
-        self.unlock(st);
-        // Continuations and re-arms pushed while reaping go now: the leader
-        // may run a completion for a long time before it enters again.
-        self.submit_pending();
     }
 
     fn wake_inner(&self) {

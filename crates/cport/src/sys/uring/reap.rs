@@ -1,0 +1,320 @@
+//! Reaping: the leader's enter, the CQEs it drains, and what each makes of
+//! its operation (a completion, a continuation, a re-arm, the next request
+//! of a lane).
+
+use std::io;
+use std::mem;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use io_uring::types::{SubmitArgs, Timespec};
+
+use super::op::{self, Extra, Io, Next, OpState, Pool};
+use super::{op_id, setup, user_data, Driver, State, CANCEL, RECV_LANE, WAKE};
+use crate::completion::{Completion, Handle, OpId};
+use crate::sys::error::aborted;
+use crate::sys::Ready;
+
+impl<T> Driver<T> {
+    /// Drains the CQ into `out`; then puts pool buffers back and re-arms
+    /// the receives that met an empty ring.
+    pub(super) fn reap(&self, st: &mut State<T>, out: &mut Ready<T>) {
+        // Bounded: a CQ refilled as fast as it drains must not keep the
+        // leader (and the lock) forever.
+        for _ in 0..4 {
+            // SAFETY:
+            // - the state lock is held, and every CompletionQueue is made
+            //   under it: this one is the only one.
+            let mut cq = unsafe { self.ring.completion_shared() };
+            if cq.is_empty() {
+                break;
+            }
+            for cqe in &mut cq {
+                self.on_cqe(st, cqe.user_data(), cqe.result(), cqe.flags(), out);
+            }
+        }
+        st.bufring.publish();
+        if st.rearm.is_empty() {
+            return;
+        }
+        let mut rearm = mem::take(&mut st.rearm);
+        for id in rearm.drain(..) {
+            self.again(st, id, out);
+        }
+        st.rearm = rearm;
+    }
+
+    pub(super) fn on_cqe(
+        &self,
+        st: &mut State<T>,
+        user_data: u64,
+        res: i32,
+        flags: u32,
+        out: &mut Ready<T>,
+    ) {
+        match user_data {
+            WAKE => {
+                self.wake_pending.store(false, Ordering::Release);
+                st.wake_inflight = false;
+                if res < 0 && res != -libc::ECANCELED {
+                    log::warn!(target: "cport", "io_uring: wake read failed: {}", io::Error::from_raw_os_error(-res));
+                }
+                if !st.closed {
+                    let sqe = setup::wake_read(&self.wake_fd, &st.wake_buf);
+                    self.push_uncounted(st, sqe);
+                    st.wake_inflight = true;
+                }
+            }
+            CANCEL => {
+                // ENOENT: finished first; EALREADY: running, will finish.
+                if res < 0 && res != -libc::ENOENT && res != -libc::EALREADY {
+                    log::debug!(target: "cport", "io_uring: cancel failed: {}", io::Error::from_raw_os_error(-res));
+                }
+            }
+            _ => self.on_op_cqe(st, op_id(self.port_id, user_data), res, flags, out),
+        }
+    }
+
+    pub(super) fn on_op_cqe(
+        &self,
+        st: &mut State<T>,
+        id: OpId,
+        res: i32,
+        flags: u32,
+        out: &mut Ready<T>,
+    ) {
+        let closed = st.closed;
+        let State {
+            ops,
+            handles,
+            bufring,
+            ..
+        } = st;
+        let op = match ops.get_mut(id.index, id.gen) {
+            Some(op) => op,
+            None => {
+                log::error!(target: "cport", "io_uring: CQE for unknown operation {id:?} (res {res})");
+                return;
+            }
+        };
+        let closing = handles
+            .get(op.handle.index, op.handle.gen)
+            .map_or(true, |h| h.closing);
+        let stop = op.cancelled || closing || closed;
+        if res == -libc::ECANCELED && !stop && !io_uring::cqueue::more(flags) {
+            // Nobody here asked for this: the kernel cancels a thread's
+            // requests when that thread exits, and any thread may issue on
+            // a port. Issue it again from this (reaping) thread.
+            if let Some(bid) = io_uring::cqueue::buffer_select(flags) {
+                if bufring.owns(bid) {
+                    bufring.put(bid);
+                }
+            }
+            op::lost_to_exit(&mut op.io);
+            self.again(st, id, out);
+            return;
+        }
+        let pool = match op.io {
+            Io::RecvPooled => Some(Pool {
+                ring: bufring,
+                free: &self.pool,
+                buffer_size: self.pool_buffer_size,
+            }),
+            _ => None,
+        };
+        let step = op.io.on_cqe(op.fd, res, flags, stop, pool);
+        if let Some((result, extra)) = step.event {
+            let clone = match op.multishot {
+                Some(clone) => clone,
+                None => unreachable!("a multishot event from a single-shot operation"),
+            };
+            // User code, inside the reap: a panic is held in `out` until
+            // what this pass reaped is queued. The event it was cloned for
+            // is lost with it (an accepted connection is closed), nothing
+            // else (LESSONS 12).
+            let value = match out.catch(|| clone(&op.value)) {
+                Some(v) => v,
+                None => {
+                    drop(extra);
+                    self.after_cqe(st, id, step.next, out);
+                    return;
+                }
+            };
+            out.push(Completion {
+                key: op.key,
+                kind: op.kind,
+                op: Some(id),
+                handle: Some(op.handle),
+                result,
+                value,
+                payload: op::extra_payload(extra),
+                more: true,
+            });
+        }
+        self.after_cqe(st, id, step.next, out);
+    }
+
+    /// Does what a CQE's step says comes next for operation `id`.
+    pub(super) fn after_cqe(&self, st: &mut State<T>, id: OpId, next: Next, out: &mut Ready<T>) {
+        match next {
+            Next::Wait => {}
+            Next::Again => self.again(st, id, out),
+            Next::Rearm => st.rearm.push(id),
+            Next::Done(result, extra) => self.finish(st, id, result, extra, out),
+        }
+    }
+
+    /// Submits the next request of operation `id`, unless it was asked to
+    /// stop meanwhile (then it ends aborted).
+    pub(super) fn again(&self, st: &mut State<T>, id: OpId, out: &mut Ready<T>) {
+        let closed = st.closed;
+        let State { ops, handles, .. } = &mut *st;
+        let op = match ops.get_mut(id.index, id.gen) {
+            Some(op) => op,
+            None => return,
+        };
+        let closing = handles
+            .get(op.handle.index, op.handle.gen)
+            .map_or(true, |h| h.closing);
+        if op.cancelled || closing || closed {
+            self.finish(st, id, Err(aborted()), Extra::None, out);
+            return;
+        }
+        // SAFETY:
+        // - the operation's previous request ended (its CQE was reaped
+        //   without F_MORE), or it never had one (parked in its lane): none
+        //   is in flight;
+        // - the entry points into the operation, which stays in the slab
+        //   until its final CQE.
+        let sqe = unsafe { op.io.sqe(op.fd, self.pool_buffer_size) }.user_data(user_data(id));
+        self.push(st, sqe);
+    }
+
+    /// Ends operation `id` with its one final completion.
+    pub(super) fn finish(
+        &self,
+        st: &mut State<T>,
+        id: OpId,
+        result: io::Result<usize>,
+        extra: Extra,
+        out: &mut Ready<T>,
+    ) {
+        let op = match st.ops.remove(id.index, id.gen) {
+            Some(op) => op,
+            None => return,
+        };
+        let OpState {
+            handle,
+            key,
+            kind,
+            value,
+            io,
+            lane,
+            parked,
+            ..
+        } = op;
+        let payload = io.into_payload(extra, &mut st.spares);
+        let mut result = result;
+        let mut next_in = None;
+        if let Some(h) = st.handles.get_mut(handle.index, handle.gen) {
+            if lane.is_some() {
+                // A stream operation: after a reset the kernel reads end of
+                // file and fails sends with EPIPE; the port keeps the reset
+                // (O5). An operation issued after it reaches the kernel and
+                // is settled here too.
+                result = h.broken.settle(lane == Some(RECV_LANE), result);
+            }
+            if let Some(i) = h.ops.iter().position(|&o| o == id) {
+                h.ops.swap_remove(i);
+            }
+            if let Some(l) = lane {
+                if parked {
+                    h.lanes[l].waiting.retain(|&o| o != id);
+                } else {
+                    h.lanes[l].busy = false;
+                    next_in = Some(l);
+                }
+            }
+            if h.closing && h.ops.is_empty() {
+                if let Some(h) = st.handles.remove(handle.index, handle.gen) {
+                    st.dead.push(h.fd);
+                }
+            }
+        }
+        out.push(Completion {
+            key,
+            kind,
+            op: Some(id),
+            handle: Some(handle),
+            result,
+            value,
+            payload,
+            more: false,
+        });
+        if let Some(l) = next_in {
+            self.start_next(st, handle, l, out);
+        }
+    }
+
+    /// Issues the first operation waiting in lane `l` of `handle`.
+    pub(super) fn start_next(
+        &self,
+        st: &mut State<T>,
+        handle: Handle,
+        l: usize,
+        out: &mut Ready<T>,
+    ) {
+        let id = match st.handles.get_mut(handle.index, handle.gen) {
+            Some(h) => match h.lanes[l].waiting.pop_front() {
+                Some(id) => {
+                    h.lanes[l].busy = true;
+                    id
+                }
+                None => return,
+            },
+            None => return,
+        };
+        if let Some(op) = st.ops.get_mut(id.index, id.gen) {
+            op.parked = false;
+        }
+        // Ends it aborted instead if it was asked to stop meanwhile.
+        self.again(st, id, out);
+    }
+
+    pub(super) fn wait_inner(&self, timeout: Option<Duration>, out: &mut Ready<T>) {
+        if self.backlogged.load(Ordering::Acquire) {
+            let mut st = self.lock();
+            self.drain_backlog(&mut st);
+        }
+        // This enter submits every SQE published before the swap (acquire
+        // pairs with `push`), so their counts are taken; a push counted after
+        // the swap is submitted by its own thread.
+        let deferred = self.unsubmitted.swap(0, Ordering::AcqRel);
+        let submitter = self.ring.submitter();
+        let r = match timeout {
+            // A look with nothing to submit needs no system call: CQEs are
+            // posted to the shared ring by the kernel on its own.
+            Some(d) if d.is_zero() && deferred == 0 => Ok(0),
+            Some(d) if d.is_zero() => submitter.submit(),
+            // Beyond a year is "forever"; it also keeps tv_sec in range.
+            Some(d) if d < Duration::from_secs(365 * 24 * 3600) => {
+                let ts = Timespec::from(d);
+                submitter.submit_with_args(1, &SubmitArgs::new().timespec(&ts))
+            }
+            _ => submitter.submit_and_wait(1),
+        };
+        if let Err(e) = r {
+            match e.raw_os_error() {
+                // Timed out, interrupted, or the CQ is full (EBUSY): reap.
+                Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN) => {}
+                _ => log::warn!(target: "cport", "io_uring_enter failed: {e}"),
+            }
+        }
+        let mut st = self.lock();
+        self.reap(&mut st, out);
+        self.unlock(st);
+        // Continuations and re-arms pushed while reaping go now: the leader
+        // may run a completion for a long time before it enters again.
+        self.submit_pending();
+    }
+}

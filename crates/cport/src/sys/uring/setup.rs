@@ -1,0 +1,119 @@
+//! Starting a ring: the probes of every opcode and feature the backend
+//! needs, and errors that name why the kernel refused (SEMANTICS R1).
+
+use std::fs;
+use std::io;
+
+use io_uring::register::Probe;
+use io_uring::types::{CancelBuilder, Fd};
+use io_uring::{opcode, squeue, IoUring};
+
+use super::raw::{self, Heap};
+use super::{CANCEL, WAKE};
+use crate::sys::unix::EventFd;
+
+/// Names the cause of an io_uring_setup failure (SEMANTICS R1, LESSONS 5, 9).
+pub(super) fn setup_error(e: io::Error, entries: u32) -> io::Error {
+    let why = match e.raw_os_error() {
+        Some(libc::EPERM) | Some(libc::EACCES) => {
+            let disabled = fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_else(|_| "absent (kernel before 6.6)".to_string());
+            format!(
+                "io_uring_setup was refused: kernel.io_uring_disabled is {disabled} \
+                 (1: only for a group, 2: for everyone), or a seccomp filter blocks io_uring \
+                 (Docker's default profile does)"
+            )
+        }
+        Some(libc::ENOSYS) => {
+            "io_uring_setup does not exist here: a kernel built without io_uring, \
+                               or a seccomp filter that answers ENOSYS"
+                .to_string()
+        }
+        Some(libc::ENOMEM) => format!(
+            "io_uring_setup ran out of locked memory: RLIMIT_MEMLOCK is {} (raise `ulimit -l`)",
+            raw::memlock_limit()
+        ),
+        Some(libc::EINVAL) => format!(
+            "io_uring_setup rejected the parameters (entries {entries}, IORING_SETUP_SUBMIT_ALL): \
+             the kernel is probably older than 5.19"
+        ),
+        _ => "io_uring_setup failed".to_string(),
+    };
+    io::Error::new(e.kind(), format!("{why} ({e})"))
+}
+
+/// Checks every opcode and feature the backend relies on.
+pub(super) fn probe(ring: &IoUring) -> io::Result<()> {
+    let lacks =
+        |what: &str| io::Error::new(io::ErrorKind::Unsupported, format!("kernel lacks {what}"));
+    let params = ring.params();
+    if !params.is_feature_nodrop() {
+        return Err(lacks("IORING_FEAT_NODROP (Linux 5.5)"));
+    }
+    if !params.is_feature_ext_arg() {
+        return Err(lacks("IORING_FEAT_EXT_ARG (Linux 5.11)"));
+    }
+    let mut probe = Probe::new();
+    ring.submitter()
+        .register_probe(&mut probe)
+        .map_err(|e| io::Error::new(e.kind(), format!("IORING_REGISTER_PROBE failed ({e})")))?;
+    let needed = [
+        (opcode::Read::CODE, "IORING_OP_READ"),
+        (opcode::Write::CODE, "IORING_OP_WRITE"),
+        (opcode::Readv::CODE, "IORING_OP_READV"),
+        (opcode::Writev::CODE, "IORING_OP_WRITEV"),
+        (opcode::Recv::CODE, "IORING_OP_RECV"),
+        (opcode::Send::CODE, "IORING_OP_SEND"),
+        (opcode::RecvMsg::CODE, "IORING_OP_RECVMSG"),
+        (opcode::SendMsg::CODE, "IORING_OP_SENDMSG"),
+        (opcode::Accept::CODE, "IORING_OP_ACCEPT"),
+        (opcode::Connect::CODE, "IORING_OP_CONNECT"),
+        (opcode::AsyncCancel::CODE, "IORING_OP_ASYNC_CANCEL"),
+        (opcode::PollAdd::CODE, "IORING_OP_POLL_ADD"),
+    ];
+    for (code, name) in needed {
+        if !probe.is_supported(code) {
+            return Err(lacks(name));
+        }
+    }
+    Ok(())
+}
+
+/// `close_port` cancels with IORING_ASYNC_CANCEL_ANY (5.19), which the
+/// opcode probe cannot see: with nothing in flight the kernel answers
+/// ENOENT if it knows the flag, EINVAL if not.
+pub(super) fn probe_cancel_any(ring: &mut IoUring) -> io::Result<()> {
+    let sqe = opcode::AsyncCancel2::new(CancelBuilder::any())
+        .build()
+        .user_data(CANCEL);
+    // SAFETY:
+    // - `&mut ring`: no other SubmissionQueue exists;
+    // - a cancel request points at no memory.
+    unsafe { ring.submission().push(&sqe) }
+        .map_err(|_| io::Error::new(io::ErrorKind::Other, "io_uring: empty SQ refused an entry"))?;
+    ring.submit_and_wait(1)?;
+    let res = ring.completion().next().map_or(-libc::EIO, |c| c.result());
+    match -res {
+        libc::ENOENT | 0 => Ok(()),
+        libc::EINVAL => Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "kernel lacks IORING_ASYNC_CANCEL_ANY (Linux 5.19)",
+        )),
+        e => Err(io::Error::new(
+            io::Error::from_raw_os_error(e).kind(),
+            format!(
+                "probing IORING_ASYNC_CANCEL_ANY failed ({})",
+                io::Error::from_raw_os_error(e)
+            ),
+        )),
+    }
+}
+
+pub(super) fn wake_read(fd: &EventFd, buf: &Heap<u64>) -> squeue::Entry {
+    // Offset -1: "the file position", the only one an eventfd accepts.
+    opcode::Read::new(Fd(fd.raw()), buf.as_ptr().cast(), 8)
+        .offset(u64::MAX)
+        .build()
+        .user_data(WAKE)
+}
