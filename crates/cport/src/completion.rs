@@ -48,6 +48,9 @@ pub enum OpKind {
     /// [`recv_pooled`](crate::CompletionPort::recv_pooled): the receive that
     /// pins no buffer while idle.
     RecvPooled,
+    /// [`recv_multi`](crate::CompletionPort::recv_multi): the receive that
+    /// completes once per arrival.
+    RecvMulti,
     /// [`send`](crate::CompletionPort::send) and
     /// [`send_vectored`](crate::CompletionPort::send_vectored).
     Send,

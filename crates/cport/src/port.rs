@@ -408,6 +408,32 @@ impl<T: Send + 'static> CompletionPort<T> {
         self.issue(handle, Op::RecvPooled, value, None)
     }
 
+    /// Receives until the stream ends: one completion per arrival, each
+    /// with `more == true`, 1..=n bytes in a buffer of the port's pool
+    /// ([`Payload::Buf`]; give it back with [`recycle`](Self::recycle)) and
+    /// a clone of `value`. The last completion (`more == false`) carries
+    /// `value` itself: `Ok(0)` with an empty buffer at end of stream, the
+    /// error the stream failed with, or an aborted error after
+    /// [`cancel`](Self::cancel) or [`close`](Self::close) (SEMANTICS O9).
+    /// No Windows call does this; it stands for a receive issued again
+    /// after every completion, without the issuing.
+    /// (`IORING_OP_RECV` with `IORING_RECV_MULTISHOT` into the
+    /// provided-buffer ring; on epoll, `recv(2)` into pool buffers on each
+    /// readiness; on Windows, a zero-byte `WSARecv` re-issued after each.)
+    ///
+    /// Memory stays bounded when the handler is slower than the peer: the
+    /// filled buffers waiting to be dequeued never outnumber the pool
+    /// ([`Builder::pool`]). At that count the receive pauses, leaving the
+    /// data in the kernel under TCP's flow control, and goes on as
+    /// completions are dequeued; nothing is lost and the stream is not
+    /// ended.
+    pub fn recv_multi(&self, handle: Handle, value: T) -> Result<OpId, Rejected<T>>
+    where
+        T: Clone,
+    {
+        self.issue(handle, Op::RecvMulti, value, Some(T::clone))
+    }
+
     /// Sends all of `buf` (WSASend; `IORING_OP_SEND`; `send(2)` on
     /// readiness). Completes only when every byte was taken by the kernel
     /// (SEMANTICS O4): short writes are continued inside the port.
@@ -574,7 +600,11 @@ impl<T: Send + 'static> CompletionPort<T> {
     pub fn get(&self, timeout: Option<Duration>) -> Result<Completion<T>, GetError> {
         let mut one = One(None);
         self.dequeue(1, timeout, &mut one)?;
-        Ok(one.0.expect("queue returned Ok with no item"))
+        let c = one.0.expect("queue returned Ok with no item");
+        if holds_pool_buffer(&c) {
+            self.inner.driver.delivered(1);
+        }
+        Ok(c)
     }
 
     /// Dequeues up to `max` completions in one call
@@ -597,6 +627,13 @@ impl<T: Send + 'static> CompletionPort<T> {
         }
         let before = out.len();
         self.dequeue(max, timeout, out)?;
+        let pooled = out[before..]
+            .iter()
+            .filter(|c| holds_pool_buffer(c))
+            .count();
+        if pooled > 0 {
+            self.inner.driver.delivered(pooled);
+        }
         Ok(out.len() - before)
     }
 
@@ -781,4 +818,11 @@ impl<T: Send + 'static> CompletionPort<T> {
             .queue
             .get(&*self.inner.driver, seat, max, timeout, out)
     }
+}
+
+/// Whether a completion hands the user a buffer of the port's pool (a
+/// pooled or multishot receive with data): its dequeue lets the port fill
+/// one more (`Driver::delivered`).
+fn holds_pool_buffer<T>(c: &Completion<T>) -> bool {
+    matches!(c.kind, OpKind::RecvPooled | OpKind::RecvMulti) && matches!(c.result, Ok(n) if n > 0)
 }

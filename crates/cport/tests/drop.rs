@@ -149,6 +149,11 @@ backends! {
         port.recv(h_recv, Vec::with_capacity(64), 2).unwrap();
         let (h_pool, mut peer_pool) = pair(&port, 3);
         port.recv_pooled(h_pool, 3).unwrap();
+        // A multishot receive with data arriving: pool buffers the kernel
+        // may be filling, and filled ones in flight, at the drop.
+        let (h_multi, mut peer_multi) = pair(&port, 7);
+        port.recv_multi(h_multi, 7).unwrap();
+        peer_multi.write_all(&pattern(64 << 10)).unwrap();
 
         // A completion left in the queue: a receive with data waiting and
         // an accept with a client waiting both complete at issue; `get`
@@ -192,6 +197,7 @@ backends! {
         for (name, peer) in [
             ("recv", &mut peer_recv),
             ("recv_pooled", &mut peer_pool),
+            ("recv_multi", &mut peer_multi),
             ("accepted late", &mut late_client),
             ("accepted and queued", &mut queued_client),
         ] {
@@ -207,7 +213,7 @@ backends! {
             "the listener was closed with the port"
         );
 
-        drop((peer_recv, peer_pool, late_client, queued_client, peer_ready));
+        drop((peer_recv, peer_pool, peer_multi, late_client, queued_client, peer_ready));
         let deadline = Instant::now() + LONG.unwrap();
         loop {
             let leaked = new_since(&before);

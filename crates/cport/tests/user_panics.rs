@@ -231,4 +231,52 @@ backends! {
         let last = got.iter().find(|c| !c.more).unwrap();
         assert_eq!((last.value.id, last.value.clone), (7, false));
     }
+
+    // A multishot receive whose value panics on its second clone: the
+    // arrival it was cloned for is lost, the receive and every other
+    // operation go on.
+    fn o9_a_clone_that_panics_loses_only_its_arrival(backend: Backend) {
+        let port = common::port::<Bomb>(backend, 1);
+        let (multi, mut multi_peer) = common::pair(&port, 1);
+        let (single, mut single_peer) = common::pair(&port, 2);
+        port.recv_multi(multi, Bomb::new(1, 2)).unwrap();
+        let arrival = |port: &CompletionPort<Bomb>| {
+            let (got, panics) = drain(port, |got| !got.is_empty());
+            assert_eq!(panics, 0);
+            let c = got.into_iter().next().unwrap();
+            let n = c.result.unwrap();
+            assert!(c.more);
+            c.payload.into_buf().unwrap()[..n].to_vec()
+        };
+        multi_peer.write_all(b"one").unwrap();
+        assert_eq!(arrival(&port), b"one");
+
+        // The panicking arrival, with another receive's data there too.
+        port.recv(single, Vec::with_capacity(8), Bomb::inert(2)).unwrap();
+        multi_peer.write_all(b"two").unwrap();
+        single_peer.write_all(b"other").unwrap();
+        let deadline = Instant::now() + common::LONG.unwrap();
+        let (mut other, mut panics) = (None, 0);
+        while other.is_none() || panics == 0 {
+            assert!(Instant::now() < deadline, "panics {panics}, other {other:?}");
+            match catching(|| port.get(common::LONG)) {
+                Ok(Ok(c)) => {
+                    assert_eq!(c.kind, OpKind::Recv, "the lost arrival came after all");
+                    let n = c.result.unwrap();
+                    other = Some(c.payload.into_buf().unwrap()[..n].to_vec());
+                }
+                Ok(Err(e)) => panic!("nothing came: {e}"),
+                Err(()) => panics += 1,
+            }
+        }
+        assert_eq!((other.unwrap(), panics), (b"other".to_vec(), 1));
+
+        // The receive goes on.
+        multi_peer.write_all(b"three").unwrap();
+        assert_eq!(arrival(&port), b"three");
+        multi_peer.shutdown(std::net::Shutdown::Write).unwrap();
+        let (got, _) = drain(&port, |got| got.iter().any(|c| !c.more));
+        let last = got.iter().find(|c| !c.more).unwrap();
+        assert_eq!((last.value.id, last.value.clone, last.result.as_ref().ok()), (1, false, Some(&0)));
+    }
 }

@@ -14,9 +14,15 @@ pub(crate) type Panic = Box<dyn Any + Send + 'static>;
 /// thread that ran the user code: a panicking value must not take other
 /// operations' completions with it (LESSONS 12). Only the one panic is
 /// kept; a second one in the same batch is dropped (its payload only).
+///
+/// The first item is held inline: an issuing call makes one completion at
+/// most in the common case (a send done at once on epoll), and a batch of
+/// one must not cost an allocation per message.
 #[derive(Debug)]
 pub(crate) struct Batch<E> {
-    items: Vec<E>,
+    /// The oldest item; `None` only when the batch is empty.
+    first: Option<E>,
+    rest: Vec<E>,
     panic: Option<Panic>,
 }
 
@@ -29,27 +35,35 @@ impl<E> Default for Batch<E> {
 impl<E> Batch<E> {
     pub(crate) fn new() -> Self {
         Batch {
-            items: Vec::new(),
+            first: None,
+            rest: Vec::new(),
             panic: None,
         }
     }
 
     pub(crate) fn push(&mut self, e: E) {
-        self.items.push(e);
+        if self.first.is_none() {
+            self.first = Some(e);
+        } else {
+            self.rest.push(e);
+        }
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.items.is_empty()
+        self.first.is_none()
     }
 
-    /// Takes the items out, leaving a caught panic where it is.
-    pub(crate) fn drain(&mut self) -> std::vec::Drain<'_, E> {
-        self.items.drain(..)
+    /// Takes the items out, oldest first, leaving a caught panic where it
+    /// is. The batch is empty afterwards even if the iterator is dropped
+    /// early.
+    pub(crate) fn drain(&mut self) -> impl Iterator<Item = E> + '_ {
+        self.first.take().into_iter().chain(self.rest.drain(..))
     }
 
     /// Drops the items (user code runs: their values' `Drop`).
     pub(crate) fn clear(&mut self) {
-        self.items.clear();
+        self.first = None;
+        self.rest.clear();
     }
 
     /// Runs user code `f`. A panic is kept (the first one) and `None`
@@ -83,16 +97,20 @@ impl<E> Batch<E> {
 /// not carried over, so take it first.
 impl<E> IntoIterator for Batch<E> {
     type Item = E;
-    type IntoIter = std::vec::IntoIter<E>;
+    type IntoIter = std::iter::Chain<std::option::IntoIter<E>, std::vec::IntoIter<E>>;
 
     fn into_iter(self) -> Self::IntoIter {
-        self.items.into_iter()
+        self.first.into_iter().chain(self.rest)
     }
 }
 
 #[cfg(test)]
 impl<E> From<Vec<E>> for Batch<E> {
     fn from(items: Vec<E>) -> Self {
-        Batch { items, panic: None }
+        let mut b = Batch::new();
+        for e in items {
+            b.push(e);
+        }
+        b
     }
 }

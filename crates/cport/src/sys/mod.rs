@@ -167,6 +167,12 @@ pub(crate) trait Driver<T>: Reactor<Completion<T>> + Send + Sync {
 
     /// Takes back a buffer that a pooled receive handed out, for reuse.
     fn recycle(&self, buf: Vec<u8>);
+
+    /// `n` completions carrying a pool buffer (`recv_pooled`,
+    /// `recv_multi`) were dequeued: as many more buffers may be filled.
+    /// What keeps the filled buffers waiting in the queue bounded by the
+    /// pool (SEMANTICS O9).
+    fn delivered(&self, n: usize);
 }
 
 /// Advances the lengths of `bufs` by the `n` bytes a receive or read wrote
@@ -223,6 +229,7 @@ pub(crate) enum Op {
     Recv(Vec<u8>),
     RecvVectored(Vec<Vec<u8>>),
     RecvPooled,
+    RecvMulti,
     Send(Vec<u8>),
     SendVectored(Vec<Vec<u8>>),
     RecvFrom(Vec<u8>),
@@ -242,6 +249,7 @@ impl Op {
             Op::Recv(_) => "recv",
             Op::RecvVectored(_) => "recv_vectored",
             Op::RecvPooled => "recv_pooled",
+            Op::RecvMulti => "recv_multi",
             Op::Send(_) => "send",
             Op::SendVectored(_) => "send_vectored",
             Op::RecvFrom(_) => "recv_from",
@@ -270,6 +278,7 @@ impl Op {
             Op::Connect(_) => OpKind::Connect,
             Op::Recv(_) | Op::RecvVectored(_) => OpKind::Recv,
             Op::RecvPooled => OpKind::RecvPooled,
+            Op::RecvMulti => OpKind::RecvMulti,
             Op::Send(_) | Op::SendVectored(_) => OpKind::Send,
             Op::RecvFrom(_) => OpKind::RecvFrom,
             Op::SendTo(..) => OpKind::SendTo,
@@ -281,7 +290,7 @@ impl Op {
     /// Gives the buffers back, for a refusal.
     pub(crate) fn into_payload(self) -> Payload {
         match self {
-            Op::Accept | Op::Connect(_) | Op::RecvPooled => Payload::None,
+            Op::Accept | Op::Connect(_) | Op::RecvPooled | Op::RecvMulti => Payload::None,
             Op::Recv(b)
             | Op::Send(b)
             | Op::RecvFrom(b)
@@ -303,6 +312,7 @@ impl Op {
             Op::Recv(_)
             | Op::RecvVectored(_)
             | Op::RecvPooled
+            | Op::RecvMulti
             | Op::Send(_)
             | Op::SendVectored(_) => {
                 matches!(

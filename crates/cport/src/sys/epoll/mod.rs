@@ -336,6 +336,10 @@ impl<T> Socket<T> {
         while let Some(head) = q.front_mut() {
             match op::attempt(head, fd, pool) {
                 Step::Wait => break,
+                Step::Paused => {
+                    pool.pause(at.handle);
+                    break;
+                }
                 Step::More(clone, r, extra) => {
                     // User code, inside the reap or the issuing call: a
                     // panic is held in `out` until everything is queued. The
@@ -675,6 +679,13 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
     fn recycle(&self, buf: Vec<u8>) {
         self.pool.give(buf);
     }
+
+    fn delivered(&self, n: usize) {
+        self.pool.delivered(n);
+        if self.pool.any_paused() {
+            self.waker.notify();
+        }
+    }
 }
 
 impl<T: Send + 'static> Reactor<Completion<T>> for Driver<T> {
@@ -686,6 +697,21 @@ impl<T: Send + 'static> Reactor<Completion<T>> for Driver<T> {
     fn wait(&self, timeout: Option<Duration>, out: &mut Ready<T>) {
         let mut bufs = lock(&self.leader);
         let LeaderBufs { events, batch } = &mut *bufs;
+        // Multishot receives that stopped for the pool's count read on once
+        // buffers were dequeued: no edge will come for data already there.
+        let resumed = self.pool.resume();
+        for h in resumed {
+            if let Some(entry) = self.lookup(h) {
+                if let Io::Socket(m) = &entry.io {
+                    lock(m).drive(Side::Read, Self::origin(&entry, h), &self.pool, out);
+                }
+            }
+        }
+        let timeout = if out.is_empty() {
+            timeout
+        } else {
+            Some(Duration::ZERO)
+        };
         match self.epoll.wait(events, sys::timeout_ms(timeout)) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return,

@@ -4,6 +4,7 @@
 use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::io::OwnedFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use socket2::SockRef;
@@ -36,7 +37,7 @@ impl<T> Pending<T> {
     /// the rest (accept, connect, datagrams, files).
     pub(super) fn stream_io(&self) -> Option<bool> {
         match self.op {
-            Op::Recv(_) | Op::RecvVectored(_) | Op::RecvPooled => Some(true),
+            Op::Recv(_) | Op::RecvVectored(_) | Op::RecvPooled | Op::RecvMulti => Some(true),
             Op::Send(_) | Op::SendVectored(_) => Some(false),
             _ => None,
         }
@@ -60,6 +61,10 @@ pub(super) enum Step<T> {
     Done(io::Result<usize>, Extra),
     /// A multishot operation produced one result and goes on.
     More(fn(&T) -> T, io::Result<usize>, Extra),
+    /// A multishot receive stopped before EAGAIN because as many filled
+    /// buffers as the pool holds wait to be dequeued: the socket must be
+    /// driven again once some are (no edge will say so).
+    Paused,
 }
 
 /// What an attempt produced besides the operation's own buffers.
@@ -113,6 +118,7 @@ impl Origin {
             value,
             payload: match extra {
                 Extra::Accepted(stream, peer) => Payload::Accepted { stream, peer },
+                Extra::Pooled(buf) => Payload::Buf(buf),
                 _ => Payload::None,
             },
             more: true,
@@ -130,13 +136,21 @@ fn payload(op: Op, extra: Extra) -> Payload {
     }
 }
 
-/// The buffers behind `recv_pooled`: taken only when a socket is readable
-/// (SEMANTICS O6), kept for reuse when given back.
+/// The buffers behind `recv_pooled` and `recv_multi`: taken only when a
+/// socket is readable (SEMANTICS O6), kept for reuse when given back.
+///
+/// Filled buffers not yet dequeued are counted: a multishot receive stops
+/// reading (leaving the data in the socket, under TCP's flow control) while
+/// they number `keep`, as io_uring's ring would run dry, so a handler
+/// slower than its peers never grows the queue without bound (O9).
 #[derive(Debug)]
 pub(super) struct Pool {
     free: Mutex<Vec<Vec<u8>>>,
     keep: usize,
     size: usize,
+    undelivered: AtomicUsize,
+    /// Sockets whose multishot receive stopped for the count (`Paused`).
+    paused: Mutex<Vec<Handle>>,
 }
 
 impl Pool {
@@ -145,6 +159,57 @@ impl Pool {
             free: Mutex::new(Vec::new()),
             keep,
             size,
+            undelivered: AtomicUsize::new(0),
+            paused: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Remembers that `h`'s multishot receive stopped for the count.
+    pub(super) fn pause(&self, h: Handle) {
+        lock(&self.paused).push(h);
+    }
+
+    /// The paused sockets, once a multishot receive may fill again.
+    pub(super) fn resume(&self) -> Vec<Handle> {
+        if !self.may_fill() {
+            return Vec::new();
+        }
+        std::mem::take(&mut *lock(&self.paused))
+    }
+
+    /// Whether a socket waits for `delivered`.
+    pub(super) fn any_paused(&self) -> bool {
+        !lock(&self.paused).is_empty()
+    }
+
+    /// Whether a multishot receive may fill another buffer now.
+    pub(super) fn may_fill(&self) -> bool {
+        self.undelivered.load(Ordering::Acquire) < self.keep
+    }
+
+    /// `n` filled buffers were dequeued.
+    pub(super) fn delivered(&self, n: usize) {
+        let _ = self
+            .undelivered
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                Some(u.saturating_sub(n))
+            });
+    }
+
+    /// Receives into a pool buffer: the buffer with data, counted as
+    /// filled; at end of stream an empty, capacity-less Vec (as on
+    /// io_uring, no pool buffer is spent on a FIN); or the error.
+    fn recv(&self, fd: &OwnedFd) -> io::Result<Vec<u8>> {
+        let mut buf = self.take();
+        match sys::retry(|| sys::recv(fd, &mut buf)) {
+            Ok(n) if n > 0 => {
+                self.undelivered.fetch_add(1, Ordering::AcqRel);
+                Ok(buf)
+            }
+            r => {
+                self.give(buf);
+                r.map(|_| Vec::new())
+            }
         }
     }
 
@@ -178,20 +243,21 @@ pub(super) fn attempt<T>(p: &mut Pending<T>, fd: &OwnedFd, pool: &Pool) -> Step<
         Op::RecvVectored(bufs) => {
             done_unless_blocked(sys::retry(|| sys::recv_vectored(fd, bufs)), Extra::None)
         }
-        Op::RecvPooled => {
-            let mut buf = pool.take();
-            match sys::retry(|| sys::recv(fd, &mut buf)) {
-                Ok(n) if n > 0 => Step::Done(Ok(n), Extra::Pooled(buf)),
-                // At end of stream an empty Vec, as on io_uring: a pooled
-                // receive's payload is a buffer whenever it succeeded.
-                Ok(_) => {
-                    pool.give(buf);
-                    Step::Done(Ok(0), Extra::Pooled(Vec::new()))
-                }
-                r => {
-                    pool.give(buf);
-                    done_unless_blocked(r, Extra::None)
-                }
+        Op::RecvPooled => match pool.recv(fd) {
+            Ok(buf) => Step::Done(Ok(buf.len()), Extra::Pooled(buf)),
+            Err(e) => done_unless_blocked(Err(e), Extra::None),
+        },
+        Op::RecvMulti => {
+            if !pool.may_fill() {
+                return Step::Paused;
+            }
+            match pool.recv(fd) {
+                Ok(buf) if !buf.is_empty() => match p.multishot {
+                    Some(clone) => Step::More(clone, Ok(buf.len()), Extra::Pooled(buf)),
+                    None => Step::Done(Ok(buf.len()), Extra::Pooled(buf)),
+                },
+                Ok(eof) => Step::Done(Ok(0), Extra::Pooled(eof)),
+                Err(e) => done_unless_blocked(Err(e), Extra::None),
             }
         }
         Op::RecvFrom(buf) => match sys::retry(|| sys::recv_from(fd, buf)) {

@@ -1,12 +1,16 @@
-//! The provided-buffer ring behind `recv_pooled` (IORING_REGISTER_PBUF_RING,
-//! Linux 5.19; io_uring_provided_buffers.7).
+//! The provided-buffer ring behind `recv_pooled` and `recv_multi`
+//! (IORING_REGISTER_PBUF_RING, Linux 5.19; io_uring_provided_buffers.7).
 //!
 //! The kernel picks a buffer from the ring only when data is there to
-//! receive, so an idle connection pins nothing (SEMANTICS O6). The driver
-//! copies what landed into a pool `Vec` and puts the ring buffer back in the
-//! same reap pass: the ring is never empty for longer than one pass, which
-//! is what lets a receive that failed with ENOBUFS be re-armed without
-//! spinning (LESSONS 4, SEMANTICS R3).
+//! receive, so an idle connection pins nothing (SEMANTICS O6). Each buffer
+//! is a `Vec<u8>` of its own: the one the kernel filled is handed to the
+//! user as it is, with no copy, and its slot in the ring stays empty until
+//! the driver refills it (`refill`) — with a recycled buffer, or a new one.
+//! The driver refills only as many slots as completions with a buffer have
+//! been delivered (`Driver::delivered`), so the filled buffers waiting in
+//! the port's queue never outnumber the ring: a handler slower than its
+//! peers leaves the ring empty, receives pause on ENOBUFS, and the data
+//! waits in the kernel, under TCP's flow control (SEMANTICS O9, R3).
 
 use std::io;
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -25,12 +29,14 @@ const MAX_ENTRIES: u32 = 1 << 15;
 pub(super) struct BufRing {
     /// The ring of `BufRingEntry`s the kernel reads; page-aligned.
     ring: Mmap,
-    /// `count` buffers of `size` bytes, back to back.
-    bufs: Mmap,
-    /// Ring entries: a power of two, at least `count`.
+    /// Buffer `bid`, while it is in the ring (the kernel may write into its
+    /// spare capacity); `None` from when a CQE hands it out until a refill.
+    bufs: Vec<Option<Vec<u8>>>,
+    /// The slots handed out and not yet refilled.
+    empty: Vec<u16>,
+    /// Ring entries: a power of two, at least the buffer count.
     entries: u16,
-    count: u16,
-    size: u32,
+    size: usize,
     /// Our tail; the kernel sees it only once published.
     tail: u16,
     unpublished: bool,
@@ -42,30 +48,24 @@ impl BufRing {
     pub(super) fn new(count: u16, size: usize) -> io::Result<BufRing> {
         let count = u32::from(count).clamp(1, MAX_ENTRIES);
         let entries = count.next_power_of_two();
-        let size32 = u32::try_from(size).map_err(|_| {
-            io::Error::new(
+        if u32::try_from(size).is_err() {
+            return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "pool buffer size does not fit in 32 bits",
-            )
-        })?;
-        let total = (count as usize).checked_mul(size).ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "pool size overflows the address space",
-            )
-        })?;
+            ));
+        }
         let ring = Mmap::anon(entries as usize * std::mem::size_of::<BufRingEntry>())?;
-        let bufs = Mmap::anon(total)?;
         let mut r = BufRing {
             ring,
-            bufs,
+            bufs: Vec::with_capacity(count as usize),
+            empty: Vec::with_capacity(count as usize),
             entries: entries as u16,
-            count: count as u16,
-            size: size32,
+            size,
             tail: 0,
             unpublished: false,
         };
-        for bid in 0..r.count {
+        for bid in 0..count as u16 {
+            r.bufs.push(Some(Vec::with_capacity(size)));
             r.put(bid);
         }
         r.publish();
@@ -89,46 +89,77 @@ impl BufRing {
         }
     }
 
-    /// Whether `bid` names one of our buffers.
-    pub(super) fn owns(&self, bid: u16) -> bool {
-        bid < self.count
-    }
-
-    /// The first `len` bytes of buffer `bid`, which a reaped completion
-    /// handed out.
+    /// Takes buffer `bid` out of the ring with the `len` bytes a reaped CQE
+    /// says the kernel wrote into it. `None` if `bid` is not one of ours or
+    /// was already taken (a kernel that misbehaves: logged by the caller).
     ///
     /// # Safety
     ///
-    /// `bid` came from a reaped CQE and has not been [`put`](Self::put)
-    /// back yet: the kernel neither writes it nor can hand it out again.
-    pub(super) unsafe fn data(&self, bid: u16, len: usize) -> &[u8] {
-        debug_assert!(self.owns(bid));
-        let len = len.min(self.size as usize);
-        let start = bid as usize * self.size as usize;
+    /// `bid` and `len` come from a reaped CQE: the kernel wrote `len` bytes
+    /// at the start of that buffer and will not touch it again until it is
+    /// put back.
+    pub(super) unsafe fn take(&mut self, bid: u16, len: usize) -> Option<Vec<u8>> {
+        let mut buf = self.bufs.get_mut(usize::from(bid))?.take()?;
+        self.empty.push(bid);
+        let len = len.min(buf.capacity());
         // SAFETY:
-        // - `start + len` is within the `count * size` mapping (`bid < count`,
-        //   `len <= size`);
-        // - the kernel is done writing this buffer (the caller's contract).
-        unsafe { std::slice::from_raw_parts(self.bufs.as_ptr().add(start), len) }
+        // - `len` is within the capacity, and the kernel wrote those bytes
+        //   (this function's contract).
+        unsafe { buf.set_len(len) };
+        Some(buf)
     }
 
-    /// Gives buffer `bid` back to the kernel (visible after `publish`).
-    pub(super) fn put(&mut self, bid: u16) {
-        debug_assert!(self.owns(bid));
+    /// Puts buffer `bid` back unused: a CQE selected it but moved no data
+    /// into it (end of stream, a request cancelled as its thread exited).
+    pub(super) fn give_back(&mut self, bid: u16) {
+        if matches!(self.bufs.get(usize::from(bid)), Some(Some(_))) {
+            self.put(bid);
+        }
+    }
+
+    /// Refills up to `n` empty slots, each with a buffer of `free` (buffers
+    /// of the pool's size that users recycled) or a new one. Returns how
+    /// many.
+    pub(super) fn refill(&mut self, n: usize, free: &mut Vec<Vec<u8>>) -> usize {
+        let mut done = 0;
+        while done < n {
+            let bid = match self.empty.pop() {
+                Some(bid) => bid,
+                None => break,
+            };
+            let mut buf = free.pop().unwrap_or_else(|| Vec::with_capacity(self.size));
+            buf.clear();
+            self.bufs[usize::from(bid)] = Some(buf);
+            self.put(bid);
+            done += 1;
+        }
+        done
+    }
+
+    /// Whether a receive could find a buffer in the ring now.
+    pub(super) fn has_buffers(&self) -> bool {
+        self.empty.len() < self.bufs.len()
+    }
+
+    /// Makes buffer `bid` available to the kernel (visible after `publish`).
+    fn put(&mut self, bid: u16) {
+        let (addr, len) = match &mut self.bufs[usize::from(bid)] {
+            Some(b) => (b.as_mut_ptr() as u64, b.capacity()),
+            None => return,
+        };
         let idx = usize::from(self.tail & (self.entries - 1));
-        let addr = self.bufs.as_ptr() as u64 + u64::from(bid) * u64::from(self.size);
         // SAFETY:
         // - `idx < entries`, so the entry is inside the ring mapping;
         // - the kernel reads only entries below the published tail, and this
-        //   slot is at or past it (at most `count <= entries` buffers are in
-        //   the ring at once), so nothing reads it concurrently;
+        //   slot is at or past it (at most `bufs.len() <= entries` buffers
+        //   are in the ring at once), so nothing reads it concurrently;
         // - the `&mut` lives for three plain stores to addr/len/bid; the
         //   tail field that entry 0 overlaps is written only by `publish`,
         //   under the same lock.
         unsafe {
             let e = &mut *self.ring.as_ptr().cast::<BufRingEntry>().add(idx);
             e.set_addr(addr);
-            e.set_len(self.size);
+            e.set_len(len as u32);
             e.set_bid(bid);
         }
         self.tail = self.tail.wrapping_add(1);

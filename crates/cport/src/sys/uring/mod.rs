@@ -239,7 +239,7 @@ fn lane_of(kind: SourceKind, op: &Op) -> Option<usize> {
         return None;
     }
     match op {
-        Op::Recv(_) | Op::RecvVectored(_) | Op::RecvPooled => Some(RECV_LANE),
+        Op::Recv(_) | Op::RecvVectored(_) | Op::RecvPooled | Op::RecvMulti => Some(RECV_LANE),
         Op::Send(_) | Op::SendVectored(_) => Some(SEND_LANE),
         _ => None,
     }
@@ -283,6 +283,15 @@ pub(crate) struct Driver<T> {
     port_id: u32,
     pool_buffer_size: usize,
     pool_keep: usize,
+    /// Completions with a pool buffer dequeued since the last refill: how
+    /// many emptied ring slots may be refilled (see `bufring`).
+    credit: AtomicUsize,
+    /// A receive waits for the ring to have buffers: a delivery must get
+    /// the leader to refill it, or nothing would ever re-arm the receive.
+    starved: AtomicBool,
+    /// The kernel takes IORING_RECV_MULTISHOT (Linux 6.0); cleared when it
+    /// refuses one, and `recv_multi` then re-issues a single-shot receive.
+    multishot_recv: AtomicBool,
 }
 
 impl<T: Send + 'static> Driver<T> {
@@ -351,6 +360,9 @@ impl<T: Send + 'static> Driver<T> {
             port_id: config.port_id,
             pool_buffer_size: config.pool_buffer_size,
             pool_keep: usize::from(config.pool_buffers),
+            credit: AtomicUsize::new(0),
+            starved: AtomicBool::new(false),
+            multishot_recv: AtomicBool::new(true),
         })
     }
 }
@@ -536,7 +548,7 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
         let op_kind = op.kind();
         let lane = lane_of(kind, &op);
         let multishot = match op {
-            Op::Accept => opts.multishot,
+            Op::Accept | Op::RecvMulti => opts.multishot,
             _ => None,
         };
         let io = Io::new(op, multishot.is_some(), &mut st.spares);
@@ -581,7 +593,8 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
             // - the operation was just made: no request of it is in flight;
             // - the entry points into the operation, which stays in the
             //   slab until its final CQE.
-            Some(o) => unsafe { o.io.sqe(fd, self.pool_buffer_size) }.user_data(user_data(id)),
+            Some(o) => unsafe { o.io.sqe(fd, self.pool_buffer_size, self.recv_multishot()) }
+                .user_data(user_data(id)),
             None => unreachable!("an operation just inserted"),
         };
         self.push(&mut st, sqe);
@@ -702,6 +715,13 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
         let mut free = lock(&self.pool);
         if free.len() < self.pool_keep {
             free.push(buf);
+        }
+    }
+
+    fn delivered(&self, n: usize) {
+        self.credit.fetch_add(n, Ordering::AcqRel);
+        if self.starved.load(Ordering::Acquire) {
+            self.wake_inner();
         }
     }
 }

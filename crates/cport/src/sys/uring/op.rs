@@ -14,7 +14,6 @@ use io_uring::{cqueue, opcode, squeue};
 use super::bufring::{BufRing, BGID};
 use super::raw::Heap;
 use crate::completion::{Handle, OpKind, Payload};
-use crate::sync::lock_std as lock;
 use crate::sys::error::aborted;
 use crate::sys::unix;
 use crate::sys::{advance, Op};
@@ -136,6 +135,8 @@ pub(super) enum Io {
     Recv(Vec<u8>),
     RecvVectored(Vec<Vec<u8>>, Heap<Msg>),
     RecvPooled,
+    /// `recv_multi`: one request yields a CQE per arrival (IORING_RECV_MULTISHOT).
+    RecvMulti,
     Send {
         buf: Vec<u8>,
         done: usize,
@@ -196,7 +197,7 @@ pub(super) enum Next {
     /// Submit the operation's next request now (the rest of a short write,
     /// or a multishot accept the kernel ended without an error).
     Again,
-    /// Submit it again once this reap pass has put buffers back (ENOBUFS).
+    /// Submit it again once the ring has buffers (ENOBUFS).
     Rearm,
     /// The operation is over: its last completion.
     Done(io::Result<usize>, Extra),
@@ -225,13 +226,6 @@ impl Step {
     }
 }
 
-/// The pooled-receive state a CQE may need.
-pub(super) struct Pool<'a> {
-    pub(super) ring: &'a mut BufRing,
-    pub(super) free: &'a std::sync::Mutex<Vec<Vec<u8>>>,
-    pub(super) buffer_size: usize,
-}
-
 fn os(res: i32) -> io::Error {
     io::Error::from_raw_os_error(-res)
 }
@@ -257,6 +251,7 @@ impl Io {
             Op::Recv(b) => Io::Recv(b),
             Op::RecvVectored(b) => Io::RecvVectored(b, spares.take()),
             Op::RecvPooled => Io::RecvPooled,
+            Op::RecvMulti => Io::RecvMulti,
             Op::Send(buf) => Io::Send { buf, done: 0 },
             Op::SendVectored(bufs) => Io::SendVectored {
                 bufs,
@@ -294,7 +289,16 @@ impl Io {
     /// submission, or its previous CQE was reaped without `F_MORE`. The
     /// returned entry points into `self`, which must then stay alive (in
     /// the slab, or leaked) until the request's last CQE.
-    pub(super) unsafe fn sqe(&mut self, fd: RawFd, pool_buffer_size: usize) -> squeue::Entry {
+    /// `pool_buffer_size` is the length of a buffer-select receive;
+    /// `recv_multishot` says the kernel has IORING_RECV_MULTISHOT (Linux
+    /// 6.0): without it a multishot receive is a single-shot one, issued
+    /// again after each CQE.
+    pub(super) unsafe fn sqe(
+        &mut self,
+        fd: RawFd,
+        pool_buffer_size: usize,
+        recv_multishot: bool,
+    ) -> squeue::Entry {
         let fd = Fd(fd);
         match self {
             Io::Accept(m) => {
@@ -335,10 +339,13 @@ impl Io {
                 msg.point(false);
                 opcode::RecvMsg::new(fd, &mut msg.hdr).build()
             }
-            Io::RecvPooled => opcode::Recv::new(fd, ptr::null_mut(), clamp32(pool_buffer_size))
-                .buf_group(BGID)
-                .build()
-                .flags(squeue::Flags::BUFFER_SELECT),
+            Io::RecvMulti if recv_multishot => opcode::RecvMulti::new(fd, BGID).build(),
+            Io::RecvPooled | Io::RecvMulti => {
+                opcode::Recv::new(fd, ptr::null_mut(), clamp32(pool_buffer_size))
+                    .buf_group(BGID)
+                    .build()
+                    .flags(squeue::Flags::BUFFER_SELECT)
+            }
             Io::Send { buf, done } => {
                 let rest = &buf[*done..];
                 opcode::Send::new(fd, rest.as_ptr(), clamp32(rest.len()))
@@ -427,7 +434,7 @@ impl Io {
         res: i32,
         flags: u32,
         stop: bool,
-        pool: Option<Pool<'_>>,
+        ring: &mut BufRing,
     ) -> Step {
         match self {
             Io::Send { buf, done } | Io::WriteAt { buf, done, .. } => {
@@ -534,48 +541,42 @@ impl Io {
                 }
             }
             Io::RecvPooled => {
-                let Pool {
-                    ring,
-                    free,
-                    buffer_size,
-                } = match pool {
-                    Some(p) => p,
-                    None => return Step::done(Err(os(-libc::EINVAL))),
-                };
-                let mut data = None;
-                if let Some(bid) = cqueue::buffer_select(flags) {
-                    if ring.owns(bid) {
-                        if res > 0 {
-                            let mut v = lock(free)
-                                .pop()
-                                .unwrap_or_else(|| Vec::with_capacity(buffer_size));
-                            // SAFETY:
-                            // - `bid` came in this reaped CQE and is put back
-                            //   only below.
-                            v.extend_from_slice(unsafe { ring.data(bid, res as usize) });
-                            data = Some(v);
-                        }
-                        // At once: an empty ring ends receives with ENOBUFS.
-                        ring.put(bid);
-                    } else {
-                        log::error!(target: "cport", "io_uring: CQE names unknown pool buffer {bid}");
-                    }
-                }
+                let data = selected(ring, res, flags);
                 if res == -libc::ENOBUFS {
-                    return if stop {
-                        Step::done(Err(aborted()))
-                    } else {
-                        // Never ends the stream (LESSONS 4): retried after
-                        // this pass has put buffers back.
-                        Step::next(Next::Rearm)
-                    };
+                    return pool_dry(stop);
                 }
                 if res < 0 {
                     return Step::done(Err(os(res)));
                 }
-                let v = data.unwrap_or_default();
-                debug_assert_eq!(v.len(), res as usize, "pooled receive without its buffer");
-                Step::done_with(Ok(res as usize), Extra::Pooled(v))
+                // At end of stream an empty, capacity-less Vec: no pool
+                // buffer is spent on a FIN.
+                Step::done_with(Ok(res as usize), Extra::Pooled(data.unwrap_or_default()))
+            }
+            Io::RecvMulti => {
+                let data = selected(ring, res, flags);
+                if res > 0 {
+                    // One arrival. Without F_MORE the kernel ended the
+                    // request (its CQ overflowed, or this is the single-shot
+                    // form): issued again, unless it was asked to stop.
+                    let next = if cqueue::more(flags) {
+                        Next::Wait
+                    } else if stop {
+                        Next::Done(Err(aborted()), Extra::None)
+                    } else {
+                        Next::Again
+                    };
+                    return Step {
+                        event: Some((Ok(res as usize), Extra::Pooled(data.unwrap_or_default()))),
+                        next,
+                    };
+                }
+                if res == -libc::ENOBUFS {
+                    return pool_dry(stop);
+                }
+                if res < 0 {
+                    return Step::done(Err(os(res)));
+                }
+                Step::done_with(Ok(0), Extra::Pooled(Vec::new()))
             }
         }
     }
@@ -586,7 +587,7 @@ impl Io {
         let (payload, msg) = match self {
             Io::Accept(m) | Io::Connect { msg: m, .. } => (extra_payload(extra), Some(m)),
             Io::AcceptMulti => (extra_payload(extra), None),
-            Io::RecvPooled => match extra {
+            Io::RecvPooled | Io::RecvMulti => match extra {
                 Extra::Pooled(v) => (Payload::Buf(v), None),
                 _ => (Payload::None, None),
             },
@@ -614,6 +615,35 @@ impl Io {
             spares.give(m);
         }
         payload
+    }
+}
+
+/// The buffer a buffer-select CQE carries: taken out of the ring when the
+/// kernel wrote data into it, else put back. `None` without one.
+fn selected(ring: &mut BufRing, res: i32, flags: u32) -> Option<Vec<u8>> {
+    let bid = cqueue::buffer_select(flags)?;
+    if res <= 0 {
+        ring.give_back(bid);
+        return None;
+    }
+    // SAFETY:
+    // - `bid` and `res` come from this reaped CQE: the kernel wrote `res`
+    //   bytes into that buffer and is done with it.
+    let data = unsafe { ring.take(bid, res as usize) };
+    if data.is_none() {
+        log::error!(target: "cport", "io_uring: CQE names a pool buffer not in the ring: {bid}");
+    }
+    data
+}
+
+/// A buffer-select receive found the ring empty: it waits, with nothing in
+/// the kernel, until buffers come back (never reported as the stream's
+/// end: LESSONS 4, SEMANTICS R3), unless it was asked to stop.
+fn pool_dry(stop: bool) -> Step {
+    if stop {
+        Step::done(Err(aborted()))
+    } else {
+        Step::next(Next::Rearm)
     }
 }
 

@@ -9,15 +9,21 @@ use std::time::Duration;
 
 use io_uring::types::{SubmitArgs, Timespec};
 
-use super::op::{self, Extra, Io, Next, OpState, Pool};
+use super::op::{self, Extra, Io, Next, OpState};
 use super::{op_id, setup, user_data, Driver, State, CANCEL, RECV_LANE, WAKE};
 use crate::completion::{Completion, Handle, OpId};
+use crate::sync::lock_std as lock;
 use crate::sys::error::aborted;
 use crate::sys::Ready;
 
 impl<T> Driver<T> {
-    /// Drains the CQ into `out`; then puts pool buffers back and re-arms
-    /// the receives that met an empty ring.
+    /// Whether the kernel takes IORING_RECV_MULTISHOT, as far as known.
+    pub(super) fn recv_multishot(&self) -> bool {
+        self.multishot_recv.load(Ordering::Relaxed)
+    }
+
+    /// Drains the CQ into `out`; then refills the buffer ring as far as
+    /// deliveries allow and re-arms the receives that met it empty.
     pub(super) fn reap(&self, st: &mut State<T>, out: &mut Ready<T>) {
         // Bounded: a CQ refilled as fast as it drains must not keep the
         // leader (and the lock) forever.
@@ -33,10 +39,22 @@ impl<T> Driver<T> {
                 self.on_cqe(st, cqe.user_data(), cqe.result(), cqe.flags(), out);
             }
         }
+        let credit = self.credit.swap(0, Ordering::AcqRel);
+        if credit > 0 {
+            // Credit beyond the empty slots is dropped: every emptied slot
+            // earns its own when its completion is dequeued.
+            st.bufring.refill(credit, &mut lock(&self.pool));
+        }
         st.bufring.publish();
         if st.rearm.is_empty() {
             return;
         }
+        if !st.bufring.has_buffers() {
+            // Re-armed when a delivery lets the ring be refilled.
+            self.starved.store(true, Ordering::Release);
+            return;
+        }
+        self.starved.store(false, Ordering::Release);
         let mut rearm = mem::take(&mut st.rearm);
         for id in rearm.drain(..) {
             self.again(st, id, out);
@@ -106,23 +124,24 @@ impl<T> Driver<T> {
             // requests when that thread exits, and any thread may issue on
             // a port. Issue it again from this (reaping) thread.
             if let Some(bid) = io_uring::cqueue::buffer_select(flags) {
-                if bufring.owns(bid) {
-                    bufring.put(bid);
-                }
+                bufring.give_back(bid);
             }
             op::lost_to_exit(&mut op.io);
             self.again(st, id, out);
             return;
         }
-        let pool = match op.io {
-            Io::RecvPooled => Some(Pool {
-                ring: bufring,
-                free: &self.pool,
-                buffer_size: self.pool_buffer_size,
-            }),
-            _ => None,
-        };
-        let step = op.io.on_cqe(op.fd, res, flags, stop, pool);
+        if res == -libc::EINVAL
+            && matches!(op.io, Io::RecvMulti)
+            && self.multishot_recv.swap(false, Ordering::Relaxed)
+        {
+            // A kernel before 6.0 refuses IORING_RECV_MULTISHOT: from now
+            // on the port's multishot receives are single-shot ones issued
+            // again after each arrival.
+            log::info!(target: "cport", "io_uring: no multishot receive here (Linux 6.0); re-issuing single receives");
+            self.again(st, id, out);
+            return;
+        }
+        let step = op.io.on_cqe(op.fd, res, flags, stop, bufring);
         if let Some((result, extra)) = step.event {
             let clone = match op.multishot {
                 Some(clone) => clone,
@@ -186,7 +205,11 @@ impl<T> Driver<T> {
         //   is in flight;
         // - the entry points into the operation, which stays in the slab
         //   until its final CQE.
-        let sqe = unsafe { op.io.sqe(op.fd, self.pool_buffer_size) }.user_data(user_data(id));
+        let sqe = unsafe {
+            op.io
+                .sqe(op.fd, self.pool_buffer_size, self.recv_multishot())
+        }
+        .user_data(user_data(id));
         self.push(st, sqe);
     }
 

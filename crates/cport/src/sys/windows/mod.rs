@@ -174,6 +174,7 @@ impl<T: Send + 'static> Driver<T> {
                 size: config.pool_buffer_size,
                 count: usize::from(config.pool_buffers),
                 in_kernel: 0,
+                undelivered: 0,
                 free: Vec::new(),
             }),
         })
@@ -233,7 +234,7 @@ impl<T: Send + 'static> Driver<T> {
             if let Some(a) = st.handles.get_mut(handle.index, handle.gen) {
                 if matches!(a.kind, SourceKind::TcpStream | SourceKind::TcpSocket) {
                     let receive = match c.kind {
-                        OpKind::Recv | OpKind::RecvPooled => Some(true),
+                        OpKind::Recv | OpKind::RecvPooled | OpKind::RecvMulti => Some(true),
                         OpKind::Send => Some(false),
                         _ => None,
                     };
@@ -323,6 +324,10 @@ impl<T: Send + 'static> Driver<T> {
             //   holds none of it.
             let (bytes, err) = unsafe { e.op.get_mut() }.outcome();
             self.settle(&mut st, id, bytes, err, out);
+        }
+        if !st.parked.is_empty() {
+            // Dequeued completions may have made room in the pool.
+            self.resume(&mut st, out);
         }
         packets.len()
     }
@@ -645,6 +650,14 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
 
     fn recycle(&self, buf: Vec<u8>) {
         lock(&self.pool).give(buf);
+    }
+
+    fn delivered(&self, n: usize) {
+        lock(&self.pool).delivered(n);
+        if !lock(&self.state).parked.is_empty() {
+            // The leader resumes parked receives in its reap.
+            self.wake();
+        }
     }
 }
 

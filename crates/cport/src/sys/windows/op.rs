@@ -208,20 +208,40 @@ impl<T> Operation<T> {
                     from,
                 }
             }
+            Op::RecvMulti => {
+                // Arrivals went out with `more`; the last completion has
+                // no data: an empty buffer at end of stream, as on Linux.
+                if let Some(b) = self.pool_buf.take() {
+                    let mut pool = lock(pool);
+                    pool.done();
+                    pool.give(b);
+                }
+                if err.is_none() {
+                    Payload::Buf(Vec::new())
+                } else {
+                    Payload::None
+                }
+            }
             Op::RecvPooled => match self.pool_buf.take() {
-                Some(mut b) if err.is_none() => {
-                    lock(pool).done();
+                Some(mut b) if err.is_none() && bytes > 0 => {
+                    lock(pool).filled();
                     // SAFETY:
                     // - the second phase's receive wrote `bytes` into the
                     //   spare capacity of this pool buffer, untouched since.
                     unsafe { advance(slice::from_mut(&mut b), bytes) };
                     Payload::Buf(b)
                 }
+                // End of stream (an empty, capacity-less buffer, as on
+                // Linux: no pool buffer is spent on a FIN), or a failure.
                 Some(b) => {
                     let mut pool = lock(pool);
                     pool.done();
                     pool.give(b);
-                    Payload::None
+                    if err.is_none() {
+                        Payload::Buf(Vec::new())
+                    } else {
+                        Payload::None
+                    }
                 }
                 None => Payload::None,
             },
@@ -273,7 +293,7 @@ impl<T> Operation<T> {
             Op::RecvVectored(bs) => bs.iter_mut().map(spare).collect(),
             // Zero bytes first: completes when data or the end is there,
             // pinning no buffer meanwhile (O6).
-            Op::RecvPooled => match &mut self.pool_buf {
+            Op::RecvPooled | Op::RecvMulti => match &mut self.pool_buf {
                 Some(b) => vec![spare(b)],
                 None => vec![WSABUF {
                     len: 0,
@@ -572,7 +592,7 @@ impl<T> OpBox<T> {
         //   dequeued; the kernel holds none of it now (as above).
         unsafe {
             match op.op.kind() {
-                OpKind::Recv | OpKind::RecvPooled => op.recv(skip),
+                OpKind::Recv | OpKind::RecvPooled | OpKind::RecvMulti => op.recv(skip),
                 OpKind::RecvFrom => op.recv_from(skip),
                 OpKind::Send => op.send(skip),
                 OpKind::SendTo => op.send_to(skip),
@@ -617,7 +637,7 @@ impl<T> OpBox<T> {
                 return Next::Again(unsafe { self.start(skip) });
             }
         }
-        if matches!(op.op, Op::RecvPooled) && op.pool_buf.is_none() {
+        if matches!(op.op, Op::RecvPooled | Op::RecvMulti) && op.pool_buf.is_none() {
             // The zero-byte receive says data or the end is there: now, and
             // only now, a buffer is pinned (O6).
             return match lock(pool).take() {
@@ -629,6 +649,33 @@ impl<T> OpBox<T> {
                 }
                 None => Next::Park,
             };
+        }
+        if let (Op::RecvMulti, Some(clone), true) = (&op.op, op.multishot, bytes > 0) {
+            // One arrival: its buffer goes out with `more`, and the receive
+            // waits again with zero bytes, pinning nothing (O6, O9).
+            if let Some(mut b) = op.pool_buf.take() {
+                lock(pool).filled();
+                // SAFETY:
+                // - the receive into this pool buffer wrote `bytes` into
+                //   its spare capacity, untouched since.
+                unsafe { advance(slice::from_mut(&mut b), bytes) };
+                // User code, inside the reap: see the accept below.
+                if let Some(value) = out.catch(|| clone(&op.value)) {
+                    out.push(Completion {
+                        key: op.key,
+                        kind: OpKind::RecvMulti,
+                        op: Some(op.id),
+                        handle: Some(op.handle),
+                        result: Ok(bytes),
+                        value,
+                        payload: Payload::Buf(b),
+                        more: true,
+                    });
+                }
+            }
+            // SAFETY:
+            // - as above: the start that ended was its last.
+            return Next::Again(unsafe { self.start(skip) });
         }
         let multishot = match op.op {
             Op::Accept => op.multishot,

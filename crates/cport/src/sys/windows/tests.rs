@@ -54,6 +54,7 @@ fn pool_runs_dry_only_while_buffers_are_in_the_kernel() {
         size: 64,
         count: 2,
         in_kernel: 0,
+        undelivered: 0,
         free: Vec::new(),
     };
     let a = pool.take().expect("first");
