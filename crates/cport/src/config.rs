@@ -65,4 +65,7 @@ pub(crate) struct Config {
     /// Buffers in the pool behind `recv_pooled`.
     pub(crate) pool_buffers: u16,
     pub(crate) pool_buffer_size: usize,
+    /// One thread issues and reaps everything (`LocalPort`): io_uring
+    /// runs its ring with SINGLE_ISSUER | DEFER_TASKRUN.
+    pub(crate) single_issuer: bool,
 }

@@ -127,6 +127,7 @@
 
 mod completion;
 mod config;
+mod local;
 mod pool;
 mod port;
 mod queue;
@@ -135,6 +136,7 @@ mod sys;
 
 pub use completion::{Completion, GetError, Handle, OpId, OpKind, Payload, Rejected};
 pub use config::Backend;
+pub use local::LocalPort;
 pub use pool::{WorkerPanic, Workers, QUIT_KEY};
 pub use port::{Builder, CompletionPort};
 pub use queue::QueueStats;

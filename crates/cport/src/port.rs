@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crate::completion::{Completion, GetError, Handle, OpId, OpKind, Payload, Rejected};
 use crate::config::{Backend, Config};
+use crate::local::LocalPort;
 use crate::queue::{Batch, Queue, QueueStats, Seat};
 use crate::sys::error::{self, no_room, port_closed};
 use crate::sys::{self, Driver, Op, Opts, Ready, Source, SourceInner};
@@ -65,10 +66,12 @@ impl Builder {
         self
     }
 
-    /// The pool behind [`CompletionPort::recv_pooled`]: `count` buffers of
-    /// `size` bytes (default 512 × 4096). On io_uring they form the
-    /// provided-buffer ring; data is copied out of it into a buffer of the
-    /// same size, which [`CompletionPort::recycle`] takes back.
+    /// The pool behind [`CompletionPort::recv_pooled`] and
+    /// [`CompletionPort::recv_multi`]: `count` buffers of `size` bytes
+    /// (default 512 × 4096). On io_uring they form the provided-buffer ring,
+    /// and the buffer the kernel filled is the one handed out.
+    /// [`CompletionPort::recycle`] takes buffers back for reuse; the filled
+    /// buffers waiting to be dequeued never outnumber `count`.
     pub fn pool(mut self, count: u16, size: usize) -> Builder {
         self.pool_buffers = count;
         self.pool_buffer_size = size;
@@ -100,6 +103,19 @@ impl Builder {
     /// `cport`) naming the reason (SEMANTICS R1). An explicit backend that
     /// cannot start is an error naming its cause.
     pub fn build<T: Send + 'static>(self) -> io::Result<CompletionPort<T>> {
+        self.open(false)
+    }
+
+    /// Creates a port for the calling thread alone ([`LocalPort`]): every
+    /// operation is issued, and every completion dequeued, on this thread.
+    /// The concurrency value and [`batch_submissions`](Self::batch_submissions)
+    /// do not apply: one thread runs, and its operations start when it
+    /// comes back to `get`.
+    pub fn build_local<T: Send + 'static>(self) -> io::Result<LocalPort<T>> {
+        Ok(LocalPort::new_from(self.open(true)?))
+    }
+
+    fn open<T: Send + 'static>(self, local: bool) -> io::Result<CompletionPort<T>> {
         static NEXT_PORT: AtomicU32 = AtomicU32::new(1);
         let concurrency = match self.concurrency {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -116,13 +132,21 @@ impl Builder {
             entries: self.entries.max(8),
             pool_buffers: self.pool_buffers,
             pool_buffer_size: self.pool_buffer_size,
+            single_issuer: local,
         };
         let driver = sys::open::<T>(self.backend, &config)?;
+        let queue = if local {
+            // One thread: nobody else can post, so spinning for a post
+            // would only burn the thread's time.
+            Queue::new(1).without_spinning()
+        } else {
+            Queue::new(concurrency)
+        };
         Ok(CompletionPort {
             inner: Arc::new(Inner {
                 id: config.port_id,
-                queue: Queue::new(concurrency),
-                batch: self.batch_submissions,
+                queue,
+                batch: self.batch_submissions || local,
                 driver,
             }),
         })

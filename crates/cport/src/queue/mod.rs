@@ -225,6 +225,15 @@ impl<E> Queue<E> {
         }
     }
 
+    /// The same queue, whose threads never spin before they sleep (a port
+    /// of one thread: no other thread can post meanwhile).
+    pub(crate) fn without_spinning(self) -> Self {
+        self.spin
+            .never
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self
+    }
+
     pub(crate) fn concurrency(&self) -> usize {
         self.concurrency
     }

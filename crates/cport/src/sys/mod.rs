@@ -453,6 +453,7 @@ mod tests {
             entries: 8,
             pool_buffers: 1,
             pool_buffer_size: 1,
+            single_issuer: false,
         };
         let refused = |_: &Config| -> io::Result<Box<dyn Driver<()>>> {
             Err(io::Error::from_raw_os_error(libc::EPERM))
@@ -484,6 +485,7 @@ mod tests {
             entries: 8,
             pool_buffers: 1,
             pool_buffer_size: 1,
+            single_issuer: false,
         };
         match uring::Driver::<()>::new(&config) {
             Ok(_) => {

@@ -292,6 +292,9 @@ pub(crate) struct Driver<T> {
     /// The kernel takes IORING_RECV_MULTISHOT (Linux 6.0); cleared when it
     /// refuses one, and `recv_multi` then re-issues a single-shot receive.
     multishot_recv: AtomicBool,
+    /// The ring runs DEFER_TASKRUN: completions are posted only in an enter
+    /// that asks for events, so even a look may need one.
+    deferred_taskrun: bool,
 }
 
 impl<T: Send + 'static> Driver<T> {
@@ -303,13 +306,7 @@ impl<T: Send + 'static> Driver<T> {
         // dontfork: a forked child must not share the rings' pages.
         // submit_all: an SQE that fails to prepare must not strand the ones
         // behind it in the SQ until some later enter.
-        let mut ring = IoUring::builder()
-            .dontfork()
-            .setup_clamp()
-            .setup_submit_all()
-            .setup_cqsize(config.entries.saturating_mul(4))
-            .build(config.entries)
-            .map_err(|e| setup::setup_error(e, config.entries))?;
+        let (mut ring, ring_defers) = setup::ring(config)?;
         setup::probe(&ring)?;
         bufring.register(&ring).map_err(|e| {
             let why = match e.raw_os_error() {
@@ -363,6 +360,7 @@ impl<T: Send + 'static> Driver<T> {
             credit: AtomicUsize::new(0),
             starved: AtomicBool::new(false),
             multishot_recv: AtomicBool::new(true),
+            deferred_taskrun: ring_defers,
         })
     }
 }

@@ -17,6 +17,19 @@ use crate::sys::error::aborted;
 use crate::sys::Ready;
 
 impl<T> Driver<T> {
+    /// Whether a ring that defers its task work has completions waiting
+    /// for an enter.
+    fn taskrun_pending(&self) -> bool {
+        if !self.deferred_taskrun {
+            return false;
+        }
+        let _st = self.lock();
+        // SAFETY:
+        // - the state lock is held, and every SubmissionQueue is made under
+        //   it: this one is the only one.
+        unsafe { self.ring.submission_shared() }.taskrun()
+    }
+
     /// Whether the kernel takes IORING_RECV_MULTISHOT, as far as known.
     pub(super) fn recv_multishot(&self) -> bool {
         self.multishot_recv.load(Ordering::Relaxed)
@@ -316,8 +329,10 @@ impl<T> Driver<T> {
         let submitter = self.ring.submitter();
         let r = match timeout {
             // A look with nothing to submit needs no system call: CQEs are
-            // posted to the shared ring by the kernel on its own.
-            Some(d) if d.is_zero() && deferred == 0 => Ok(0),
+            // posted to the shared ring by the kernel on its own (unless it
+            // defers its task work, and some waits: `submit` then enters
+            // for it).
+            Some(d) if d.is_zero() && deferred == 0 && !self.taskrun_pending() => Ok(0),
             Some(d) if d.is_zero() => submitter.submit(),
             // Beyond a year is "forever"; it also keeps tv_sec in range.
             Some(d) if d < Duration::from_secs(365 * 24 * 3600) => {

@@ -10,9 +10,48 @@ use io_uring::{opcode, squeue, IoUring};
 
 use super::raw::{self, Heap};
 use super::{CANCEL, WAKE};
+use crate::config::Config;
 use crate::sys::unix::EventFd;
 
 /// Names the cause of an io_uring_setup failure (SEMANTICS R1, LESSONS 5, 9).
+/// Makes the ring: any thread submits and reaps (the port's queue orders
+/// them), or, for a port of one thread, SINGLE_ISSUER | DEFER_TASKRUN (Linux
+/// 6.1), where completions are posted only when that thread enters the
+/// kernel for them, with no interrupt of a running thread. Returns the ring
+/// and whether it defers its task work.
+pub(super) fn ring(config: &Config) -> io::Result<(IoUring, bool)> {
+    let build = |single: bool| {
+        let mut b = IoUring::builder();
+        // dontfork: a forked child must not share the rings' pages.
+        // submit_all: an SQE that fails to prepare must not strand the ones
+        // behind it in the SQ until some later enter.
+        b.dontfork()
+            .setup_clamp()
+            .setup_submit_all()
+            .setup_cqsize(config.entries.saturating_mul(4));
+        if single {
+            // taskrun_flag: a look at the CQ can tell whether completions
+            // wait for an enter.
+            b.setup_single_issuer()
+                .setup_defer_taskrun()
+                .setup_taskrun_flag();
+        }
+        b.build(config.entries)
+    };
+    if config.single_issuer {
+        match build(true) {
+            Ok(ring) => return Ok((ring, true)),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                log::info!(target: "cport", "io_uring: no SINGLE_ISSUER | DEFER_TASKRUN here (Linux 6.1): a local port runs on a shared ring");
+            }
+            Err(e) => return Err(setup_error(e, config.entries)),
+        }
+    }
+    build(false)
+        .map(|ring| (ring, false))
+        .map_err(|e| setup_error(e, config.entries))
+}
+
 pub(super) fn setup_error(e: io::Error, entries: u32) -> io::Error {
     let why = match e.raw_os_error() {
         Some(libc::EPERM) | Some(libc::EACCES) => {

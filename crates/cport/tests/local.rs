@@ -1,0 +1,150 @@
+//! `LocalPort`: the port of one thread (SEMANTICS P1 with N = 1, O1, O9),
+//! on every backend: what it issues completes when the thread comes back
+//! to `get`, a zero-timeout look sees what the kernel finished, and ports
+//! on several threads share nothing.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use cport::{Backend, Builder, LocalPort, OpKind, Payload};
+
+fn local(backend: Backend) -> LocalPort<u64> {
+    Builder::new()
+        .backend(backend)
+        .pool(8, 2048)
+        .build_local()
+        .unwrap_or_else(|e| panic!("a local {backend} port: {e}"))
+}
+
+/// Serves one echo connection on `port` until the peer closes: a
+/// multishot receive, and a send of every arrival from its own buffer.
+fn echo_until_closed(port: &LocalPort<u64>, conn: cport::Handle) -> usize {
+    port.recv_multi(conn, 0).unwrap();
+    let (mut echoed, mut sends) = (0, 0);
+    loop {
+        let c = port.get(common::LONG).expect("a completion");
+        match c.kind {
+            OpKind::RecvMulti if c.more => {
+                let n = c.result.unwrap();
+                let buf = c.payload.into_buf().unwrap();
+                assert_eq!(buf.len(), n);
+                port.send(conn, buf, 1).unwrap();
+                sends += 1;
+            }
+            OpKind::RecvMulti => {
+                assert_eq!(c.result.unwrap(), 0, "the peer closed");
+                break;
+            }
+            OpKind::Send => {
+                echoed += c.result.unwrap();
+                sends -= 1;
+                port.recycle(c.payload.into_buf().unwrap());
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    while sends > 0 {
+        let c = port.get(common::LONG).expect("a send");
+        echoed += c.result.unwrap();
+        sends -= 1;
+    }
+    echoed
+}
+
+backends! {
+    fn p1_a_local_port_echoes_on_its_thread(backend: Backend) {
+        let port = local(backend);
+        let listener = port.associate(TcpListener::bind("127.0.0.1:0").unwrap(), 0).unwrap();
+        let addr = port.local_addr(listener).unwrap();
+        let data = common::pattern(256 << 10);
+        let sent = data.clone();
+        let client = thread::spawn(move || {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(common::LONG).unwrap();
+            let mut r = s.try_clone().unwrap();
+            let reader = thread::spawn(move || {
+                let mut got = Vec::new();
+                r.read_to_end(&mut got).unwrap();
+                got
+            });
+            s.write_all(&sent).unwrap();
+            s.shutdown(Shutdown::Write).unwrap();
+            reader.join().unwrap()
+        });
+        port.accept(listener, 0).unwrap();
+        let c = port.get(common::LONG).unwrap();
+        let stream = match c.payload {
+            Payload::Accepted { stream, .. } => stream,
+            other => panic!("an accept without its stream: {other:?}"),
+        };
+        let conn = port.associate(stream, 1).unwrap();
+        assert_eq!(echo_until_closed(&port, conn), data.len());
+        port.close(conn).unwrap();
+        let got = client.join().unwrap();
+        assert!(got == data, "every byte echoed, in order");
+        assert_eq!(port.stats().running, 1, "one thread, the one that dequeued");
+    }
+
+    // A look that does not wait still sees what the kernel finished: on a
+    // ring that defers its task work, completions are posted only when the
+    // thread enters the kernel for them, so even the look must.
+    fn q1_a_zero_timeout_look_sees_finished_io(backend: Backend) {
+        let port = local(backend);
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut peer = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let h = port.associate(l.accept().unwrap().0, 3).unwrap();
+        port.recv(h, Vec::with_capacity(16), 7).unwrap();
+        peer.write_all(b"done").unwrap();
+        let deadline = Instant::now() + common::LONG.unwrap();
+        let c = loop {
+            match port.get(Some(Duration::ZERO)) {
+                Ok(c) => break c,
+                Err(cport::GetError::Timeout) => {
+                    assert!(Instant::now() < deadline, "a look never saw the receive");
+                    thread::yield_now();
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
+        assert_eq!((c.kind, c.value, c.result.unwrap()), (OpKind::Recv, 7, 4));
+    }
+
+    // A port per thread, sharing nothing: four threads each serve their
+    // own listener at once.
+    fn p5_local_ports_on_several_threads_share_nothing(backend: Backend) {
+        let servers: Vec<_> = (0..4)
+            .map(|i| {
+                let (tx, rx) = std::sync::mpsc::channel();
+                let t = thread::spawn(move || {
+                    let port = local(backend);
+                    let l = port.associate(TcpListener::bind("127.0.0.1:0").unwrap(), 0).unwrap();
+                    tx.send(port.local_addr(l).unwrap()).unwrap();
+                    port.accept(l, 0).unwrap();
+                    let c = port.get(common::LONG).unwrap();
+                    let stream = match c.payload {
+                        Payload::Accepted { stream, .. } => stream,
+                        other => panic!("an accept without its stream: {other:?}"),
+                    };
+                    let conn = port.associate(stream, 1).unwrap();
+                    echo_until_closed(&port, conn)
+                });
+                (i, t, rx.recv_timeout(common::LONG.unwrap()).unwrap())
+            })
+            .collect();
+        for (i, t, addr) in servers {
+            let msg = format!("to server {i}").into_bytes();
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(common::LONG).unwrap();
+            s.write_all(&msg).unwrap();
+            s.shutdown(Shutdown::Write).unwrap();
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).unwrap();
+            assert_eq!(got, msg);
+            assert_eq!(t.join().unwrap(), msg.len());
+        }
+    }
+}
