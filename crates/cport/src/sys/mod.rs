@@ -201,6 +201,48 @@ pub(crate) unsafe fn advance(bufs: &mut [Vec<u8>], mut n: usize) {
     }
 }
 
+/// The buffers of a port's receive pool that users gave back
+/// (`CompletionPort::recycle`), kept for reuse: only buffers of the pool's
+/// size, and at most `keep` of them. Every backend's pool keeps one.
+#[derive(Debug)]
+pub(crate) struct FreeList {
+    bufs: Vec<Vec<u8>>,
+    keep: usize,
+    size: usize,
+}
+
+impl FreeList {
+    pub(crate) fn new(keep: usize, size: usize) -> FreeList {
+        FreeList {
+            bufs: Vec::new(),
+            keep,
+            size,
+        }
+    }
+
+    /// An empty buffer of the pool's size: a recycled one, else a new one.
+    pub(crate) fn take(&mut self) -> Vec<u8> {
+        self.bufs
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(self.size))
+    }
+
+    /// Keeps `buf` for reuse if it is of the pool's size and there is
+    /// room; drops it otherwise.
+    pub(crate) fn give(&mut self, mut buf: Vec<u8>) {
+        if buf.capacity() == self.size && self.bufs.len() < self.keep {
+            buf.clear();
+            self.bufs.push(buf);
+        }
+    }
+
+    /// How many buffers are kept.
+    #[cfg(all(test, windows))]
+    pub(crate) fn len(&self) -> usize {
+        self.bufs.len()
+    }
+}
+
 /// Options of one submission.
 pub(crate) struct Opts<T> {
     /// The issuing thread is running a completion of this port and will

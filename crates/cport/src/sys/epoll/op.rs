@@ -12,7 +12,7 @@ use socket2::SockRef;
 use super::sys;
 use crate::completion::{Completion, Handle, OpId, Payload};
 use crate::sync::lock_std as lock;
-use crate::sys::Op;
+use crate::sys::{FreeList, Op};
 
 /// An operation waiting in a handle's queue.
 pub(super) struct Pending<T> {
@@ -145,9 +145,8 @@ fn payload(op: Op, extra: Extra) -> Payload {
 /// slower than its peers never grows the queue without bound (O9).
 #[derive(Debug)]
 pub(super) struct Pool {
-    free: Mutex<Vec<Vec<u8>>>,
+    free: Mutex<FreeList>,
     keep: usize,
-    size: usize,
     undelivered: AtomicUsize,
     /// Sockets whose multishot receive stopped for the count (`Paused`).
     paused: Mutex<Vec<Handle>>,
@@ -156,9 +155,8 @@ pub(super) struct Pool {
 impl Pool {
     pub(super) fn new(keep: usize, size: usize) -> Pool {
         Pool {
-            free: Mutex::new(Vec::new()),
+            free: Mutex::new(FreeList::new(keep, size)),
             keep,
-            size,
             undelivered: AtomicUsize::new(0),
             paused: Mutex::new(Vec::new()),
         }
@@ -216,19 +214,11 @@ impl Pool {
     /// A buffer of `size` bytes' capacity: a recycled one, else a new one,
     /// so a pooled receive never waits for a buffer (no R3 stall on epoll).
     fn take(&self) -> Vec<u8> {
-        let reused = lock(&self.free).pop();
-        reused.unwrap_or_else(|| Vec::with_capacity(self.size))
+        lock(&self.free).take()
     }
 
-    pub(super) fn give(&self, mut buf: Vec<u8>) {
-        if buf.capacity() != self.size {
-            return;
-        }
-        buf.clear();
-        let mut free = lock(&self.free);
-        if free.len() < self.keep {
-            free.push(buf);
-        }
+    pub(super) fn give(&self, buf: Vec<u8>) {
+        lock(&self.free).give(buf);
     }
 }
 

@@ -19,6 +19,7 @@ use io_uring::types::BufRingEntry;
 use io_uring::IoUring;
 
 use super::raw::Mmap;
+use crate::sys::FreeList;
 
 /// The buffer group id of the pool (one group per ring).
 pub(super) const BGID: u16 = 0;
@@ -36,7 +37,6 @@ pub(super) struct BufRing {
     empty: Vec<u16>,
     /// Ring entries: a power of two, at least the buffer count.
     entries: u16,
-    size: usize,
     /// Our tail; the kernel sees it only once published.
     tail: u16,
     unpublished: bool,
@@ -60,7 +60,6 @@ impl BufRing {
             bufs: Vec::with_capacity(count as usize),
             empty: Vec::with_capacity(count as usize),
             entries: entries as u16,
-            size,
             tail: 0,
             unpublished: false,
         };
@@ -120,16 +119,14 @@ impl BufRing {
     /// Refills up to `n` empty slots, each with a buffer of `free` (buffers
     /// of the pool's size that users recycled) or a new one. Returns how
     /// many.
-    pub(super) fn refill(&mut self, n: usize, free: &mut Vec<Vec<u8>>) -> usize {
+    pub(super) fn refill(&mut self, n: usize, free: &mut FreeList) -> usize {
         let mut done = 0;
         while done < n {
             let bid = match self.empty.pop() {
                 Some(bid) => bid,
                 None => break,
             };
-            let mut buf = free.pop().unwrap_or_else(|| Vec::with_capacity(self.size));
-            buf.clear();
-            self.bufs[usize::from(bid)] = Some(buf);
+            self.bufs[usize::from(bid)] = Some(free.take());
             self.put(bid);
             done += 1;
         }

@@ -171,7 +171,7 @@ use crate::sync::lock_std as lock;
 use crate::sys::error::Broken;
 use crate::sys::error::{aborted, bad_handle, none_in_flight, not_in_flight, not_ip, port_closed};
 use crate::sys::unix::EventFd;
-use crate::sys::{Op, Opts, Ready, Source, SourceKind};
+use crate::sys::{FreeList, Op, Opts, Ready, Source, SourceKind};
 
 // Neither reserved value is an `OpId`: index u32::MAX is the slab's "none"
 // and never handed out, and index u32::MAX - 1 would need four billion
@@ -273,7 +273,7 @@ pub(crate) struct Driver<T> {
     ring: ManuallyDrop<IoUring>,
     state: Mutex<State<T>>,
     /// Buffers handed out by pooled receives and recycled, for reuse.
-    pool: Mutex<Vec<Vec<u8>>>,
+    pool: Mutex<FreeList>,
     wake_fd: EventFd,
     /// A wake-up was written and its read not yet reaped.
     wake_pending: AtomicBool,
@@ -282,7 +282,6 @@ pub(crate) struct Driver<T> {
     backlogged: AtomicBool,
     port_id: u32,
     pool_buffer_size: usize,
-    pool_keep: usize,
     /// Completions with a pool buffer dequeued since the last refill: how
     /// many emptied ring slots may be refilled (see `bufring`).
     credit: AtomicUsize,
@@ -349,14 +348,16 @@ impl<T: Send + 'static> Driver<T> {
                 closed: false,
                 dead: Vec::new(),
             }),
-            pool: Mutex::new(Vec::new()),
+            pool: Mutex::new(FreeList::new(
+                usize::from(config.pool_buffers),
+                config.pool_buffer_size,
+            )),
             wake_fd,
             wake_pending: AtomicBool::new(false),
             unsubmitted: AtomicUsize::new(0),
             backlogged: AtomicBool::new(false),
             port_id: config.port_id,
             pool_buffer_size: config.pool_buffer_size,
-            pool_keep: usize::from(config.pool_buffers),
             credit: AtomicUsize::new(0),
             starved: AtomicBool::new(false),
             multishot_recv: AtomicBool::new(true),
@@ -705,15 +706,8 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
         self.close_port_inner();
     }
 
-    fn recycle(&self, mut buf: Vec<u8>) {
-        if buf.capacity() != self.pool_buffer_size {
-            return;
-        }
-        buf.clear();
-        let mut free = lock(&self.pool);
-        if free.len() < self.pool_keep {
-            free.push(buf);
-        }
+    fn recycle(&self, buf: Vec<u8>) {
+        lock(&self.pool).give(buf);
     }
 
     fn delivered(&self, n: usize) {

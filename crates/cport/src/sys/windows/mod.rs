@@ -96,7 +96,7 @@ use crate::sys::error::{
     bad_handle, none_in_flight, not_a_socket, not_in_flight, not_ip, port_closed, Broken, ABORTED,
 };
 use crate::sys::slab::Slab;
-use crate::sys::{Op, Opts, Ready, Source, SourceInner, SourceKind};
+use crate::sys::{FreeList, Op, Opts, Ready, Source, SourceInner, SourceKind};
 
 /// The completion key of every associated socket: operations are told
 /// apart by their `OVERLAPPED`, not by the key.
@@ -171,11 +171,10 @@ impl<T: Send + 'static> Driver<T> {
                 parked: Vec::new(),
             }),
             pool: Mutex::new(Pool {
-                size: config.pool_buffer_size,
                 count: usize::from(config.pool_buffers),
                 in_kernel: 0,
                 undelivered: 0,
-                free: Vec::new(),
+                free: FreeList::new(usize::from(config.pool_buffers), config.pool_buffer_size),
             }),
         })
     }

@@ -1,17 +1,18 @@
 //! The buffers of pooled and multishot receives (O6, O9, R3).
 
+use crate::sys::FreeList;
+
 /// The buffers behind `recv_pooled` and `recv_multi`: at most `count` of
 /// `size` bytes in the kernel or filled and not yet dequeued at once, as
 /// io_uring's provided-buffer ring holds them. A buffer no longer counts
 /// once the completion that carries it is dequeued (`delivered`);
 /// `recycle` refills the free list up to `count`.
 pub(super) struct Pool {
-    pub(super) size: usize,
     pub(super) count: usize,
     pub(super) in_kernel: usize,
     /// Buffers filled and waiting in the port's queue.
     pub(super) undelivered: usize,
-    pub(super) free: Vec<Vec<u8>>,
+    pub(super) free: FreeList,
 }
 
 impl Pool {
@@ -21,11 +22,7 @@ impl Pool {
             return None;
         }
         self.in_kernel += 1;
-        Some(
-            self.free
-                .pop()
-                .unwrap_or_else(|| Vec::with_capacity(self.size)),
-        )
+        Some(self.free.take())
     }
 
     /// A receive that held a buffer finished.
@@ -46,10 +43,7 @@ impl Pool {
     }
 
     /// Keeps a buffer for reuse; others are dropped.
-    pub(super) fn give(&mut self, mut buf: Vec<u8>) {
-        if buf.capacity() == self.size && self.free.len() < self.count {
-            buf.clear();
-            self.free.push(buf);
-        }
+    pub(super) fn give(&mut self, buf: Vec<u8>) {
+        self.free.give(buf);
     }
 }

@@ -8,7 +8,7 @@ use super::net::{from_storage, to_storage};
 use super::op::{unsent, OpBox, Operation};
 use super::pool::Pool;
 use crate::completion::{Handle, OpId};
-use crate::sys::Op;
+use crate::sys::{FreeList, Op};
 
 /// `len` bytes of `s` over a storage full of 0xAA, as the kernel leaves
 /// one it wrote an address of that length into.
@@ -51,11 +51,10 @@ fn sockaddr_bytes_round_trip_for_both_families() {
 #[test]
 fn pool_runs_dry_only_while_buffers_are_in_the_kernel() {
     let mut pool = Pool {
-        size: 64,
         count: 2,
         in_kernel: 0,
         undelivered: 0,
-        free: Vec::new(),
+        free: FreeList::new(2, 64),
     };
     let a = pool.take().expect("first");
     let _b = pool.take().expect("second");
