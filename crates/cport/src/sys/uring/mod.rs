@@ -136,8 +136,6 @@
 mod bufring;
 mod op;
 mod raw;
-#[cfg(test)]
-mod tests;
 
 use std::collections::VecDeque;
 use std::fs;
