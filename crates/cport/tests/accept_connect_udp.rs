@@ -31,6 +31,29 @@ fn datagram(p: Payload) -> (Vec<u8>, Option<SocketAddr>) {
     }
 }
 
+/// Whether `s` is in blocking mode. Windows has no call that says: there
+/// a read with a timeout on an idle stream tells, failing with TimedOut
+/// when the stream blocks and at once with WouldBlock when it does not.
+fn is_blocking(s: &TcpStream) -> bool {
+    #[cfg(unix)]
+    {
+        !socket2::SockRef::from(s).nonblocking().unwrap()
+    }
+    #[cfg(windows)]
+    {
+        s.set_read_timeout(Some(std::time::Duration::from_millis(20)))
+            .unwrap();
+        let mut reader = s;
+        let r = reader.read(&mut [0u8; 1]);
+        s.set_read_timeout(None).unwrap();
+        match r {
+            Err(e) if e.kind() == ErrorKind::TimedOut => true,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => false,
+            other => panic!("a read on an idle stream: {other:?}"),
+        }
+    }
+}
+
 fn udp() -> UdpSocket {
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();
     s.set_read_timeout(LONG).unwrap();
@@ -99,6 +122,32 @@ backends! {
         assert_empty(&port);
     }
 
+    /// An accepted stream is handed out in blocking mode, as a plain
+    /// `accept` would give it (it is not the port's until associated), from
+    /// a single and from a multishot accept.
+    fn o7_accepted_stream_is_in_blocking_mode_until_associated(backend: Backend) {
+        let port = common::port::<u32>(backend, 4);
+        let (lh, addr) = listener(&port, 10);
+        port.accept(lh, 1).unwrap();
+        let _first = TcpStream::connect(addr).unwrap();
+        let c = next(&port);
+        assert_eq!((c.kind, c.value), (OpKind::Accept, 1));
+        let (stream, _) = accepted(c.payload);
+        assert!(is_blocking(&stream), "a single accept handed out a non-blocking stream");
+
+        let op = port.accept_multi(lh, 2).unwrap();
+        let _second = TcpStream::connect(addr).unwrap();
+        let c = next(&port);
+        assert_eq!((c.kind, c.value, c.more), (OpKind::Accept, 2, true));
+        let (stream, _) = accepted(c.payload);
+        assert!(is_blocking(&stream), "a multishot accept handed out a non-blocking stream");
+        port.cancel(op).unwrap();
+        let c = next(&port);
+        assert!(!c.more);
+        assert!(is_aborted(&c.result.unwrap_err()));
+        assert_empty(&port);
+    }
+
     /// connect completes with 0 bytes once connected; the handle then
     /// carries data both ways.
     fn o7_connect_completes_then_the_handle_echoes(backend: Backend) {
@@ -123,6 +172,28 @@ backends! {
         let c = next(&port);
         assert_eq!(c.result.unwrap(), 4);
         assert_eq!(c.payload.into_buf().unwrap(), b"pong");
+        assert_empty(&port);
+    }
+
+    /// A receive issued on a connect's handle before the connect has
+    /// completed waits for the connection and then for data: the connect
+    /// completes first, the receive when the server writes.
+    fn o7_receive_issued_before_the_connect_completes_waits_for_data(backend: Backend) {
+        let port = common::port::<u32>(backend, 4);
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let (h, op) = port.connect(l.local_addr().unwrap(), 30, 1).unwrap();
+        let recv = port.recv(h, Vec::with_capacity(8), 2).unwrap();
+        let c = next(&port);
+        assert_eq!((c.kind, c.op, c.value), (OpKind::Connect, Some(op), 1));
+        assert_eq!(c.result.unwrap(), 0);
+        let (mut server, _) = l.accept().unwrap();
+        assert_empty(&port);
+        server.write_all(b"hi").unwrap();
+        let c = next(&port);
+        assert_eq!((c.kind, c.op, c.value), (OpKind::Recv, Some(recv), 2));
+        assert_eq!(c.result.unwrap(), 2);
+        assert_eq!(c.payload.into_buf().unwrap(), b"hi");
+        assert_eq!(port.peer_addr(h).unwrap(), l.local_addr().unwrap());
         assert_empty(&port);
     }
 

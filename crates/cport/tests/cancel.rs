@@ -113,6 +113,7 @@ backends! {
         let mut seen: HashMap<OpId, u32> = HashMap::new();
         for round in 0..rounds {
             let op = port.recv(h, Vec::with_capacity(64), Tag::Round(round)).unwrap();
+            let not_found_before = not_found;
             // Vary who is ahead: the cancel before the write is released,
             // right after it, or a few yields after it.
             let yields = round % 4;
@@ -140,6 +141,10 @@ backends! {
                 }
                 Err(e) if is_aborted(&e) => {
                     assert!(buf.is_empty(), "round {round}: an aborted receive moved no bytes");
+                    assert_eq!(
+                        not_found, not_found_before,
+                        "round {round}: the cancel said NotFound, yet it aborted the receive"
+                    );
                     aborted += 1;
                     // Take this round's chunk now, so that the next round
                     // starts with an empty socket and races again instead of

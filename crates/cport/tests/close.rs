@@ -33,16 +33,22 @@ fn read_until_end(peer: &mut TcpStream) -> (Vec<u8>, &'static str) {
     }
 }
 
-/// Every use of a closed handle is refused.
+/// Every use of a closed handle is refused, an operation or a second close
+/// as invalid input.
 #[track_caller]
 fn assert_refused<T: Send + 'static + std::fmt::Debug>(
     port: &CompletionPort<T>,
     h: Handle,
     value: T,
 ) {
-    let r = port.recv(h, Vec::with_capacity(8), value);
-    assert!(r.is_err(), "recv on a closed handle was accepted");
-    assert!(port.close(h).is_err(), "a second close");
+    match port.recv(h, Vec::with_capacity(8), value) {
+        Ok(op) => panic!("recv on a closed handle was accepted as {op:?}"),
+        Err(r) => assert_eq!(r.error.kind(), ErrorKind::InvalidInput, "{}", r.error),
+    }
+    match port.close(h) {
+        Ok(()) => panic!("a second close was accepted"),
+        Err(e) => assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}"),
+    }
     assert!(
         port.cancel_handle(h).is_err(),
         "cancel_handle on a closed handle"
@@ -57,7 +63,7 @@ fn assert_refused<T: Send + 'static + std::fmt::Debug>(
 backends! {
     /// close with a receive pending, while a worker waits in `get` (as a
     /// server's would): the receive completes aborted with its buffer, the
-    /// peer sees the connection end, and the handle is refused from then on.
+    /// peer sees its FIN, and the handle is refused from then on.
     fn x2_close_aborts_pending_recv_and_peer_sees_fin(backend: Backend) {
         let port = common::port::<u32>(backend, 4);
         let (h, mut peer) = pair(&port, 1);
@@ -73,7 +79,8 @@ backends! {
         assert_refused(&port, h, 6);
         let (rest, how) = read_until_end(&mut peer);
         assert!(rest.is_empty());
-        println!("{backend}: the peer saw {how}");
+        // closesocket with nothing unread ends the connection gracefully.
+        assert_eq!(how, "FIN", "{backend}: the peer saw {how}");
         let c = worker.join().unwrap();
         assert_eq!((c.op, c.key, c.value, c.kind), (Some(op), 1, 5, OpKind::Recv));
         let e = c.result.unwrap_err();
@@ -83,7 +90,7 @@ backends! {
         assert_empty(&port);
     }
 
-    /// closesocket ends the connection at once: the peer sees the end even
+    /// closesocket ends the connection at once: the peer sees its FIN even
     /// while no thread is in `get` (SEMANTICS X2: on io_uring, close(2)
     /// alone sends no FIN while a receive is pending, so the port must
     /// shut the socket down itself). The aborted completion waits for the
@@ -95,7 +102,7 @@ backends! {
         port.close(h).unwrap();
         let (rest, how) = read_until_end(&mut peer);
         assert!(rest.is_empty());
-        println!("{backend}: the peer saw {how} before anyone dequeued");
+        assert_eq!(how, "FIN", "{backend}: the peer saw {how} before anyone dequeued");
         let c = next(&port);
         assert_eq!(c.op, Some(op));
         let e = c.result.unwrap_err();
@@ -104,7 +111,7 @@ backends! {
     }
 
     /// Without anyone waiting: the aborted completion is there for the
-    /// next `get`, and the peer sees the end right after.
+    /// next `get`, and the peer sees its FIN right after.
     fn x2_close_then_get_gives_aborted_and_peer_sees_end(backend: Backend) {
         let port = common::port::<u32>(backend, 4);
         let (h, mut peer) = pair(&port, 1);
@@ -120,8 +127,9 @@ backends! {
             assert!(is_aborted(e), "{e}");
         }
         assert_empty(&port);
-        let (_, how) = read_until_end(&mut peer);
-        println!("{backend}: the peer saw {how}");
+        let (rest, how) = read_until_end(&mut peer);
+        assert!(rest.is_empty());
+        assert_eq!(how, "FIN", "{backend}: the peer saw {how}");
     }
 
     /// close with a 32 MiB send under way (the peer reads only some):

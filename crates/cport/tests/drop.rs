@@ -111,9 +111,10 @@ fn connected_client(addr: std::net::SocketAddr) -> TcpStream {
 
 backends! {
     /// Drop with a pending accept (and a client arriving just before the
-    /// drop), a pending recv, a pending pooled recv, a 32 MiB send half
-    /// read by its peer, and a completion with an accepted stream queued
-    /// but never dequeued.
+    /// drop), a pending multishot accept, a pending recv with a pooled one
+    /// queued behind it, a pending pooled recv, a 32 MiB send half read by
+    /// its peer, and a completion with an accepted stream queued but never
+    /// dequeued.
     fn x3_drop_with_ops_in_flight_releases_everything(backend: Backend) {
         let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
         let before = fd_table();
@@ -147,6 +148,9 @@ backends! {
 
         let (h_recv, mut peer_recv) = pair(&port, 2);
         port.recv(h_recv, Vec::with_capacity(64), 2).unwrap();
+        // Queued behind that receive (io_uring parks it in the handle's
+        // lane, outside the kernel).
+        port.recv_pooled(h_recv, 2).unwrap();
         let (h_pool, mut peer_pool) = pair(&port, 3);
         port.recv_pooled(h_pool, 3).unwrap();
         // A multishot receive with data arriving: pool buffers the kernel
@@ -183,8 +187,15 @@ backends! {
         // Arrives while the accept is pending: on io_uring the kernel may
         // accept it before the drop, and that descriptor must be closed too.
         let mut late_client = connected_client(laddr);
+        // A multishot accept with nothing to accept yet: it never ends by
+        // itself, so only the drop can end it.
+        let lm = TcpListener::bind("127.0.0.1:0").unwrap();
+        let lmaddr = lm.local_addr().unwrap();
+        let lmh = port.associate(lm, 7).unwrap();
+        port.accept_multi(lmh, 7).unwrap();
 
         let (done, dropped) = mpsc::channel();
+        let start = Instant::now();
         let dropper = thread::spawn(move || {
             drop(port);
             done.send(()).unwrap();
@@ -192,7 +203,16 @@ backends! {
         dropped
             .recv_timeout(LONG.unwrap())
             .expect("dropping the port with operations in flight hung");
+        let took = start.elapsed();
         dropper.join().unwrap();
+        println!("{backend}: the drop took {took:?}");
+        // io_uring's drop stops waiting for cancelled operations after 5 s
+        // and leaks them: reaching that bound means the cancellations were
+        // waited out, not reaped.
+        assert!(
+            took < Duration::from_secs(5),
+            "{backend}: the drop took {took:?}: cancellations were waited out, not reaped"
+        );
 
         for (name, peer) in [
             ("recv", &mut peer_recv),
@@ -211,6 +231,10 @@ backends! {
         assert!(
             TcpStream::connect(laddr).is_err(),
             "the listener was closed with the port"
+        );
+        assert!(
+            TcpStream::connect(lmaddr).is_err(),
+            "the multishot accept's listener was closed with the port"
         );
 
         drop((peer_recv, peer_pool, peer_multi, late_client, queued_client, peer_ready));

@@ -2,7 +2,8 @@
 //! (`recv_pooled`), and what happens when its pool runs dry.
 //!
 //! `common::port` makes a pool of 4 buffers of 1024 bytes, so sixteen
-//! connections receiving at once are four times what the pool holds.
+//! connections receiving at once are four times what the pool holds; one
+//! test takes a pool of a single buffer.
 
 mod common;
 
@@ -12,7 +13,7 @@ use std::thread;
 use std::time::Duration;
 
 use common::{assert_empty, next, pair};
-use cport::{is_aborted, CompletionPort, Handle, OpKind, Payload};
+use cport::{is_aborted, Builder, CompletionPort, Handle, OpKind, Payload};
 
 /// The pool geometry `common::port` sets up.
 const POOL_BUFFERS: usize = 4;
@@ -186,5 +187,56 @@ backends! {
             Err(cport::GetError::Timeout) => {}
             other => panic!("nothing may follow the last FIN, got {other:?}"),
         }
+    }
+
+    /// A pool of one 64-byte buffer for eight connections that all have
+    /// data, round after round: most receives find the pool empty (on
+    /// io_uring, the kernel's ring of one buffer: ENOBUFS) and are re-armed,
+    /// and each still completes with its own connection's bytes.
+    fn r3_one_pool_buffer_serves_eight_receives_round_after_round(backend: Backend) {
+        let port = Builder::new()
+            .backend(backend)
+            .concurrency(4)
+            .pool(1, 64)
+            .build::<usize>()
+            .unwrap_or_else(|e| panic!("a {backend} port: {e}"));
+        let n = 8;
+        let (handles, mut peers) = pairs(&port, n);
+        for round in 0..3u8 {
+            let byte = |k: usize| round ^ k as u8;
+            for (k, &h) in handles.iter().enumerate() {
+                port.recv_pooled(h, k).unwrap();
+            }
+            for (k, p) in peers.iter_mut().enumerate() {
+                p.write_all(&[byte(k); 40]).unwrap();
+            }
+            let mut seen = vec![0usize; n];
+            let mut pending = n;
+            while pending > 0 {
+                let c = next(&port);
+                assert_eq!(c.kind, OpKind::RecvPooled);
+                let k = c.value;
+                assert_eq!(c.key, k as u64, "the completion carries its handle's key");
+                let got = c.result.unwrap_or_else(|e| {
+                    panic!("round {round}, connection {k}: {e} (an empty pool must not end a pooled receive)")
+                });
+                assert!(got > 0, "round {round}: connection {k} ended early");
+                let buf = pooled_buf(c.payload);
+                assert_eq!(buf.len(), got);
+                assert_eq!(buf.capacity(), 64, "a pool buffer");
+                assert!(buf.iter().all(|&b| b == byte(k)), "round {round}: connection {k}'s own bytes");
+                seen[k] += got;
+                assert!(seen[k] <= 40, "round {round}: connection {k} received more than was sent");
+                port.recycle(buf);
+                // A receive may take fewer than the 40 bytes: another takes
+                // the rest.
+                if seen[k] < 40 {
+                    port.recv_pooled(handles[k], k).unwrap();
+                } else {
+                    pending -= 1;
+                }
+            }
+        }
+        assert_empty(&port);
     }
 }

@@ -7,7 +7,7 @@ use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::thread;
@@ -538,5 +538,169 @@ backends! {
         assert_eq!(&got, b"sent by a worker");
         let c = common::next(&port);
         assert_eq!((c.kind, c.value, c.result.unwrap()), (OpKind::Send, 1, 16));
+    }
+
+    fn p5_operations_issued_by_a_thread_that_exited_still_complete(backend: Backend) {
+        // io_uring runs a request's completion work on the task that
+        // submitted it: once that thread is gone the kernel must hand the
+        // work to another. p5_issue_on_one_thread_dequeue_on_another does
+        // it for a receive; here a receive with a pooled one queued behind
+        // it, a multishot accept, and a connect still in its handshake when
+        // the issuing thread exits.
+        let port = common::port::<u32>(backend, 2);
+        let (h, mut peer) = common::pair(&port, 1);
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let lh = port.associate(l, 2).unwrap();
+        // A listener whose accept queue is full (listen(0) holds one): Linux
+        // drops the SYN of the connect, which stays in its handshake until
+        // room is made, long after the issuing thread is gone. (Windows
+        // refuses such a SYN; wine runs on Linux's sockets.)
+        let backlog =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        backlog
+            .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .unwrap();
+        let full_queue = cfg!(unix) || common::under_wine();
+        backlog.listen(if full_queue { 0 } else { 128 }).unwrap();
+        let to = backlog.local_addr().unwrap().as_socket().unwrap();
+        let _filler = if full_queue {
+            Some(TcpStream::connect(to).unwrap())
+        } else {
+            None
+        };
+
+        let (accept, (ch, connect)) = thread::spawn({
+            let port = port.clone();
+            move || {
+                port.recv(h, Vec::with_capacity(16), 1).unwrap();
+                port.recv_pooled(h, 2).unwrap();
+                (
+                    port.accept_multi(lh, 3).unwrap(),
+                    port.connect(to, 4, 4).unwrap(),
+                )
+            }
+        })
+        .join()
+        .unwrap();
+
+        let mut got: HashMap<u32, Completion<u32>> = HashMap::new();
+        let mut until = |value: u32| {
+            while !got.contains_key(&value) {
+                let c = common::next(&port);
+                assert!(got.insert(c.value, c).is_none(), "a second completion");
+            }
+            got.remove(&value).unwrap()
+        };
+        peer.write_all(b"abc").unwrap();
+        let c = until(1);
+        assert_eq!((c.kind, c.result.unwrap()), (OpKind::Recv, 3));
+        assert_eq!(c.payload.into_buf().unwrap(), b"abc");
+        peer.write_all(b"de").unwrap();
+        let c = until(2);
+        assert_eq!((c.kind, c.result.unwrap()), (OpKind::RecvPooled, 2));
+        assert_eq!(c.payload.into_buf().unwrap(), b"de");
+
+        let client = TcpStream::connect(addr).unwrap();
+        let c = until(3);
+        assert_eq!((c.kind, c.op, c.more), (OpKind::Accept, Some(accept), true));
+        match c.payload {
+            Payload::Accepted { peer, .. } => assert_eq!(peer, client.local_addr().unwrap()),
+            p => panic!("expected the accepted connection, got {p:?}"),
+        }
+
+        if full_queue {
+            // Room: the connect completes with the SYN's retransmission.
+            let _room = backlog.accept().unwrap();
+        }
+        let c = until(4);
+        assert_eq!((c.kind, c.op, c.handle), (OpKind::Connect, Some(connect), Some(ch)));
+        assert_eq!(c.result.unwrap(), 0);
+        assert_eq!(port.peer_addr(ch).unwrap(), to);
+
+        port.cancel(accept).unwrap();
+        let c = until(3);
+        assert!(!c.more, "the multishot accept's last completion");
+        assert!(cport::is_aborted(&c.result.unwrap_err()));
+        assert!(got.is_empty(), "completions nobody issued: {:?}", got.keys());
+        common::assert_empty(&port);
+    }
+
+    fn p5_echo_under_concurrent_workers_and_clients(backend: Backend) {
+        // The tutorials' server: four worker threads on one port accept,
+        // receive and send each echo back, issuing on connections the
+        // others serve too; eight clients send 200 messages of 1 to 40,000
+        // bytes each and must get each back exactly. Workers stop on posted
+        // quit packets (PQ3), which wine delivers as Windows does.
+        const QUIT: u64 = u64::MAX;
+        let port = common::port::<u32>(backend, 0);
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let lh = port.associate(l, 0).unwrap();
+        let workers: Vec<_> = (0..4)
+            .map(|_| {
+                let port = port.clone();
+                thread::spawn(move || loop {
+                    let c = match port.get(common::LONG) {
+                        Ok(c) => c,
+                        // The most recent waiter is woken first (Q2): an
+                        // idle worker may wait longer than the bound.
+                        Err(GetError::Timeout) => continue,
+                        Err(e) => panic!("a worker's get: {e}"),
+                    };
+                    if c.key == QUIT {
+                        return;
+                    }
+                    let h = c.handle.expect("an I/O completion names its handle");
+                    match c.kind {
+                        OpKind::Accept => match c.payload {
+                            Payload::Accepted { stream, .. } => {
+                                stream.set_nodelay(true).unwrap();
+                                let s = port.associate(stream, 1).unwrap();
+                                port.recv(s, Vec::with_capacity(8192), 0).unwrap();
+                            }
+                            p => panic!("an accept without its stream: {p:?}"),
+                        },
+                        OpKind::Recv => match (c.result, c.payload.into_buf()) {
+                            (Ok(n), Some(buf)) if n > 0 => drop(port.send(h, buf, 0).unwrap()),
+                            _ => port.close(h).unwrap(),
+                        },
+                        OpKind::Send => {
+                            let mut buf = c.payload.into_buf().unwrap();
+                            c.result.unwrap();
+                            buf.clear();
+                            port.recv(h, buf, 0).unwrap();
+                        }
+                        k => panic!("unexpected {k:?}"),
+                    }
+                })
+            })
+            .collect();
+        port.accept_multi(lh, 0).unwrap();
+        let clients: Vec<_> = (0..8u32)
+            .map(|t| {
+                thread::spawn(move || {
+                    let mut s = TcpStream::connect(addr).unwrap();
+                    s.set_read_timeout(common::LONG).unwrap();
+                    for round in 0..200u32 {
+                        let len = 1 + ((t * 7919 + round * 104_729) % 40_000) as usize;
+                        let msg: Vec<u8> = (0..len).map(|i| (i as u32 ^ round ^ t) as u8).collect();
+                        s.write_all(&msg).unwrap();
+                        let mut back = vec![0u8; len];
+                        s.read_exact(&mut back).unwrap();
+                        assert!(back == msg, "client {t} round {round}: the echo differs");
+                    }
+                })
+            })
+            .collect();
+        for c in clients {
+            c.join().unwrap();
+        }
+        for _ in 0..workers.len() {
+            port.post(QUIT, 0, 0).unwrap();
+        }
+        for w in workers {
+            w.join().expect("a worker panicked");
+        }
     }
 }

@@ -121,9 +121,6 @@
 mod op;
 mod sys;
 
-#[cfg(test)]
-mod tests;
-
 use std::collections::VecDeque;
 use std::fmt;
 use std::io;

@@ -145,8 +145,6 @@ mod raw;
 mod reap;
 mod setup;
 mod sq;
-#[cfg(test)]
-mod tests;
 
 use std::collections::VecDeque;
 use std::io;
