@@ -27,7 +27,7 @@
 //! | `PostQueuedCompletionStatus` | [`post(key, bytes, value)`](CompletionPort::post) |
 //! | `CancelIoEx(handle, ov)` / `CancelIoEx(handle, NULL)` | [`cancel(op)`](CompletionPort::cancel) / [`cancel_handle`](CompletionPort::cancel_handle) |
 //! | `closesocket`, `CloseHandle(port)` | [`close(handle)`](CompletionPort::close), [`close_port`](CompletionPort::close_port) |
-//! | a pool of threads in `GetQueuedCompletionStatus` | [`Workers`], stopped by posted [`QUIT_KEY`] packets |
+//! | a pool of threads in `GetQueuedCompletionStatus` | [`Workers`], stopped by [`shutdown`](Workers::shutdown) or its drop (or posted [`QUIT_KEY`] packets) |
 //!
 //! A completion carries the handle's key, the operation's result (bytes, or
 //! the error it failed with: a failed operation is still a completion, Q5),
@@ -135,7 +135,7 @@ mod sys;
 
 pub use completion::{Completion, GetError, Handle, OpId, OpKind, Payload, Rejected};
 pub use config::Backend;
-pub use pool::{WorkerPanic, Workers, QUIT_KEY};
+pub use pool::{HandlerResult, WorkerPanic, Workers, QUIT_KEY};
 pub use port::{Builder, CompletionPort};
 pub use queue::QueueStats;
 pub use sys::error::is_aborted;
