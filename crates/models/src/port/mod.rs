@@ -169,8 +169,8 @@ enum Tag {
     Tcp(Arc<Conn>),
     /// A receive or send of datagrams, by slot.
     Udp(usize),
-    /// A posted packet: a worker's quit, or the wake-up of a serving
-    /// thread that dequeues itself.
+    /// A posted packet: the wake-up of a serving thread that dequeues
+    /// itself.
     Packet,
 }
 
@@ -402,7 +402,7 @@ impl Server {
         }
         let stopped = pool.map(|pool| {
             let n = pool.len() as i64;
-            let r = pool.stop(Tag::Packet);
+            let r = pool.shutdown();
             inner.stats.add_threads(-n);
             r
         });
@@ -411,7 +411,7 @@ impl Server {
         inner.stats.end_all();
         started?;
         match stopped {
-            Some(Err(p)) => Err(io::Error::other(p.to_string())),
+            Some(Err(p)) => Err(io::Error::other(p)),
             _ => Ok(()),
         }
     }
