@@ -28,6 +28,8 @@
 //! Connects and disconnects are logged (`tracing`, info level) with the
 //! number of connections open, in the order the lines are written.
 
+#[cfg(test)]
+mod readme;
 mod run;
 mod tcp;
 mod udp;
