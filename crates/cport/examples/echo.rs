@@ -24,7 +24,7 @@ use cport::{Completion, CompletionPort, OpKind, Workers};
 
 /// Per-I/O data (the tutorials' `SOCKETINFO` without the buffer, which
 /// the operation itself owns): the client's address, for the log lines.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 struct Conn {
     peer: Option<SocketAddr>,
 }
@@ -79,42 +79,44 @@ fn serve(addr: &str) -> io::Result<()> {
     Ok(())
 }
 
-/// One completion, on a worker thread.
-fn on_completion(port: &CompletionPort<Conn>, c: Completion<Conn>) {
+// README excerpt: begin (README.md quotes these lines; crates/models/src/port/readme.rs checks it)
+/// One completion, on a worker thread. An error returned here (an
+/// operation the port refused) is logged by the pool with the worker's name
+/// and the completion's key; the worker goes on.
+fn on_completion(port: &CompletionPort<Conn>, c: Completion<Conn>) -> io::Result<()> {
     let handle = c.handle.expect("I/O completions carry their handle");
-    let conn = c.value;
+    let conn = c.value; // the per-I/O data, back unchanged
     let mut buf = match c.payload.into_buf() {
-        Some(buf) => buf,
-        None => return,
+        Some(buf) => buf, // the buffer the operation owned, back too
+        None => return Ok(()),
     };
-    let issued = match (c.kind, c.result) {
+    match (c.kind, c.result) {
         // The client closed: a receive of 0 bytes.
         (OpKind::Recv, Ok(0)) => {
             println!("[TCP server] client closed: {}", show(conn.peer));
-            let _ = port.close(handle);
-            return;
+            port.close(handle)?;
         }
+        // A reset, or any other failure: the connection is done.
         (kind, Err(e)) => {
             println!(
                 "[TCP server] client lost: {} ({kind:?}: {e})",
                 show(conn.peer)
             );
-            let _ = port.close(handle);
-            return;
+            port.close(handle)?;
         }
         // Received: send the same bytes back.
-        (OpKind::Recv, Ok(_)) => port.send(handle, buf, conn),
+        (OpKind::Recv, Ok(_)) => {
+            port.send(handle, buf, conn)?;
+        }
         // Sent, all of it (a send completes only then): receive again.
         _ => {
             buf.clear();
-            port.recv(handle, buf, conn)
+            port.recv(handle, buf, conn)?;
         }
-    };
-    if let Err(r) = issued {
-        eprintln!("[TCP server] {}: {}", show(r.value.peer), r.error);
-        let _ = port.close(handle);
     }
+    Ok(())
 }
+// README excerpt: end
 
 fn show(peer: Option<SocketAddr>) -> String {
     peer.map_or_else(|| "unknown peer".to_string(), |p| p.to_string())

@@ -27,7 +27,7 @@
 //! | `PostQueuedCompletionStatus` | [`post(key, bytes, value)`](CompletionPort::post) |
 //! | `CancelIoEx(handle, ov)` / `CancelIoEx(handle, NULL)` | [`cancel(op)`](CompletionPort::cancel) / [`cancel_handle`](CompletionPort::cancel_handle) |
 //! | `closesocket`, `CloseHandle(port)` | [`close(handle)`](CompletionPort::close), [`close_port`](CompletionPort::close_port) |
-//! | a pool of threads in `GetQueuedCompletionStatus` | [`Workers`], stopped by posted [`QUIT_KEY`] packets |
+//! | a pool of threads in `GetQueuedCompletionStatus` | [`Workers`], stopped by [`shutdown`](Workers::shutdown) or its drop (or posted [`QUIT_KEY`] packets) |
 //!
 //! A completion carries the handle's key, the operation's result (bytes, or
 //! the error it failed with: a failed operation is still a completion, Q5),
@@ -69,10 +69,9 @@
 //! * A receive completing with 0 bytes means the peer closed (O5), and a
 //!   read at or past end of file completes with 0 bytes (O8).
 //!
-//! # Example
+//! # Examples
 //!
-//! One echo exchange on 127.0.0.1, dequeued on this thread (the
-//! `examples/echo.rs` server does the same with a pool of [`Workers`]):
+//! One echo exchange on 127.0.0.1, dequeued on this thread:
 //!
 //! ```
 //! use std::io::{Read, Write};
@@ -122,6 +121,75 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! The same echo served by a pool of [`Workers`], the tutorials' server
+//! model (`examples/echo.rs` is a complete server): each completion runs
+//! on whichever worker is free, and four clients talk to it at once. The
+//! handler returns a `Result`, so `?` takes refused operations
+//! ([`Rejected`] converts into `io::Error`); an error is logged with the
+//! worker's name and the completion's key, and the worker goes on.
+//!
+//! ```
+//! use std::io::{self, Read, Write};
+//! use std::net::{TcpListener, TcpStream};
+//! use std::thread;
+//! use std::time::Duration;
+//!
+//! use cport::{CompletionPort, OpKind, Payload, Workers};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // No per-operation data is needed here: the kind says what completed.
+//! let port = CompletionPort::<()>::new(0)?;
+//! let listener = port.associate(TcpListener::bind("127.0.0.1:0")?, 0)?;
+//! let addr = port.local_addr(listener)?;
+//!
+//! let workers = Workers::spawn(&port, 4, |port, c| -> io::Result<()> {
+//!     let n = c.result?;
+//!     let handle = c.handle.expect("an I/O completion");
+//!     match (c.kind, c.payload) {
+//!         (OpKind::Accept, Payload::Accepted { stream, .. }) => {
+//!             let conn = port.associate(stream, 1)?;
+//!             port.recv(conn, Vec::with_capacity(4096), ())?;
+//!         }
+//!         (OpKind::Recv, Payload::Buf(_)) if n == 0 => port.close(handle)?,
+//!         (OpKind::Recv, Payload::Buf(buf)) => {
+//!             port.send(handle, buf, ())?;
+//!         }
+//!         (OpKind::Send, Payload::Buf(mut buf)) => {
+//!             buf.clear();
+//!             port.recv(handle, buf, ())?;
+//!         }
+//!         (kind, payload) => unreachable!("{kind:?} {payload:?}"),
+//!     }
+//!     Ok(())
+//! })?;
+//! // One completion per connection, until cancelled.
+//! port.accept_multi(listener, ())?;
+//!
+//! let clients: Vec<_> = (0..4u8)
+//!     .map(|i| {
+//!         thread::spawn(move || -> io::Result<()> {
+//!             let mut s = TcpStream::connect(addr)?;
+//!             s.set_read_timeout(Some(Duration::from_secs(10)))?;
+//!             for round in 0..10u8 {
+//!                 s.write_all(&[i, round])?;
+//!                 let mut echo = [0u8; 2];
+//!                 s.read_exact(&mut echo)?;
+//!                 assert_eq!(echo, [i, round]);
+//!             }
+//!             Ok(())
+//!         })
+//!     })
+//!     .collect();
+//! for c in clients {
+//!     c.join().expect("a client panicked")?;
+//! }
+//! // The workers handle what is queued, then end; a panic in one would be
+//! // reported here. (Dropping the pool stops it the same way.)
+//! workers.shutdown()?;
+//! # Ok(())
+//! # }
+//! ```
 
 #![warn(missing_docs)]
 
@@ -137,7 +205,7 @@ mod sys;
 pub use completion::{Completion, GetError, Handle, OpId, OpKind, Payload, Rejected};
 pub use config::Backend;
 pub use local::LocalPort;
-pub use pool::{WorkerPanic, Workers, QUIT_KEY};
+pub use pool::{HandlerResult, WorkerPanic, Workers, QUIT_KEY};
 pub use port::{Builder, CompletionPort};
 pub use queue::QueueStats;
 pub use sys::error::is_aborted;

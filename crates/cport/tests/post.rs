@@ -206,7 +206,7 @@ backends! {
         assert_eq!([v1.min(v2), v1.max(v2)], [1, 2]);
         assert_eq!(counts(&port), (0, 0, 2));
         gate.open();
-        workers.stop(0).expect("no handler panicked");
+        workers.shutdown().expect("no handler panicked");
         assert_eq!(port.stats().running, 0);
     }
 
@@ -217,6 +217,31 @@ backends! {
         let workers = Workers::spawn(&port, 2, handler).unwrap();
         wait_waiting(&port, 2);
         // Both workers busy, then ten packets queue up behind them.
+        port.post(HOLD, 0, 100).unwrap();
+        port.post(HOLD, 0, 101).unwrap();
+        common::wait_until("both workers hold", || counts(&port) == (0, 0, 2));
+        for i in 0..10 {
+            port.post(1, 0, i).unwrap();
+        }
+        // Asked while both workers hold: what is queued now comes first.
+        workers.request_stop();
+        gate.open();
+        workers.shutdown().expect("no handler panicked");
+        let handled: HashSet<u32> = seen.try_iter().map(|(_, _, v)| v).collect();
+        let want: HashSet<u32> = (0..10).chain([100, 101]).collect();
+        assert_eq!(
+            handled, want,
+            "stop ended workers before the queued packets were handled"
+        );
+        assert_eq!(counts(&port), (0, 0, 0));
+    }
+
+    fn pq3_stop_with_quit_packets_handles_queued_completions_first(backend: Backend) {
+        let port = common::port::<u32>(backend, 2);
+        let gate = Gate::new();
+        let (handler, seen) = reporter(&gate);
+        let workers = Workers::spawn(&port, 2, handler).unwrap();
+        wait_waiting(&port, 2);
         port.post(HOLD, 0, 100).unwrap();
         port.post(HOLD, 0, 101).unwrap();
         common::wait_until("both workers hold", || counts(&port) == (0, 0, 2));
@@ -253,15 +278,17 @@ backends! {
         port.post(BOOM, 0, 7).unwrap();
         // The panicking worker ends and stops counting; the other waits on.
         common::wait_until("the panicked worker is gone", || counts(&port) == (0, 1, 0));
+        assert_eq!(workers.live(), 1);
         port.post(1, 0, 8).unwrap();
         assert_eq!(recv(&rx), 8, "the other worker still handles packets");
 
-        let err = workers.stop(0).expect_err("stop must report the panic");
+        let err = workers.shutdown().expect_err("shutdown must report the panic");
         assert_eq!(err.messages, ["handler failed on packet 7"]);
         assert!(
             err.to_string().contains("handler failed on packet 7"),
             "{err}"
         );
+        assert_eq!(counts(&port), (0, 0, 0));
     }
 
     fn pq3_stop_leaves_no_stray_quit_packet(backend: Backend) {

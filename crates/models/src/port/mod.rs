@@ -28,6 +28,8 @@
 //! Connects and disconnects are logged (`tracing`, info level) with the
 //! number of connections open, in the order the lines are written.
 
+#[cfg(test)]
+mod readme;
 mod run;
 mod tcp;
 mod udp;
@@ -169,8 +171,8 @@ enum Tag {
     Tcp(Arc<Conn>),
     /// A receive or send of datagrams, by slot.
     Udp(usize),
-    /// A posted packet: a worker's quit, or the wake-up of a serving
-    /// thread that dequeues itself.
+    /// A posted packet: the wake-up of a serving thread that dequeues
+    /// itself.
     Packet,
 }
 
@@ -402,7 +404,7 @@ impl Server {
         }
         let stopped = pool.map(|pool| {
             let n = pool.len() as i64;
-            let r = pool.stop(Tag::Packet);
+            let r = pool.shutdown();
             inner.stats.add_threads(-n);
             r
         });
@@ -411,7 +413,7 @@ impl Server {
         inner.stats.end_all();
         started?;
         match stopped {
-            Some(Err(p)) => Err(io::Error::other(p.to_string())),
+            Some(Err(p)) => Err(io::Error::other(p)),
             _ => Ok(()),
         }
     }
