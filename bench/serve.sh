@@ -225,7 +225,7 @@ server_cmd() {
     case "$1" in
         cport-uring) echo "$CPORT serve --port 0 --backend uring --workers 2 --concurrency 1" ;;
         cport-epoll) echo "$CPORT serve --port 0 --backend epoll --workers 2 --concurrency 1" ;;
-        tokio) echo "$TOKIO_ECHO --port 0 --workers 1" ;;
+        tokio) echo "$TOKIO_ECHO --port 0 --threads 1" ;;
     esac
 }
 
