@@ -382,8 +382,9 @@ fn peers_run_in_rounds_and_the_summary_gives_medians_and_spreads() {
 
 /// With perf, uring-echo's io_uring requests per message are one (the
 /// send; the receive is multishot) and it arms no poll; epoll-echo makes
-/// no io_uring request and at least one system call per message. Without
-/// perf, see the next test.
+/// no io_uring request and at least one system call per message. perf
+/// counts over exactly the load's period, so the ratios hold to a few
+/// messages at its ends. Without perf, see the next test.
 #[test]
 fn costs_are_counted_per_message() {
     if peers_built(&["uring-echo", "epoll-echo"]).is_none() {
@@ -434,11 +435,11 @@ fn costs_are_counted_per_message() {
     } else {
         let req = get("uring-echo", "uring_requests_per_msg").unwrap();
         assert!(
-            (0.8..=1.3).contains(&req),
+            (0.97..=1.03).contains(&req),
             "{req} io_uring requests per message"
         );
         let arms = get("uring-echo", "poll_arms_per_msg").unwrap();
-        assert!(arms < 0.05, "{arms} poll arms per message");
+        assert!(arms < 0.01, "{arms} poll arms per message");
         assert_eq!(get("epoll-echo", "uring_requests_per_msg"), Some(0.0));
     }
     assert!(get("epoll-echo", "syscalls_per_msg").unwrap() >= 1.0);

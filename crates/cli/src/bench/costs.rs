@@ -6,12 +6,25 @@
 //! runs' messages/s and CPU figures are not the measured ones; the ratios
 //! of counts to messages are exact.
 //!
+//! perf must count over exactly the load's period, or the ratios are off:
+//! started at the period's start, it would count only once it has
+//! attached, tens of milliseconds later on a busy machine, and on past the
+//! period's end into the idle tail. So it attaches during the warm-up with
+//! its counters off (`-D -1`) and the runner switches them on and off at
+//! the period's ends through perf's control FIFOs ([`Gate`]), waiting for
+//! perf's acknowledgement each time.
+//!
 //! A column perf cannot count here (perf missing, not permitted, a kernel
 //! without the tracepoint, no uprobe on libc) stays empty, and [`Counter`]
 //! says why; that is not a failure of the bench.
 
-use std::fs;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::child;
 use super::proc;
@@ -189,6 +202,95 @@ impl Drop for Counter {
     }
 }
 
+/// How long perf may take to acknowledge a command.
+const ACK: Duration = Duration::from_secs(5);
+
+/// perf stat's control FIFOs (`--control fifo:CTL,ACK`): counting starts
+/// and stops when the runner says.
+#[derive(Debug)]
+pub struct Gate {
+    dir: PathBuf,
+    ctl: File,
+    ack: File,
+}
+
+impl Gate {
+    pub fn new() -> io::Result<Gate> {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let dir =
+            std::env::temp_dir().join(format!("cport-bench-perf-{}-{nanos}", std::process::id()));
+        fs::create_dir(&dir)?;
+        let open = || -> io::Result<(File, File)> {
+            let mode = rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR;
+            rustix::fs::mkfifoat(rustix::fs::CWD, dir.join("ctl"), mode)?;
+            rustix::fs::mkfifoat(rustix::fs::CWD, dir.join("ack"), mode)?;
+            // Read and write: opening a FIFO so never waits for the other
+            // end, whether perf opens it first or not at all.
+            let rw = |name: &str| {
+                OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(dir.join(name))
+            };
+            Ok((rw("ctl")?, rw("ack")?))
+        };
+        match open() {
+            Ok((ctl, ack)) => Ok(Gate { dir, ctl, ack }),
+            Err(e) => {
+                let _ = fs::remove_dir_all(&dir);
+                Err(e)
+            }
+        }
+    }
+
+    /// perf stat's arguments: counters off at the start, and the FIFOs.
+    pub fn perf_args(&self) -> Vec<String> {
+        vec![
+            "-D".into(),
+            "-1".into(),
+            "--control".into(),
+            format!(
+                "fifo:{},{}",
+                self.dir.join("ctl").display(),
+                self.dir.join("ack").display()
+            ),
+        ]
+    }
+
+    /// Sends `enable` or `disable` and waits for perf's `ack`.
+    pub fn send(&mut self, cmd: &str) -> Result<(), String> {
+        self.ctl
+            .write_all(format!("{cmd}\n").as_bytes())
+            .map_err(|e| format!("cannot tell perf to {cmd}: {e}"))?;
+        let deadline = Instant::now() + ACK;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 64];
+        // perf 6.1 writes "ack\n" and a NUL.
+        while !got.windows(4).any(|w| w == b"ack\n") {
+            match self.ack.read(&mut buf) {
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if Instant::now() >= deadline {
+                        return Err(format!("perf did not acknowledge `{cmd}` within {ACK:?}"));
+                    }
+                    thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => return Err(format!("perf's acknowledgement of `{cmd}`: {e}")),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// "CPU 0" or "CPUs 0, 1".
 fn cpu_list(cpus: &[usize]) -> String {
     let v: Vec<String> = cpus.iter().map(usize::to_string).collect();
@@ -256,4 +358,53 @@ pub fn describe(counter: &Counter) -> Vec<String> {
             Err(why) => format!("{}: empty, {why}", c.csv),
         })
         .collect()
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// perf attaches to a sleeping process with its counters off, counts
+    /// between the runner's `enable` and `disable`, and prints its counts
+    /// on SIGINT.
+    #[test]
+    fn the_gate_switches_perfs_counters() {
+        if let Err(why) = probe_event("raw_syscalls:sys_enter") {
+            println!("skipped: {why}");
+            return;
+        }
+        let mut g = Gate::new().unwrap();
+        let mut sleeper = Command::new("sleep").arg("30").spawn().unwrap();
+        let perf = Command::new("perf")
+            .args(["stat", "-x,", "-e", "raw_syscalls:sys_enter"])
+            .args(g.perf_args())
+            .args(["-p", &sleeper.id().to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        g.send("enable").unwrap();
+        g.send("disable").unwrap();
+        let pid = rustix::process::Pid::from_raw(perf.id() as i32).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+        let started = Instant::now();
+        let out = perf.wait_with_output().unwrap();
+        let _ = sleeper.kill();
+        let _ = sleeper.wait();
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "perf ignored SIGINT"
+        );
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(text.contains("Events enabled"), "{text}");
+        // `sleep` makes no system call while it sleeps.
+        let n = proc::parse_perf_count(&text, "raw_syscalls:sys_enter");
+        assert!(
+            matches!(n, Ok(0..=2)) || text.contains("<not counted>"),
+            "{text}"
+        );
+        let dir = g.dir.clone();
+        drop(g);
+        assert!(!dir.exists());
+    }
 }

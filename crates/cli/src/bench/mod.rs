@@ -10,13 +10,15 @@
 //! - `run`: one run, measured as docs/design/benchmark-method.md says;
 //! - `costs`: what a costs run counts with perf and /proc/interrupts;
 //! - `child`: pinned children, reaped, killed on Ctrl-C;
-//! - `proc`: what is read from /proc and perf;
+//! - `proc`: what is read from /proc and perf; `output`: from the
+//!   children's output;
 //! - `report`, `chart`, `summary`: CSV, markdown and SVG from the rows
 //!   (pure).
 
 mod chart;
 mod child;
 mod costs;
+mod output;
 mod plan;
 mod proc;
 mod report;

@@ -9,8 +9,8 @@
 //! away from its ends ([`Window`]), the server's CPU time is sampled over
 //! the first half and its system calls counted by perf over the second, so
 //! that perf's tracepoints do not slow the server while its CPU time is
-//! taken. In a costs run, perf counts over the whole period instead
-//! (costs.rs).
+//! taken. In a costs run, perf counts over the whole period instead,
+//! switched on and off at its ends (costs.rs).
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
@@ -21,7 +21,8 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use super::child::{self, read_into, Captured, Proc};
-use super::costs::Counter;
+use super::costs::{Counter, Gate};
+use super::output::{first_line, parse_listening, parse_load_json, shown};
 use super::plan::{Cell, Window};
 use super::proc;
 use super::report::{Row, Status};
@@ -74,58 +75,6 @@ pub enum Kind {
     Costs,
 }
 
-pub fn first_line(s: &str) -> &str {
-    s.lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .unwrap_or("")
-}
-
-/// The address and backend from `listening on ADDR (...) ... backend=NAME`.
-pub fn parse_listening(line: &str) -> Option<(String, Option<String>)> {
-    let addr = line
-        .strip_prefix("listening on ")?
-        .split_whitespace()
-        .next()?;
-    let backend = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("backend="))
-        .map(str::to_string);
-    Some((addr.to_string(), backend))
-}
-
-/// The command line as it would be typed, for the log.
-fn shown(cmd: &Command) -> String {
-    let mut v = vec![cmd.get_program().to_string_lossy().into_owned()];
-    v.extend(cmd.get_args().map(|a| a.to_string_lossy().into_owned()));
-    v.join(" ")
-}
-
-/// What the load's JSON report says.
-#[derive(Debug, PartialEq)]
-pub struct LoadReport {
-    pub messages: u64,
-    pub msgs_per_s: f64,
-    pub mb_per_s: f64,
-    pub p50_us: f64,
-    pub p99_us: f64,
-    pub errors: u64,
-    pub first_error: Option<String>,
-}
-
-pub fn parse_load_json(s: &str) -> Option<LoadReport> {
-    let v: serde_json::Value = serde_json::from_str(s.trim()).ok()?;
-    Some(LoadReport {
-        messages: v["messages"].as_u64()?,
-        msgs_per_s: v["messages_per_sec"].as_f64()?,
-        mb_per_s: v["mb_per_sec"].as_f64()?,
-        p50_us: v["latency_us"]["p50"].as_f64()?,
-        p99_us: v["latency_us"]["p99"].as_f64()?,
-        errors: v["errors"].as_u64()?,
-        first_error: v["first_error"].as_str().map(str::to_string),
-    })
-}
-
 /// A perf counting while the run goes on: its process, the window it
 /// counts over, and its output once it ends.
 struct Perf {
@@ -143,6 +92,10 @@ struct Samples {
     /// Rescheduling interrupts at the costs period's start and end.
     reschedules: [Option<u64>; 2],
     perf: Option<Perf>,
+    /// A costs run's switch of perf's counters.
+    gate: Option<Gate>,
+    /// The switch failed: perf's counts are not the period's.
+    perf_failed: bool,
     perf_note: Option<String>,
 }
 
@@ -160,7 +113,11 @@ enum Step {
     CpuFrom,
     /// The CPU window ends and perf counts system calls until `perf_to`.
     PerfFrom,
+    /// perf attaches, its counters off.
+    CostsAttach,
+    /// Its counters on: the period starts.
     CostsFrom,
+    /// Off: the period ends.
     CostsTo,
 }
 
@@ -382,11 +339,15 @@ fn measure(setup: &Setup, server: Server, kind: Kind, log: &mut String, row: &mu
     let win = Window::new(setup.warmup, setup.duration);
     let period_end = setup.warmup + setup.duration;
     let steps = match kind {
-        Kind::Round(_) => [
+        Kind::Round(_) => vec![
             (win.cpu_from, Step::CpuFrom),
             (win.perf_from, Step::PerfFrom),
         ],
-        Kind::Costs => [(setup.warmup, Step::CostsFrom), (period_end, Step::CostsTo)],
+        Kind::Costs => vec![
+            (Duration::ZERO, Step::CostsAttach),
+            (setup.warmup, Step::CostsFrom),
+            (period_end, Step::CostsTo),
+        ],
     };
     let mut next = 0;
     let load_deadline = t0 + period_end + LOAD_SLACK;
@@ -412,22 +373,31 @@ fn measure(setup: &Setup, server: Server, kind: Kind, log: &mut String, row: &mu
                 }
                 Step::PerfFrom => {
                     samples.cpu[1] = proc::cpu_ticks(srv.pid).ok().map(|c| (c, Instant::now()));
+                    let window = (t0 + win.perf_to).saturating_duration_since(Instant::now());
+                    // The counted window is perf's workload, `sleep`: it
+                    // starts once the counters are attached.
+                    let counted =
+                        Duration::from_secs_f64((window.as_secs_f64() * 1e3).round() / 1e3);
                     if setup.perf.is_ok() {
-                        start_perf(&srv, PERF_EVENT, t0 + win.perf_to, setup, &mut samples);
+                        start_perf(
+                            &srv,
+                            PERF_EVENT,
+                            &[],
+                            Some(window),
+                            counted,
+                            setup,
+                            &mut samples,
+                        );
                     }
                 }
+                Step::CostsAttach => attach_costs_perf(setup, &srv, &mut samples),
                 Step::CostsFrom => {
                     if let Some(c) = &setup.counter {
                         samples.reschedules[0] = c.reschedules();
-                        let events = c.events();
-                        if !events.is_empty() {
-                            start_perf(&srv, &events, t0 + period_end, setup, &mut samples);
-                        }
                     }
+                    gate(&mut samples, "enable");
                 }
-                Step::CostsTo => {
-                    samples.reschedules[1] = setup.counter.as_ref().and_then(Counter::reschedules);
-                }
+                Step::CostsTo => end_costs(setup, &mut samples),
             }
             next += 1;
         }
@@ -444,9 +414,9 @@ fn measure(setup: &Setup, server: Server, kind: Kind, log: &mut String, row: &mu
     let load_status = load.try_wait();
     // The load ends a few milliseconds before the period's end as this
     // runner places it (its clock started before the connections were
-    // seen): the interrupts then are read at its end.
-    if let (Kind::Costs, Some(c), [Some(_), None]) = (kind, &setup.counter, samples.reschedules) {
-        samples.reschedules[1] = c.reschedules();
+    // seen): the costs period then ends with it.
+    if kind == Kind::Costs && next < steps.len() {
+        end_costs(setup, &mut samples);
     }
 
     // ----- stop, reap, collect -----
@@ -455,8 +425,8 @@ fn measure(setup: &Setup, server: Server, kind: Kind, log: &mut String, row: &mu
     row.peak_rss_kib = proc::peak_rss_kib(srv.pid);
     row.peak_threads = samples.peak_threads;
     let perf = samples.perf.take().map(|mut p| {
-        // Its `sleep` ends at the window's end; the bound covers a perf
-        // that hangs.
+        // Its `sleep` ends at the window's end, or it was told to stop;
+        // the bound covers a perf that hangs.
         if p.proc
             .wait_for(p.window + Duration::from_secs(10))
             .is_none()
@@ -572,7 +542,10 @@ fn measure(setup: &Setup, server: Server, kind: Kind, log: &mut String, row: &mu
                     [Some(a), Some(b)] => Some(b.saturating_sub(a)),
                     _ => None,
                 };
-                let perf_out = perf.as_ref().map(|p| p.2.as_str());
+                let perf_out = perf
+                    .as_ref()
+                    .filter(|_| !samples.perf_failed)
+                    .map(|p| p.2.as_str());
                 let (costs, why) = c.costs(perf_out, res, rep.messages);
                 row.costs = Some(costs);
                 notes.extend(why);
@@ -617,19 +590,76 @@ fn measure(setup: &Setup, server: Server, kind: Kind, log: &mut String, row: &mu
     row.note = notes.join("; ");
 }
 
-/// Starts `perf stat -e events` on the server until `until`.
-fn start_perf(srv: &Proc, events: &str, until: Instant, setup: &Setup, samples: &mut Samples) {
-    let window = until.saturating_duration_since(Instant::now());
-    if window < Duration::from_millis(10) {
+/// Switches a costs run's perf counters. A failure is noted, perf is
+/// stopped (its output still goes to the log) and its counts are not used.
+fn gate(samples: &mut Samples, cmd: &str) {
+    if let Some(g) = &mut samples.gate
+        && let Err(e) = g.send(cmd)
+    {
+        samples.perf_note = Some(e);
+        samples.gate = None;
+        if let Some(p) = &samples.perf {
+            p.proc.signal(rustix::process::Signal::INT);
+        }
+        samples.perf_failed = true;
+    }
+}
+
+/// The costs period is over: counters off, interrupts read, perf asked to
+/// print its counts and exit.
+fn end_costs(setup: &Setup, samples: &mut Samples) {
+    gate(samples, "disable");
+    samples.reschedules[1] = setup.counter.as_ref().and_then(Counter::reschedules);
+    if let Some(p) = &samples.perf {
+        p.proc.signal(rustix::process::Signal::INT);
+    }
+}
+
+/// A costs run's perf attaches to the server during the warm-up, its
+/// counters off, with no workload: it counts until the SIGINT that ends
+/// the period.
+fn attach_costs_perf(setup: &Setup, srv: &Proc, samples: &mut Samples) {
+    let Some(events) = setup.counter.as_ref().map(Counter::events) else {
+        return;
+    };
+    if events.is_empty() {
+        return;
+    }
+    match Gate::new() {
+        Ok(g) => {
+            let args = g.perf_args();
+            samples.gate = Some(g);
+            start_perf(srv, &events, &args, None, setup.duration, setup, samples);
+        }
+        Err(e) => samples.perf_note = Some(format!("cannot make perf's control FIFOs: {e}")),
+    }
+}
+
+/// Starts `perf stat -e events [extra] -p SERVER`, which counts over
+/// `counted`: `-- sleep SLEEP` when given, else until SIGINT.
+fn start_perf(
+    srv: &Proc,
+    events: &str,
+    extra: &[String],
+    sleep: Option<Duration>,
+    counted: Duration,
+    setup: &Setup,
+    samples: &mut Samples,
+) {
+    if sleep.is_some_and(|s| s < Duration::from_millis(10)) {
         samples.perf_note = Some("no time left for perf's window".into());
         return;
     }
     let mut cmd = Command::new("perf");
-    cmd.args(["stat", "-x,", "-e", events, "-p"])
-        .arg(srv.pid.to_string())
-        .args(["--", "sleep"])
-        .arg(format!("{:.3}", window.as_secs_f64()))
-        .stdin(Stdio::null())
+    cmd.args(["stat", "-x,", "-e", events])
+        .args(extra)
+        .arg("-p")
+        .arg(srv.pid.to_string());
+    if let Some(sleep) = sleep {
+        cmd.args(["--", "sleep"])
+            .arg(format!("{:.3}", sleep.as_secs_f64()));
+    }
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     // perf runs beside the load: the server's CPU keeps only its own work.
@@ -643,12 +673,9 @@ fn start_perf(srv: &Proc, events: &str, until: Instant, setup: &Setup, samples: 
                 }
                 out.text()
             });
-            // The counted window is perf's workload, `sleep`: it starts
-            // once the counters are attached.
-            let window = Duration::from_secs_f64((window.as_secs_f64() * 1e3).round() / 1e3);
             samples.perf = Some(Perf {
                 proc: p,
-                window,
+                window: counted,
                 output,
             });
         }
@@ -701,49 +728,6 @@ pub fn probe_perf() -> Result<(), String> {
 mod tests {
     use super::*;
     use crate::bench::server::Peer;
-
-    #[test]
-    fn listening_lines() {
-        assert_eq!(
-            parse_listening(
-                "listening on 127.0.0.1:4000 (tcp) backend=uring workers=2 concurrency=1"
-            ),
-            Some(("127.0.0.1:4000".into(), Some("uring".into())))
-        );
-        assert_eq!(
-            parse_listening(
-                "listening on [::1]:80 (tcp only: the poll model serves no udp) model=poll"
-            ),
-            Some(("[::1]:80".into(), None))
-        );
-        // The peers' line (crates/bench/src/peer.rs).
-        assert_eq!(
-            parse_listening("listening on 127.0.0.1:39611 (tcp) backend=epoll threads=2"),
-            Some(("127.0.0.1:39611".into(), Some("epoll".into())))
-        );
-        assert_eq!(parse_listening("error: no"), None);
-    }
-
-    #[test]
-    fn load_reports() {
-        let json = r#"{"addr":"127.0.0.1:1","messages":10,"messages_per_sec":5.0,
-            "mb_per_sec":0.5,"latency_us":{"p50":12.5,"p99":99.0},"errors":2,
-            "first_error":"connection 3: closed"}"#;
-        assert_eq!(
-            parse_load_json(json),
-            Some(LoadReport {
-                messages: 10,
-                msgs_per_s: 5.0,
-                mb_per_s: 0.5,
-                p50_us: 12.5,
-                p99_us: 99.0,
-                errors: 2,
-                first_error: Some("connection 3: closed".into()),
-            })
-        );
-        assert_eq!(parse_load_json(""), None);
-        assert_eq!(parse_load_json(r#"{"messages":1}"#), None);
-    }
 
     #[test]
     fn descriptor_limits_and_io_uring_skip_cells_with_the_reason() {

@@ -271,8 +271,11 @@ Rounds go cell by cell, the servers taking turns (A B C A B C ...).
   (every system call entry of every server thread), divided by T and by the load's messages/s.
   The rate is the whole period's: if perf's tracepoints slow the server during its half, the
   figure is a little low. `n/a` when perf is missing or refuses.
-- **costs** (`--costs`, costs.csv): in a run of their own, `perf stat -e EVENTS -p SERVER -x, --
-  sleep T` over the load's whole measured period, each count divided by the load's messages:
+- **costs** (`--costs`, costs.csv): in a run of their own, `perf stat -e EVENTS -p SERVER -x, -D
+  -1 --control fifo:CTL,ACK` attaches during the warm-up with its counters off; the runner
+  switches them on and off through the FIFOs at the ends of the load's measured period (waiting
+  for perf's acknowledgement), and each count is divided by the messages the load reports for
+  that period:
 {cost_columns}
 - **threads**: the most `Threads:` in /proc/PID/status, sampled every 100 ms from the server's
   start to the end of the run (connections open).
