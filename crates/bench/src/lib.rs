@@ -17,7 +17,12 @@
 //! an error instead of hanging it; every thread started here ends when its
 //! owner is stopped or dropped.
 //!
+//! The peer echo servers `cport bench` measures cport against
+//! (`tokio-echo`, `uring-echo`, `epoll-echo` in src/bin) share [`peer`].
+//!
 //! `docs/design/benchmark-method.md` says what each figure means.
+
+pub mod peer;
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

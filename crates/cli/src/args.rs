@@ -260,20 +260,62 @@ pub struct LoadArgs {
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// Servers to run, separated by commas: blocking, nonblocking, select,
-    /// poll, epoll, event, message, callback, port-uring, port-epoll, or
-    /// port for both port rows (default: all).
-    #[arg(long, value_name = "LIST")]
-    pub models: Option<String>,
+    /// poll, epoll, event, message, callback, port-uring, port-epoll (the
+    /// models, as `cport serve --model` runs them), tokio-echo, uring-echo,
+    /// epoll-echo (the peers of crates/bench, found beside this
+    /// executable), or the groups models, port, peers (default: models).
+    #[arg(long, alias = "models", value_name = "LIST")]
+    pub servers: Option<String>,
 
     /// Connection counts, separated by commas (default 1,50,500,5000;
     /// with --quick 1,50).
-    #[arg(long, value_name = "LIST")]
+    #[arg(long, value_name = "LIST", conflicts_with = "cells")]
     pub conns: Option<String>,
 
     /// Message sizes in bytes, separated by commas (default 128,4096; with
     /// --quick 128).
-    #[arg(long, value_name = "LIST")]
+    #[arg(long, value_name = "LIST", conflicts_with = "cells")]
     pub sizes: Option<String>,
+
+    /// Messages in flight per connection (`cport load --depth`), for every
+    /// cell that does not name its own.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub depth: u32,
+
+    /// The cells to run instead of connections × sizes, separated by
+    /// commas: CONNSxSIZE or CONNSxSIZExDEPTH (e.g. 50x128,500x4096x16).
+    #[arg(long, value_name = "LIST")]
+    pub cells: Option<String>,
+
+    /// Rounds: every cell runs each server once per round, the servers
+    /// taking turns (A B C A B C ...); the summary gives medians and
+    /// spreads over the rounds.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub repeat: u32,
+
+    /// Threads of the servers that take a count: the peers' --threads, and
+    /// the port's concurrency (with at least 2 workers). The other models
+    /// keep their own threading.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub threads: u32,
+
+    /// Leave server and load free to run on any CPU (default: the server on
+    /// one CPU, the load on another).
+    #[arg(long)]
+    pub unpinned: bool,
+
+    /// After the rounds, run each server once more per cell to count per
+    /// message what it asks of the kernel (perf: system calls, context
+    /// switches, io_uring requests and poll arms, malloc calls;
+    /// rescheduling interrupts from /proc/interrupts). Columns perf cannot
+    /// count here stay empty, with the reason in the summary.
+    #[arg(long)]
+    pub costs: bool,
+
+    /// The server the others' CPU per message is compared with (default
+    /// tokio-echo when it runs, else the first server).
+    #[arg(long, value_name = "SERVER")]
+    pub reference: Option<String>,
 
     /// Measured period of each run (default 5s; with --quick 1s).
     #[arg(long, value_parser = parse_duration)]

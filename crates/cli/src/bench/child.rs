@@ -1,15 +1,16 @@
 //! The runner's child processes (servers, loads, perf): started pinned to
 //! a CPU, registered while they live so that Ctrl-C can kill them, always
-//! reaped.
+//! reaped, their output read by threads so that no child ever blocks on a
+//! full pipe.
 //!
 //! Pinning needs neither unsafe code nor taskset(1): a thread's CPU
 //! affinity is copied into a process it forks (and kept across exec), so
 //! each child is spawned from a short-lived thread that pins itself first.
 
-use std::io;
+use std::io::{self, BufRead, BufReader, Read};
 use std::process::{Child, Command, ExitStatus};
-use std::sync::{Mutex, MutexGuard};
-use std::thread;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -24,6 +25,61 @@ static LIVE: Mutex<Vec<Pid>> = Mutex::new(Vec::new());
 fn live() -> MutexGuard<'static, Vec<Pid>> {
     // A list of pids stays consistent across a panic.
     LIVE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Commands that undo a change to the machine (a perf probe), run on Ctrl-C
+/// after the children are gone.
+static UNDO: Mutex<Vec<Vec<String>>> = Mutex::new(Vec::new());
+
+fn undo() -> MutexGuard<'static, Vec<Vec<String>>> {
+    UNDO.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs `cmd` if the bench is interrupted before [`forget_undo`].
+pub fn undo_on_interrupt(cmd: Vec<String>) {
+    undo().push(cmd);
+}
+
+pub fn forget_undo(cmd: &[String]) {
+    undo().retain(|c| c != cmd);
+}
+
+/// Kept of a child's output in runs.log.
+const LOG_CAP: usize = 16 * 1024;
+
+/// A child's output, read by a thread; capped for the log.
+#[derive(Clone, Default)]
+pub struct Captured(Arc<Mutex<String>>);
+
+impl Captured {
+    pub fn push(&self, s: &str) {
+        let mut b = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if b.len() < LOG_CAP {
+            b.push_str(s);
+            if b.len() >= LOG_CAP {
+                b.push_str("\n[... cut]\n");
+            }
+        }
+    }
+
+    pub fn text(&self) -> String {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Reads `r` into `into` until its end, on a thread of its own.
+pub fn read_into(r: impl Read + Send + 'static, into: Captured) -> JoinHandle<()> {
+    thread::spawn(move || {
+        let mut r = BufReader::new(r);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match r.read_line(&mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => into.push(&line),
+            }
+        }
+    })
 }
 
 /// The CPUs this process may run on, in order.
@@ -142,7 +198,8 @@ impl Drop for Proc {
     }
 }
 
-/// On SIGINT or SIGTERM: kill every child, reap them, exit 1.
+/// On SIGINT or SIGTERM: kill every child, reap them, undo what must be
+/// undone, exit 1.
 pub fn kill_children_on_signal() -> anyhow::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
@@ -158,6 +215,11 @@ pub fn kill_children_on_signal() -> anyhow::Result<()> {
                 }
                 for &p in live.iter() {
                     let _ = waitpid(Some(p), WaitOptions::empty());
+                }
+                for cmd in undo().iter() {
+                    if let Some((program, args)) = cmd.split_first() {
+                        let _ = Command::new(program).args(args).output();
+                    }
                 }
                 eprintln!(
                     "\ncport bench: interrupted (signal {sig}); {} child process(es) killed",

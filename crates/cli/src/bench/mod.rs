@@ -1,20 +1,30 @@
-//! `cport bench`: the tutorials' I/O model comparison, measured. Each
-//! model's echo server runs in its own child process (`cport serve
-//! --model NAME`) against a `cport load --json` child, over a matrix of
-//! connections and message sizes; the record (raw.csv, chart.svg,
-//! summary.md, runs.log) goes to one directory and the table to stdout.
+//! `cport bench`: echo servers measured side by side. Each server (the
+//! tutorials' I/O models as `cport serve --model NAME` runs them, and the
+//! peers of crates/bench: tokio-echo, uring-echo, epoll-echo) runs in its
+//! own child process against a `cport load --json` child, cell by cell
+//! and round by round; the record (raw.csv, costs.csv, chart.svg,
+//! summary.md, runs.log) goes to one directory and the tables to stdout.
 //!
-//! - `plan`: the arguments, checked (pure);
-//! - `run`: one run, measured as bench/serve.sh measures;
+//! - `plan`: the arguments, checked (pure); `server`: what each server is
+//!   and how it starts;
+//! - `run`: one run, measured as docs/design/benchmark-method.md says;
+//! - `costs`: what a costs run counts with perf and /proc/interrupts;
 //! - `child`: pinned children, reaped, killed on Ctrl-C;
-//! - `proc`: what is read from /proc and perf;
-//! - `report`: CSV, markdown and SVG from the rows (pure).
+//! - `proc`: what is read from /proc and perf; `output`: from the
+//!   children's output;
+//! - `report`, `chart`, `summary`: CSV, markdown and SVG from the rows
+//!   (pure).
 
+mod chart;
 mod child;
+mod costs;
+mod output;
 mod plan;
 mod proc;
 mod report;
 mod run;
+mod server;
+mod summary;
 
 use std::fmt::Write as _;
 use std::fs::{self, File};
@@ -23,17 +33,33 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
 
 use crate::args::BenchArgs;
-use plan::{OutDir, Plan, Server};
+use costs::Counter;
+use plan::{OutDir, Plan};
 use report::{Row, Status};
-use run::Setup;
+use run::{Kind, Setup};
+use server::Server;
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let plan = Plan::from_args(&args)?;
+    let exe = std::env::current_exe().context("cannot find the cport executable")?;
+    for s in &plan.servers {
+        if let Server::Peer(p) = s {
+            let path = server::peer_path(&exe, *p);
+            if !path.is_file() {
+                bail!(
+                    "{} is not beside cport ({}): build it into the same target directory \
+                     (cargo build [--release] -p cport-bench)",
+                    p.name(),
+                    path.display()
+                );
+            }
+        }
+    }
     let began = Instant::now();
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -46,19 +72,26 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     child::kill_children_on_signal()?;
     let (nofile, nofile_note) = raise_nofile();
     let cpus = child::allowed_cpus();
-    let (server_cpu, load_cpu) = if cpus.len() >= 2 {
+    let (server_cpu, load_cpu) = if plan.pinned && cpus.len() >= 2 {
         (Some(cpus[0]), Some(cpus[1]))
     } else {
         (None, None)
     };
+    let counter = plan.costs.then(|| {
+        // Pinned, the server's interrupts are its CPU's; unpinned, every
+        // CPU's (the load's included).
+        Counter::set_up(server_cpu.map_or_else(|| cpus.clone(), |c| vec![c]))
+    });
     let setup = Setup {
-        exe: std::env::current_exe().context("cannot find the cport executable")?,
+        exe,
         server_cpu,
         load_cpu,
+        threads: plan.threads,
         nofile,
         uring: probe_uring(),
         auto_backend: probe_auto(),
-        perf: run::probe_perf(&out),
+        perf: run::probe_perf(),
+        counter,
         warmup: plan.warmup,
         duration: plan.duration,
         ticks_per_sec: rustix::param::clock_ticks_per_second().max(1),
@@ -68,6 +101,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         (Some(s), Some(l)) => {
             format!("server pinned to CPU {s}, load to CPU {l} (`cport load --threads 1`)")
         }
+        _ if !plan.pinned => format!(
+            "unpinned (`--unpinned`): server and load (`cport load --threads 1`) may run on \
+             any of {} CPU(s)",
+            cpus.len().max(1)
+        ),
         _ => format!(
             "unpinned: this process may run on {} CPU(s), pinning needs 2",
             cpus.len().max(1)
@@ -77,58 +115,107 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         Ok(()) => format!("perf stat -e {} -p SERVER", run::PERF_EVENT),
         Err(why) => format!("n/a ({why})"),
     };
-    let notices = [
-        format!("{} runs; record in {}", plan.runs(), out.display()),
+    let mut notices = vec![
+        format!(
+            "{} runs{}; record in {}",
+            plan.runs(),
+            if plan.costs {
+                format!(" and {} costs runs", plan.cost_runs())
+            } else {
+                String::new()
+            },
+            out.display()
+        ),
         pinning.clone(),
         format!("descriptors: {nofile_note}"),
         format!("system calls: {perf_line}"),
     ];
+    if let Some(c) = &setup.counter {
+        notices.extend(
+            costs::describe(c)
+                .into_iter()
+                .map(|l| format!("costs: {l}")),
+        );
+    }
     for n in &notices {
         eprintln!("cport bench: {n}");
     }
-    if let (Err(why), true) = (&setup.uring, plan.servers.contains(&Server::PortUring)) {
-        eprintln!("cport bench: port-uring is skipped: io_uring is unavailable here: {why}");
+    if let Err(why) = &setup.uring {
+        for s in plan.servers.iter().filter(|s| s.needs_uring()) {
+            eprintln!(
+                "cport bench: {} is skipped: io_uring is unavailable here: {why}",
+                s.name()
+            );
+        }
     }
 
     let mut csv = File::create(out.join("raw.csv")).context("cannot create raw.csv")?;
-    writeln!(csv, "{}", report::CSV_HEADER)?;
-    let mut runs_log = File::create(out.join("runs.log")).context("cannot create runs.log")?;
-    let bar = progress_bar(plan.runs());
-    let mut rows = Vec::new();
-    let mut i = 0;
-    for &server in &plan.servers {
-        for &conns in &plan.conns {
-            for &size in &plan.sizes {
-                i += 1;
-                if let Some(b) = &bar {
-                    b.set_message(format!("{} {conns} conns {size} B", server.name()));
-                }
-                let mut log = String::new();
-                let row = run::run(&setup, server, conns, size, &mut log);
-                runs_log.write_all(log.as_bytes())?;
-                writeln!(csv, "{}", report::csv_row(&row))?;
-                let line = progress_line(i, plan.runs(), &row);
-                match &bar {
-                    Some(b) => {
-                        b.println(line);
-                        b.inc(1);
-                    }
-                    None => eprintln!("{line}"),
-                }
-                rows.push(row);
-            }
+    writeln!(csv, "{}", report::csv_header())?;
+    let mut costs_csv = match plan.costs {
+        true => {
+            let mut f = File::create(out.join("costs.csv")).context("cannot create costs.csv")?;
+            writeln!(f, "{}", report::costs_csv_header())?;
+            Some(f)
         }
+        false => None,
+    };
+    let mut runs_log = File::create(out.join("runs.log")).context("cannot create runs.log")?;
+    let total = plan.runs() + plan.cost_runs();
+    let bar = progress_bar(total);
+    let mut rows = Vec::new();
+    // Round by round, the servers taking turns in each cell (A B C A B
+    // C ...): a slow minute on a shared machine falls on one round of
+    // every server, not on every round of one.
+    let mut order: Vec<(Kind, plan::Cell, Server)> = Vec::new();
+    for round in 1..=plan.rounds {
+        for &cell in &plan.cells {
+            order.extend(plan.servers.iter().map(|&s| (Kind::Round(round), cell, s)));
+        }
+    }
+    if plan.costs {
+        for &cell in &plan.cells {
+            order.extend(plan.servers.iter().map(|&s| (Kind::Costs, cell, s)));
+        }
+    }
+    for (i, (kind, cell, server)) in order.into_iter().enumerate() {
+        if let Some(b) = &bar {
+            b.set_message(format!("{} {cell}", server.name()));
+        }
+        let mut log = String::new();
+        let row = run::run(&setup, server, cell, kind, &mut log);
+        runs_log.write_all(log.as_bytes())?;
+        match (kind, &mut costs_csv) {
+            (Kind::Costs, Some(f)) => writeln!(f, "{}", report::costs_csv_row(&row))?,
+            _ => writeln!(csv, "{}", report::csv_row(&row))?,
+        }
+        let line = progress_line(i + 1, total, &row);
+        match &bar {
+            Some(b) => {
+                b.println(line);
+                b.inc(1);
+            }
+            None => eprintln!("{line}"),
+        }
+        rows.push(row);
     }
     if let Some(b) = bar {
         b.finish_and_clear();
     }
     drop(csv);
+    drop(costs_csv);
 
-    let held = report::most_conns_held(&rows);
-    let table = report::markdown_table(&rows);
-    let held_table = report::held_table(&held);
-    fs::write(out.join("chart.svg"), report::svg_chart(&rows)).context("cannot write chart.svg")?;
-    let info = Info {
+    let measured: Vec<Row> = rows.iter().filter(|r| r.round > 0).cloned().collect();
+    let stats = report::stats(&measured);
+    let held = report::most_conns_held(&measured);
+    let tables = summary::Tables {
+        stats: report::stats_table(&stats, plan.reference.name()),
+        costs: plan.costs.then(|| report::costs_table(&rows)),
+        held: report::held_table(&held),
+        runs: report::markdown_table(&measured),
+    };
+    fs::write(out.join("chart.svg"), chart::svg_chart(&stats, &held))
+        .context("cannot write chart.svg")?;
+    let info = summary::Info {
         plan: &plan,
         setup: &setup,
         pinning,
@@ -141,13 +228,21 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
     fs::write(
         out.join("summary.md"),
-        summary(&info, &rows, &table, &held_table),
+        summary::summary(&info, &rows, &tables),
     )
     .context("cannot write summary.md")?;
 
-    println!("{table}");
+    println!(
+        "Medians over {} round(s); CPU per message against {}:\n",
+        plan.rounds,
+        plan.reference.name()
+    );
+    println!("{}", tables.stats);
+    if let Some(c) = &tables.costs {
+        println!("Costs per message (one run per cell and server):\n\n{c}");
+    }
     println!("Most connections held (largest count run without an error):\n");
-    println!("{held_table}");
+    println!("{}", tables.held);
     let failed = rows.iter().filter(|r| r.status == Status::Failed).count();
     if failed > 0 {
         println!(
@@ -155,8 +250,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         );
     }
     println!(
-        "Record in {} (raw.csv, chart.svg, summary.md, runs.log); {:.0} s.",
+        "Record in {} (summary.md, raw.csv{}, chart.svg, runs.log); {:.0} s.",
         out.display(),
+        if plan.costs { ", costs.csv" } else { "" },
         began.elapsed().as_secs_f64()
     );
     Ok(())
@@ -178,11 +274,14 @@ fn progress_bar(len: usize) -> Option<ProgressBar> {
 }
 
 fn progress_line(i: usize, n: usize, r: &Row) -> String {
+    let what = match r.round {
+        0 => "costs".to_string(),
+        n => format!("round {n}"),
+    };
     let mut s = format!(
-        "[{i}/{n}] {} {} conns {} B: {}",
+        "[{i}/{n}] {} {}, {what}: {}",
         r.server,
-        r.conns,
-        r.size,
+        r.cell,
         r.status.name()
     );
     if let Some(m) = r.msgs_per_s {
@@ -294,158 +393,6 @@ fn shell_word(s: &str) -> String {
     } else {
         format!("'{}'", s.replace('\'', "'\\''"))
     }
-}
-
-struct Info<'a> {
-    plan: &'a Plan,
-    setup: &'a Setup,
-    pinning: String,
-    nofile_note: String,
-    perf_line: String,
-    date: String,
-    took_s: f64,
-    load_before: String,
-    load_after: String,
-}
-
-fn summary(info: &Info, rows: &[Row], table: &str, held_table: &str) -> String {
-    let plan = info.plan;
-    let setup = info.setup;
-    let mut args: Vec<String> = std::env::args().skip(1).map(|a| shell_word(&a)).collect();
-    args.insert(0, "cport".into());
-    let cwd = std::env::current_dir().map_or("?".into(), |d| d.display().to_string());
-    let commit = output_of("git", &["rev-parse", "--short=12", "HEAD"]);
-    let dirty = output_of("git", &["--no-optional-locks", "status", "--porcelain"])
-        .map(|s| s.lines().count());
-    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "?".into());
-    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let servers: Vec<&str> = plan.servers.iter().map(|s| s.name()).collect();
-    let list = |v: &[u32]| v.iter().map(u32::to_string).collect::<Vec<_>>().join(", ");
-
-    let mut s = String::new();
-    let _ = writeln!(s, "# cport bench: the tutorials' I/O models, measured\n");
-    let _ = writeln!(s, "- command: `{}` (in `{cwd}`)", args.join(" "));
-    let _ = writeln!(
-        s,
-        "- date: {}; took {:.0} s{}",
-        info.date,
-        info.took_s,
-        if plan.quick {
-            " (`--quick`: a trial, not a record)"
-        } else {
-            ""
-        }
-    );
-    let _ = writeln!(
-        s,
-        "- machine: {nproc} CPUs ({}), Linux {kernel}; load average {} before, {} after",
-        proc::cpu_model(),
-        info.load_before,
-        info.load_after
-    );
-    let _ = writeln!(
-        s,
-        "- versions: cport {}; {}; git commit {}",
-        env!("CARGO_PKG_VERSION"),
-        output_of("rustc", &["-V"])
-            .map_or("rustc not on PATH".into(), |v| format!("{v} (on PATH)")),
-        match (commit, dirty) {
-            (Some(c), Some(0)) => c,
-            // The checkout's state when the run started, not necessarily
-            // the binary's: it may have been built before later edits.
-            (Some(c), Some(n)) => format!(
-                "{c} with {n} uncommitted file(s) in the working tree at the start (the binary \
-                 may predate them)"
-            ),
-            (Some(c), None) => c,
-            (None, _) => "unknown (not a git checkout)".into(),
-        }
-    );
-    let _ = writeln!(
-        s,
-        "- matrix: {}; connections {}; sizes {} B; depth 1; {:.2} s measured after a {:.2} s warm-up per run",
-        servers.join(", "),
-        list(&plan.conns),
-        list(&plan.sizes),
-        plan.duration.as_secs_f64(),
-        plan.warmup.as_secs_f64()
-    );
-    let _ = writeln!(s, "- CPUs: {}", info.pinning);
-    let _ = writeln!(s, "- descriptors: {}", info.nofile_note);
-    let _ = writeln!(
-        s,
-        "- io_uring: {}; `--backend auto` resolves to {}",
-        match &setup.uring {
-            Ok(()) => "available".to_string(),
-            Err(why) => format!("unavailable ({why}): port-uring skipped"),
-        },
-        setup.auto_backend
-    );
-    let _ = writeln!(s, "- system calls: {}", info.perf_line);
-
-    let _ = writeln!(s, "\n## Results\n\n{table}");
-    let _ = writeln!(s, "## Most connections held\n\n{held_table}");
-    let noted: Vec<&Row> = rows.iter().filter(|r| !r.note.is_empty()).collect();
-    if !noted.is_empty() {
-        let _ = writeln!(s, "## Notes\n");
-        for r in noted {
-            let _ = writeln!(
-                s,
-                "- {}, {} conns, {} B ({}): {}",
-                r.server,
-                r.conns,
-                r.size,
-                r.status.name(),
-                r.note
-            );
-        }
-        s.push('\n');
-    }
-    let _ = write!(
-        s,
-        "## How each column was counted
-
-Each run starts the server (`cport serve --model NAME --port 0`; the port model with
-`--no-udp --workers 2 --concurrency 1`, sized for its one core as in bench/serve.sh) and reads
-its first line, `listening on ADDR ...`. It then starts `cport load ADDR --conns N --size S
---depth 1 --threads 1 --json`, which opens every connection before its clock starts; the runner
-sees them as sockets in /proc/LOAD/fd, and from then knows the schedule: the warm-up, then the
-measured period. Inside that period, from 0.1 s after its start to 0.15 s before its end (a
-tenth and 15% of the period if shorter), a window is cut in two halves: CPU time is taken over
-the first, system calls are counted over the second, so that perf's tracepoints never slow the
-server while its CPU time is taken.
-
-- **backend**: the server's first line (`backend=`), which names the backend its port runs on.
-  `-`: the model runs on no port.
-- **msgs/s, MB/s, p50 µs, p99 µs, errors**: `cport load --json` over its measured period only.
-  MB/s counts each direction once. Latency runs from a message's send to the last byte of its
-  echo. Errors count connections that failed, were closed by the server, echoed a wrong byte or
-  left messages unanswered.
-- **CPU µs/msg**: the server's utime + stime (/proc/PID/stat fields 14 and 15, every thread, in
-  clock ticks of 1/{tck} s) read at the first half's start and end, divided by that window's
-  length and by the load's messages/s. A tick is 10 ms: over a short window this figure is
-  coarse.
-- **syscalls/msg**: `perf stat -e {ev} -p SERVER -x, -- sleep T` over the second
-  half (every system call entry of every server thread), divided by T and by the load's
-  messages/s. The
-  rate is the whole period's: if perf's tracepoints slow the server during its half, the figure
-  is a little low. `n/a` when perf is missing or refuses.
-- **threads**: the most `Threads:` in /proc/PID/status, sampled every 100 ms from the server's
-  start to the end of the run (connections open).
-- **peak RSS**: `VmHWM` in /proc/PID/status just before the server is stopped (SIGTERM, SIGKILL
-  after 10 s).
-- **most conns held**: per server, the largest connection count of the matrix at which a run
-  was measured with 0 errors (at any size).
-
-Raw rows: raw.csv; per run the commands, pids, the server's first line, the sampled window and
-every child's stderr: runs.log. Chart: chart.svg.
-",
-        tck = setup.ticks_per_sec,
-        ev = run::PERF_EVENT,
-    );
-    s
 }
 
 #[cfg(test)]

@@ -1,131 +1,33 @@
-//! What `cport bench` will run: the servers (rows), the matrix of
-//! connections and sizes, the timing, where the record goes. Pure: every
-//! mistake in the arguments is a [`Usage`] error of one line.
+//! What `cport bench` will run: the servers, the cells (connections,
+//! message size, messages in flight), the rounds, the timing, where the
+//! record goes. Pure: every mistake in the arguments is a [`Usage`] error
+//! of one line.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use cport_models::Model;
-
 use crate::args::BenchArgs;
 use crate::Usage;
 
-/// One row of the comparison: a model's echo server as `cport serve`
-/// runs it. The port model appears twice, once per backend.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Server {
-    /// Any model but `port`, by `cport serve --model NAME`.
-    Model(Model),
-    /// `cport serve --model port --backend uring`.
-    PortUring,
-    /// `cport serve --model port --backend epoll`.
-    PortEpoll,
+use super::server::{self, Peer, Server};
+
+/// One point of the matrix: `conns` connections each keeping `depth`
+/// messages of `size` bytes in flight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Cell {
+    pub conns: u32,
+    pub size: u32,
+    pub depth: u32,
 }
 
-impl Server {
-    /// Every server, in the tutorials' order of the models.
-    pub fn all() -> Vec<Server> {
-        let mut v = Vec::new();
-        for m in Model::ALL {
-            if m == Model::Port {
-                v.push(Server::PortUring);
-                v.push(Server::PortEpoll);
-            } else {
-                v.push(Server::Model(m));
-            }
-        }
-        v
+impl std::fmt::Display for Cell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} conns × {} B, depth {}",
+            self.conns, self.size, self.depth
+        )
     }
-
-    /// The name of the row, in the table, the CSV and `--models`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Server::Model(m) => m.name(),
-            Server::PortUring => "port-uring",
-            Server::PortEpoll => "port-epoll",
-        }
-    }
-
-    /// The arguments after `cport` that start this server on an ephemeral
-    /// port. The port server is sized for the one core it is pinned to, as
-    /// in bench/serve.sh: two workers, one running at a time.
-    pub fn serve_args(self) -> Vec<String> {
-        let mut a: Vec<String> = ["serve", "--port", "0", "--model"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        let port = |backend: &str| {
-            [
-                "port",
-                "--backend",
-                backend,
-                "--no-udp",
-                "--workers",
-                "2",
-                "--concurrency",
-                "1",
-            ]
-            .map(String::from)
-        };
-        match self {
-            Server::PortUring => a.extend(port("uring")),
-            Server::PortEpoll => a.extend(port("epoll")),
-            Server::Model(Model::Callback) => {
-                a.extend(["callback", "--backend", "auto"].map(String::from))
-            }
-            Server::Model(m) => a.push(m.name().to_string()),
-        }
-        a
-    }
-
-    /// Descriptors the server holds per connection: the event model adds
-    /// an eventfd (its event object) to each socket.
-    pub fn fds_per_conn(self) -> u64 {
-        match self {
-            Server::Model(Model::Event) => 2,
-            _ => 1,
-        }
-    }
-}
-
-/// Names `--models` accepts, for the error message.
-fn server_names() -> String {
-    let mut names: Vec<&str> = Server::all().iter().map(|s| s.name()).collect();
-    names.push("port");
-    names.join(", ")
-}
-
-/// `--models a,b`: the servers named, in the canonical order, each once;
-/// `port` stands for both port rows.
-pub fn parse_models(s: &str) -> Result<Vec<Server>, Usage> {
-    let mut wanted = Vec::new();
-    for name in s.split(',').map(str::trim) {
-        if name.is_empty() {
-            return Err(Usage(format!(
-                "--models {s:?}: empty name in the list (expected names separated by commas: {})",
-                server_names()
-            )));
-        }
-        let found: Vec<Server> = if name == "port" {
-            vec![Server::PortUring, Server::PortEpoll]
-        } else {
-            Server::all()
-                .into_iter()
-                .filter(|sv| sv.name() == name)
-                .collect()
-        };
-        if found.is_empty() {
-            return Err(Usage(format!(
-                "unknown model {name:?} in --models (expected one of: {})",
-                server_names()
-            )));
-        }
-        wanted.extend(found);
-    }
-    Ok(Server::all()
-        .into_iter()
-        .filter(|s| wanted.contains(s))
-        .collect())
 }
 
 /// A comma-separated list of whole numbers in `min..=max`, sorted, each
@@ -165,12 +67,54 @@ pub enum OutDir {
     Temp,
 }
 
+/// `--cells 50x128,500x4096x16`: each `CONNSxSIZE[xDEPTH]`, `depth` where
+/// a cell names none; in the order given, each once.
+pub fn parse_cells(s: &str, depth: u32) -> Result<Vec<Cell>, Usage> {
+    let mut v: Vec<Cell> = Vec::new();
+    for item in s.split(',').map(str::trim) {
+        let bad = |why: &str| {
+            Usage(format!(
+                "--cells: {item:?} {why} (expected CONNSxSIZE or CONNSxSIZExDEPTH, e.g. \
+                 500x4096x16)"
+            ))
+        };
+        let parts: Vec<&str> = item.split('x').collect();
+        if item.is_empty() || !(2..=3).contains(&parts.len()) {
+            return Err(bad("is not a cell"));
+        }
+        let num = |i: usize, what: &str, max: u32| -> Result<u32, Usage> {
+            match parts[i].parse::<u32>() {
+                Ok(n) if (1..=max).contains(&n) => Ok(n),
+                _ => Err(bad(&format!("has no valid {what} (1 to {max})"))),
+            }
+        };
+        let cell = Cell {
+            conns: num(0, "connection count", MAX_CONNS)?,
+            size: num(1, "size", MAX_SIZE)?,
+            depth: if parts.len() == 3 {
+                num(2, "depth", MAX_DEPTH)?
+            } else {
+                depth
+            },
+        };
+        if !v.contains(&cell) {
+            v.push(cell);
+        }
+    }
+    Ok(v)
+}
+
 /// Everything a run of `cport bench` does, checked.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Plan {
     pub servers: Vec<Server>,
-    pub conns: Vec<u32>,
-    pub sizes: Vec<u32>,
+    pub cells: Vec<Cell>,
+    pub rounds: u32,
+    pub threads: u32,
+    pub pinned: bool,
+    pub costs: bool,
+    /// The server the others are compared with.
+    pub reference: Server,
     pub duration: Duration,
     pub warmup: Duration,
     pub out: OutDir,
@@ -181,7 +125,7 @@ pub struct Plan {
 pub const CONNS: &str = "1,50,500,5000";
 pub const SIZES: &str = "128,4096";
 /// `--quick`: two cells per server, short periods, so that the ten
-/// servers finish within two minutes on two cores.
+/// models finish within two minutes on two cores.
 pub const QUICK_CONNS: &str = "1,50";
 pub const QUICK_SIZES: &str = "128";
 pub const QUICK_DURATION: Duration = Duration::from_secs(1);
@@ -192,26 +136,61 @@ pub const MIN_DURATION: Duration = Duration::from_millis(100);
 /// `cport load`'s own limits.
 const MAX_CONNS: u32 = 100_000;
 const MAX_SIZE: u32 = 64 << 20;
+const MAX_DEPTH: u32 = 4096;
 
 impl Plan {
     pub fn from_args(a: &BenchArgs) -> Result<Plan, Usage> {
-        let servers = match &a.models {
-            Some(s) => parse_models(s)?,
-            None => Server::all(),
+        let servers = match &a.servers {
+            Some(s) => server::parse_servers(s)?,
+            None => Server::models(),
         };
         let (conns, sizes, duration, warmup) = if a.quick {
             (QUICK_CONNS, QUICK_SIZES, QUICK_DURATION, QUICK_WARMUP)
         } else {
             (CONNS, SIZES, Duration::from_secs(5), Duration::from_secs(1))
         };
-        let conns = parse_list("--conns", a.conns.as_deref().unwrap_or(conns), 1, MAX_CONNS)?;
-        let sizes = parse_list("--sizes", a.sizes.as_deref().unwrap_or(sizes), 1, MAX_SIZE)?;
+        let cells = match &a.cells {
+            Some(c) => parse_cells(c, a.depth)?,
+            None => {
+                let conns =
+                    parse_list("--conns", a.conns.as_deref().unwrap_or(conns), 1, MAX_CONNS)?;
+                let sizes =
+                    parse_list("--sizes", a.sizes.as_deref().unwrap_or(sizes), 1, MAX_SIZE)?;
+                conns
+                    .iter()
+                    .flat_map(|&c| {
+                        sizes.iter().map(move |&z| Cell {
+                            conns: c,
+                            size: z,
+                            depth: a.depth,
+                        })
+                    })
+                    .collect()
+            }
+        };
         let duration = a.duration.unwrap_or(duration);
         if duration < MIN_DURATION {
             return Err(Usage(format!(
                 "--duration {duration:?} is too short to measure CPU time (at least {MIN_DURATION:?})"
             )));
         }
+        let reference = match &a.reference {
+            Some(name) => match Server::by_name(name) {
+                Some(s) if servers.contains(&s) => s,
+                _ => {
+                    return Err(Usage(format!(
+                        "--reference {name:?} is not one of the servers run ({})",
+                        servers
+                            .iter()
+                            .map(|s| s.name())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )));
+                }
+            },
+            None if servers.contains(&Server::Peer(Peer::Tokio)) => Server::Peer(Peer::Tokio),
+            None => servers[0],
+        };
         let out = match (&a.out, a.quick) {
             (Some(d), _) => OutDir::Given(d.clone()),
             (None, true) => OutDir::Temp,
@@ -219,8 +198,12 @@ impl Plan {
         };
         Ok(Plan {
             servers,
-            conns,
-            sizes,
+            cells,
+            rounds: a.repeat,
+            threads: a.threads,
+            pinned: !a.unpinned,
+            costs: a.costs,
+            reference,
             duration,
             warmup: a.warmup.unwrap_or(warmup),
             out,
@@ -228,9 +211,18 @@ impl Plan {
         })
     }
 
-    /// Runs in the matrix (skipped cells included).
+    /// Measured runs (skipped ones included).
     pub fn runs(&self) -> usize {
-        self.servers.len() * self.conns.len() * self.sizes.len()
+        self.servers.len() * self.cells.len() * self.rounds as usize
+    }
+
+    /// Runs that count costs (`--costs`).
+    pub fn cost_runs(&self) -> usize {
+        if self.costs {
+            self.servers.len() * self.cells.len()
+        } else {
+            0
+        }
     }
 }
 
@@ -289,9 +281,16 @@ mod tests {
 
     fn args() -> BenchArgs {
         BenchArgs {
-            models: None,
+            servers: None,
             conns: None,
             sizes: None,
+            depth: 1,
+            cells: None,
+            repeat: 1,
+            threads: 1,
+            unpinned: false,
+            costs: false,
+            reference: None,
             duration: None,
             warmup: None,
             out: None,
@@ -299,36 +298,8 @@ mod tests {
         }
     }
 
-    fn names(v: &[Server]) -> Vec<&'static str> {
-        v.iter().map(|s| s.name()).collect()
-    }
-
-    #[test]
-    fn every_model_is_a_row_and_port_is_two() {
-        let all = names(&Server::all());
-        assert_eq!(all.len(), Model::ALL.len() + 1);
-        assert!(!all.contains(&"port"));
-        for m in Model::ALL.iter().filter(|m| **m != Model::Port) {
-            assert!(all.contains(&m.name()), "{m} missing");
-        }
-        assert_eq!(&all[all.len() - 2..], ["port-uring", "port-epoll"]);
-    }
-
-    #[test]
-    fn models_are_parsed_in_canonical_order_with_port_meaning_both() {
-        let v = parse_models("port,epoll, blocking,epoll").unwrap();
-        assert_eq!(names(&v), ["blocking", "epoll", "port-uring", "port-epoll"]);
-        assert_eq!(names(&parse_models("port-epoll").unwrap()), ["port-epoll"]);
-    }
-
-    #[test]
-    fn unknown_and_empty_models_are_refused_by_name() {
-        let e = parse_models("epoll,kqueue").unwrap_err().0;
-        assert!(e.contains("\"kqueue\"") && e.contains("port-uring"), "{e}");
-        assert!(!e.contains('\n'));
-        let e = parse_models("epoll,,poll").unwrap_err().0;
-        assert!(e.contains("empty"), "{e}");
-        assert!(parse_models("").is_err());
+    fn cell(conns: u32, size: u32, depth: u32) -> Cell {
+        Cell { conns, size, depth }
     }
 
     #[test]
@@ -350,35 +321,66 @@ mod tests {
     }
 
     #[test]
+    fn cells_take_their_own_depth_or_the_default() {
+        assert_eq!(
+            parse_cells("50x128, 500x4096x16,50x65536x4,50x128", 2).unwrap(),
+            [cell(50, 128, 2), cell(500, 4096, 16), cell(50, 65536, 4)]
+        );
+        for bad in [
+            "",
+            "50",
+            "50x",
+            "x128",
+            "0x128",
+            "50x128x0",
+            "50x128x16x2",
+            "50*128",
+            "50x1k",
+        ] {
+            let e = parse_cells(bad, 1).unwrap_err().0;
+            assert!(e.starts_with("--cells") && !e.contains('\n'), "{bad}: {e}");
+        }
+        assert!(parse_cells("50x128x5000", 1)
+            .unwrap_err()
+            .0
+            .contains("depth"));
+    }
+
+    #[test]
     fn defaults_quick_and_overrides() {
         let p = Plan::from_args(&args()).unwrap();
-        assert_eq!(p.conns, [1, 50, 500, 5000]);
-        assert_eq!(p.sizes, [128, 4096]);
+        assert_eq!(p.cells.len(), 8);
+        assert_eq!(p.cells[0], cell(1, 128, 1));
+        assert_eq!(p.cells[7], cell(5000, 4096, 1));
         assert_eq!(p.duration, Duration::from_secs(5));
         assert_eq!(p.out, OutDir::Dated);
-        assert_eq!(p.runs(), 10 * 8);
+        assert_eq!(p.servers, Server::models());
+        assert_eq!(
+            (p.rounds, p.threads, p.pinned, p.costs),
+            (1, 1, true, false)
+        );
+        assert_eq!(p.reference, p.servers[0]);
+        assert_eq!((p.runs(), p.cost_runs()), (10 * 8, 0));
 
         let q = Plan::from_args(&BenchArgs {
             quick: true,
             ..args()
         })
         .unwrap();
-        assert_eq!(
-            (q.conns.as_slice(), q.sizes.as_slice()),
-            (&[1, 50][..], &[128][..])
-        );
+        assert_eq!(q.cells, [cell(1, 128, 1), cell(50, 128, 1)]);
         assert_eq!(q.out, OutDir::Temp);
         assert!(q.duration + q.warmup <= Duration::from_secs(2));
 
         let o = Plan::from_args(&BenchArgs {
             quick: true,
             conns: Some("8".into()),
+            depth: 4,
             out: Some("x".into()),
             duration: Some(Duration::from_millis(300)),
             ..args()
         })
         .unwrap();
-        assert_eq!(o.conns, [8]);
+        assert_eq!(o.cells, [cell(8, 128, 4)]);
         assert_eq!(o.out, OutDir::Given("x".into()));
         assert_eq!(o.duration, Duration::from_millis(300));
 
@@ -387,6 +389,46 @@ mod tests {
             ..args()
         });
         assert!(short.unwrap_err().0.contains("--duration"));
+    }
+
+    #[test]
+    fn rounds_costs_and_the_reference() {
+        let p = Plan::from_args(&BenchArgs {
+            servers: Some("port-uring,peers".into()),
+            cells: Some("50x128,500x4096x16".into()),
+            repeat: 3,
+            costs: true,
+            unpinned: true,
+            threads: 2,
+            ..args()
+        })
+        .unwrap();
+        assert_eq!(p.reference, Server::Peer(Peer::Tokio));
+        assert_eq!((p.runs(), p.cost_runs()), (4 * 2 * 3, 4 * 2));
+        assert!(!p.pinned);
+        assert_eq!(p.threads, 2);
+
+        let p = Plan::from_args(&BenchArgs {
+            servers: Some("epoll-echo,port".into()),
+            ..args()
+        })
+        .unwrap();
+        assert_eq!(p.reference, Server::PortUring, "the first server");
+        let p = Plan::from_args(&BenchArgs {
+            servers: Some("peers".into()),
+            reference: Some("uring-echo".into()),
+            ..args()
+        })
+        .unwrap();
+        assert_eq!(p.reference, Server::Peer(Peer::Uring));
+        let e = Plan::from_args(&BenchArgs {
+            servers: Some("peers".into()),
+            reference: Some("port-uring".into()),
+            ..args()
+        })
+        .unwrap_err()
+        .0;
+        assert!(e.contains("--reference") && e.contains("tokio-echo"), "{e}");
     }
 
     #[test]
@@ -401,19 +443,6 @@ mod tests {
         let win = Window::new(Duration::from_secs(1), Duration::from_secs(5));
         assert_eq!(win.cpu_from, Duration::from_millis(1100));
         assert_eq!(win.perf_to, Duration::from_millis(5850));
-    }
-
-    #[test]
-    fn serve_arguments_name_the_model_and_size_the_port() {
-        let a = Server::PortUring.serve_args().join(" ");
-        assert_eq!(
-            a,
-            "serve --port 0 --model port --backend uring --no-udp --workers 2 --concurrency 1"
-        );
-        let a = Server::Model(Model::Callback).serve_args().join(" ");
-        assert!(a.ends_with("--model callback --backend auto"), "{a}");
-        let a = Server::Model(Model::Select).serve_args().join(" ");
-        assert!(a.ends_with("--model select"), "{a}");
     }
 
     #[test]

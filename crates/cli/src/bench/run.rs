@@ -1,30 +1,34 @@
-//! One run: a server at one cell of the matrix, measured as
-//! bench/serve.sh measures (docs/design/benchmark-method.md).
+//! One run: a server at one cell, measured as
+//! docs/design/benchmark-method.md describes.
 //!
-//! The server starts (on the server CPU) and prints `listening on ADDR
-//! ...`; `cport load ADDR --json` starts (on the load CPU) and connects
-//! every connection before its clock starts, which the runner sees as the
-//! sockets in /proc/LOAD/fd. From then the schedule is known: warm-up,
-//! then the measured period. Inside that period, away from its ends
-//! ([`Window`]), the server's CPU time is sampled over the first half and
-//! its system calls counted by perf over the second, so that perf's
-//! tracepoints do not slow the server while its CPU time is taken.
+//! The server starts (on the server CPU when pinned) and prints `listening
+//! on ADDR ...`; `cport load ADDR --json` starts (on the load CPU) and
+//! connects every connection before its clock starts, which the runner
+//! sees as the sockets in /proc/LOAD/fd. From then the schedule is known:
+//! warm-up, then the measured period. In a round, inside that period and
+//! away from its ends ([`Window`]), the server's CPU time is sampled over
+//! the first half and its system calls counted by perf over the second, so
+//! that perf's tracepoints do not slow the server while its CPU time is
+//! taken. In a costs run, perf counts over the whole period instead,
+//! switched on and off at its ends (costs.rs).
 
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Read};
-use std::path::Path;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use super::child::{self, Proc};
-use super::plan::{Server, Window};
+use super::child::{self, read_into, Captured, Proc};
+use super::costs::{Counter, Gate};
+use super::output::{first_line, parse_listening, parse_load_json, shown};
+use super::plan::{Cell, Window};
 use super::proc;
 use super::report::{Row, Status};
+use super::server::Server;
 
-/// The event perf counts: every system call entry.
+/// The event perf counts in a round: every system call entry.
 pub const PERF_EVENT: &str = "raw_syscalls:sys_enter";
 /// How long the server may take to print its address.
 const START: Duration = Duration::from_secs(10);
@@ -37,8 +41,6 @@ const LOAD_SLACK: Duration = Duration::from_secs(20);
 const STOP_GRACE: Duration = Duration::from_secs(10);
 /// Threads are sampled this often.
 const SAMPLE: Duration = Duration::from_millis(100);
-/// Kept of a child's output in runs.log.
-const LOG_CAP: usize = 16 * 1024;
 /// Descriptors a process needs besides its connections (stdio, epoll,
 /// eventfds, io_uring, the listener).
 const FD_SLACK: u64 = 64;
@@ -46,9 +48,11 @@ const FD_SLACK: u64 = 64;
 /// What every run shares.
 #[derive(Debug)]
 pub struct Setup {
-    pub exe: std::path::PathBuf,
+    pub exe: PathBuf,
     pub server_cpu: Option<usize>,
     pub load_cpu: Option<usize>,
+    /// `--threads`, for the servers that take it.
+    pub threads: u32,
     /// RLIMIT_NOFILE each child starts with.
     pub nofile: u64,
     /// Whether io_uring can be used here, and if not why.
@@ -57,105 +61,41 @@ pub struct Setup {
     pub auto_backend: String,
     /// Whether perf can count [`PERF_EVENT`], and if not why.
     pub perf: Result<(), String>,
+    /// What costs runs count (`--costs`).
+    pub counter: Option<Counter>,
     pub warmup: Duration,
     pub duration: Duration,
     pub ticks_per_sec: u64,
 }
 
-/// A child's output, read by a thread so the child never blocks on a full
-/// pipe; capped for the log.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<String>>);
-
-impl Captured {
-    fn push(&self, s: &str) {
-        let mut b = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if b.len() < LOG_CAP {
-            b.push_str(s);
-            if b.len() >= LOG_CAP {
-                b.push_str("\n[... cut]\n");
-            }
-        }
-    }
-
-    fn text(&self) -> String {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
+/// A measured round (from 1), or a costs run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Round(u32),
+    Costs,
 }
 
-fn read_into(r: impl Read + Send + 'static, into: Captured) -> JoinHandle<()> {
-    thread::spawn(move || {
-        let mut r = BufReader::new(r);
-        let mut line = String::new();
-        loop {
-            line.clear();
-            match r.read_line(&mut line) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => into.push(&line),
-            }
-        }
-    })
+/// A perf counting while the run goes on: its process, the window it
+/// counts over, and its output once it ends.
+struct Perf {
+    proc: Proc,
+    window: Duration,
+    output: JoinHandle<String>,
 }
 
-fn first_line(s: &str) -> &str {
-    s.lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .unwrap_or("")
-}
-
-/// The address and backend from `listening on ADDR (...) ... backend=NAME`.
-pub fn parse_listening(line: &str) -> Option<(String, Option<String>)> {
-    let addr = line
-        .strip_prefix("listening on ")?
-        .split_whitespace()
-        .next()?;
-    let backend = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("backend="))
-        .map(str::to_string);
-    Some((addr.to_string(), backend))
-}
-
-/// The command line as it would be typed, for the log.
-fn shown(cmd: &Command) -> String {
-    let mut v = vec![cmd.get_program().to_string_lossy().into_owned()];
-    v.extend(cmd.get_args().map(|a| a.to_string_lossy().into_owned()));
-    v.join(" ")
-}
-
-/// What the load's JSON report says.
-#[derive(Debug, PartialEq)]
-pub struct LoadReport {
-    pub messages: u64,
-    pub msgs_per_s: f64,
-    pub mb_per_s: f64,
-    pub p50_us: f64,
-    pub p99_us: f64,
-    pub errors: u64,
-    pub first_error: Option<String>,
-}
-
-pub fn parse_load_json(s: &str) -> Option<LoadReport> {
-    let v: serde_json::Value = serde_json::from_str(s.trim()).ok()?;
-    Some(LoadReport {
-        messages: v["messages"].as_u64()?,
-        msgs_per_s: v["messages_per_sec"].as_f64()?,
-        mb_per_s: v["mb_per_sec"].as_f64()?,
-        p50_us: v["latency_us"]["p50"].as_f64()?,
-        p99_us: v["latency_us"]["p99"].as_f64()?,
-        errors: v["errors"].as_u64()?,
-        first_error: v["first_error"].as_str().map(str::to_string),
-    })
-}
-
-/// Samples taken while the run goes on.
+/// What is taken while the run goes on.
 #[derive(Default)]
 struct Samples {
     peak_threads: Option<u64>,
-    /// (ticks, when) at the window's start and middle.
+    /// (ticks, when) at the CPU window's start and end.
     cpu: [Option<(u64, Instant)>; 2],
-    perf: Option<(Proc, Duration, JoinHandle<String>)>,
+    /// Rescheduling interrupts at the costs period's start and end.
+    reschedules: [Option<u64>; 2],
+    perf: Option<Perf>,
+    /// A costs run's switch of perf's counters.
+    gate: Option<Gate>,
+    /// The switch failed: perf's counts are not the period's.
+    perf_failed: bool,
     perf_note: Option<String>,
 }
 
@@ -167,24 +107,48 @@ impl Samples {
     }
 }
 
-/// Runs `server` at `conns` × `size`, appending what happened to `log`.
-/// Every child it starts is reaped before it returns.
-pub fn run(setup: &Setup, server: Server, conns: u32, size: u32, log: &mut String) -> Row {
-    let mut row = Row::new(server.name(), "-", conns, size);
-    let _ = writeln!(log, "## {} conns={conns} size={size}", server.name());
-    if let Some(why) = skip_reason(setup, server, conns) {
+/// What happens at a point of the schedule.
+#[derive(Clone, Copy, Debug)]
+enum Step {
+    CpuFrom,
+    /// The CPU window ends and perf counts system calls until `perf_to`.
+    PerfFrom,
+    /// perf attaches, its counters off.
+    CostsAttach,
+    /// Its counters on: the period starts.
+    CostsFrom,
+    /// Off: the period ends.
+    CostsTo,
+}
+
+/// Runs `server` at `cell`, appending what happened to `log`. Every child
+/// it starts is reaped before it returns.
+pub fn run(setup: &Setup, server: Server, cell: Cell, kind: Kind, log: &mut String) -> Row {
+    let round = match kind {
+        Kind::Round(r) => r,
+        Kind::Costs => 0,
+    };
+    let mut row = Row::new(server.name(), cell, round);
+    row.threads = server.takes_threads().then_some(setup.threads);
+    row.pinned = setup.server_cpu.is_some();
+    let what = match kind {
+        Kind::Round(r) => format!("round {r}"),
+        Kind::Costs => "costs".into(),
+    };
+    let _ = writeln!(log, "## {} {cell}, {what}", server.name());
+    if let Some(why) = skip_reason(setup, server, cell.conns) {
         row.status = Status::Skipped;
         row.note = why;
         let _ = writeln!(log, "skipped: {}\n", row.note);
         return row;
     }
-    measure(setup, server, conns, size, log, &mut row);
+    measure(setup, server, kind, log, &mut row);
     let _ = writeln!(log, "status: {} {}\n", row.status.name(), row.note);
     row
 }
 
 fn skip_reason(setup: &Setup, server: Server, conns: u32) -> Option<String> {
-    if let (Server::PortUring, Err(why)) = (server, &setup.uring) {
+    if let (true, Err(why)) = (server.needs_uring(), &setup.uring) {
         return Some(format!("io_uring is unavailable here: {why}"));
     }
     let need = (u64::from(conns) * server.fds_per_conn()).max(u64::from(conns)) + FD_SLACK;
@@ -198,26 +162,39 @@ fn skip_reason(setup: &Setup, server: Server, conns: u32) -> Option<String> {
     None
 }
 
-fn measure(setup: &Setup, server: Server, conns: u32, size: u32, log: &mut String, row: &mut Row) {
-    // ----- the server -----
-    let mut cmd = Command::new(&setup.exe);
-    cmd.args(server.serve_args())
+/// A started server: its process, the address it printed, its output.
+struct Started {
+    srv: Proc,
+    addr: String,
+    readers: Vec<JoinHandle<()>>,
+    out: Captured,
+    err: Captured,
+}
+
+/// Starts the server and reads its first line; on failure, why (the
+/// server is stopped and reaped).
+fn start_server(
+    setup: &Setup,
+    server: Server,
+    log: &mut String,
+    row: &mut Row,
+) -> Result<Started, String> {
+    let (program, args) = server.command(&setup.exe, setup.threads);
+    let mut cmd = Command::new(program);
+    cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let _ = writeln!(log, "server command: {}", shown(&cmd));
-    let mut srv = match child::spawn(&mut cmd, setup.server_cpu) {
-        Ok(p) => p,
-        Err(e) => return fail(row, format!("{e:#}")),
-    };
-    let srv_out = Captured::default();
-    let srv_err = Captured::default();
+    let mut srv = child::spawn(&mut cmd, setup.server_cpu).map_err(|e| format!("{e:#}"))?;
+    let out = Captured::default();
+    let err = Captured::default();
     let (line_tx, line_rx) = mpsc::channel();
     let mut readers = Vec::new();
-    if let Some(out) = srv.child().stdout.take() {
-        let rest = srv_out.clone();
+    if let Some(stdout) = srv.child().stdout.take() {
+        let rest = out.clone();
         readers.push(thread::spawn(move || {
-            let mut lines = BufReader::new(out).lines();
+            let mut lines = BufReader::new(stdout).lines();
             if let Some(Ok(l)) = lines.next() {
                 let _ = line_tx.send(l);
             }
@@ -227,11 +204,9 @@ fn measure(setup: &Setup, server: Server, conns: u32, size: u32, log: &mut Strin
             }
         }));
     }
-    if let Some(err) = srv.child().stderr.take() {
-        readers.push(read_into(err, srv_err.clone()));
+    if let Some(stderr) = srv.child().stderr.take() {
+        readers.push(read_into(stderr, err.clone()));
     }
-    let mut samples = Samples::default();
-    samples.threads(srv.pid);
     let got = line_rx.recv_timeout(START);
     let timed_out = matches!(got, Err(mpsc::RecvTimeoutError::Timeout));
     let listening = got.ok();
@@ -240,14 +215,14 @@ fn measure(setup: &Setup, server: Server, conns: u32, size: u32, log: &mut Strin
         let pid = srv.pid;
         drop(srv);
         join_all(readers);
-        let err = srv_err.text();
+        let err = err.text();
         let _ = write!(
             log,
             "pids: server={pid}\nserver first line: {listening:?}\nserver: {}\n{}",
             status_text(st),
             prefixed("server stderr", &err)
         );
-        let why = match listening {
+        return Err(match listening {
             Some(l) => format!("the server's first line is not `listening on ADDR`: {l}"),
             None if timed_out => format!("the server printed no address within {START:?}"),
             None => format!(
@@ -255,25 +230,47 @@ fn measure(setup: &Setup, server: Server, conns: u32, size: u32, log: &mut Strin
                 status_text(st),
                 first_line(&err)
             ),
-        };
-        return fail(row, why);
+        });
     };
     row.backend = backend.unwrap_or_else(|| "-".into());
-    let first = listening.unwrap_or_default();
     let _ = writeln!(
         log,
-        "server first line: {first}\nserver pid {} on CPUs {}",
+        "server first line: {}\nserver pid {} on CPUs {}",
+        listening.unwrap_or_default(),
         srv.pid,
         proc::cpus_allowed(srv.pid)
     );
+    Ok(Started {
+        srv,
+        addr,
+        readers,
+        out,
+        err,
+    })
+}
+
+fn measure(setup: &Setup, server: Server, kind: Kind, log: &mut String, row: &mut Row) {
+    let cell = row.cell;
+    let Started {
+        mut srv,
+        addr,
+        mut readers,
+        out: srv_out,
+        err: srv_err,
+    } = match start_server(setup, server, log, row) {
+        Ok(s) => s,
+        Err(why) => return fail(row, why),
+    };
+    let mut samples = Samples::default();
+    samples.threads(srv.pid);
 
     // ----- the load -----
     let mut cmd = Command::new(&setup.exe);
     cmd.arg("load")
         .arg(&addr)
-        .args(["--conns", &conns.to_string()])
-        .args(["--size", &size.to_string()])
-        .args(["--depth", "1", "--threads", "1"])
+        .args(["--conns", &cell.conns.to_string()])
+        .args(["--size", &cell.size.to_string()])
+        .args(["--depth", &cell.depth.to_string(), "--threads", "1"])
         .arg("--duration")
         .arg(format!("{}ms", setup.duration.as_millis()))
         .arg("--warmup")
@@ -316,12 +313,13 @@ fn measure(setup: &Setup, server: Server, conns: u32, size: u32, log: &mut Strin
             break;
         }
         opened = proc::socket_count(load.pid).unwrap_or(0);
-        if opened >= conns as usize {
+        if opened >= cell.conns as usize {
             break;
         }
         if started.elapsed() >= CONNECT {
             failure = Some(format!(
-                "the load opened {opened} of {conns} connections in {CONNECT:?}"
+                "the load opened {opened} of {} connections in {CONNECT:?}",
+                cell.conns
             ));
             load.kill();
             break;
@@ -332,13 +330,27 @@ fn measure(setup: &Setup, server: Server, conns: u32, size: u32, log: &mut Strin
     let t0 = Instant::now();
     let _ = writeln!(
         log,
-        "{opened} of {conns} connections open after {} ms",
+        "{opened} of {} connections open after {} ms",
+        cell.conns,
         t0.duration_since(started).as_millis()
     );
 
     // ----- the measured period -----
     let win = Window::new(setup.warmup, setup.duration);
-    let load_deadline = t0 + setup.warmup + setup.duration + LOAD_SLACK;
+    let period_end = setup.warmup + setup.duration;
+    let steps = match kind {
+        Kind::Round(_) => vec![
+            (win.cpu_from, Step::CpuFrom),
+            (win.perf_from, Step::PerfFrom),
+        ],
+        Kind::Costs => vec![
+            (Duration::ZERO, Step::CostsAttach),
+            (setup.warmup, Step::CostsFrom),
+            (period_end, Step::CostsTo),
+        ],
+    };
+    let mut next = 0;
+    let load_deadline = t0 + period_end + LOAD_SLACK;
     let mut next_sample = Instant::now();
     while failure.is_none() && load.try_wait().is_none() {
         let now = Instant::now();
@@ -354,21 +366,44 @@ fn measure(setup: &Setup, server: Server, conns: u32, size: u32, log: &mut Strin
             samples.threads(srv.pid);
             next_sample = now + SAMPLE;
         }
-        if samples.cpu[0].is_none() && now >= t0 + win.cpu_from {
-            samples.cpu[0] = proc::cpu_ticks(srv.pid).ok().map(|c| (c, Instant::now()));
-        }
-        if samples.cpu[0].is_some() && samples.cpu[1].is_none() && now >= t0 + win.perf_from {
-            samples.cpu[1] = proc::cpu_ticks(srv.pid).ok().map(|c| (c, Instant::now()));
-            start_perf(setup, &srv, t0 + win.perf_to, &mut samples);
+        while next < steps.len() && now >= t0 + steps[next].0 {
+            match steps[next].1 {
+                Step::CpuFrom => {
+                    samples.cpu[0] = proc::cpu_ticks(srv.pid).ok().map(|c| (c, Instant::now()));
+                }
+                Step::PerfFrom => {
+                    samples.cpu[1] = proc::cpu_ticks(srv.pid).ok().map(|c| (c, Instant::now()));
+                    let window = (t0 + win.perf_to).saturating_duration_since(Instant::now());
+                    // The counted window is perf's workload, `sleep`: it
+                    // starts once the counters are attached.
+                    let counted =
+                        Duration::from_secs_f64((window.as_secs_f64() * 1e3).round() / 1e3);
+                    if setup.perf.is_ok() {
+                        start_perf(
+                            &srv,
+                            PERF_EVENT,
+                            &[],
+                            Some(window),
+                            counted,
+                            setup,
+                            &mut samples,
+                        );
+                    }
+                }
+                Step::CostsAttach => attach_costs_perf(setup, &srv, &mut samples),
+                Step::CostsFrom => {
+                    if let Some(c) = &setup.counter {
+                        samples.reschedules[0] = c.reschedules();
+                    }
+                    gate(&mut samples, "enable");
+                }
+                Step::CostsTo => end_costs(setup, &mut samples),
+            }
+            next += 1;
         }
         let mut wake = next_sample.min(load_deadline);
-        for (due, pending) in [
-            (t0 + win.cpu_from, samples.cpu[0].is_none()),
-            (t0 + win.perf_from, samples.cpu[1].is_none()),
-        ] {
-            if pending {
-                wake = wake.min(due);
-            }
+        if let Some((due, _)) = steps.get(next) {
+            wake = wake.min(t0 + *due);
         }
         // Short naps: the load's exit is noticed within 10 ms.
         let nap = wake
@@ -377,21 +412,28 @@ fn measure(setup: &Setup, server: Server, conns: u32, size: u32, log: &mut Strin
         thread::sleep(nap);
     }
     let load_status = load.try_wait();
+    // The load ends a few milliseconds before the period's end as this
+    // runner places it (its clock started before the connections were
+    // seen): the costs period then ends with it.
+    if kind == Kind::Costs && next < steps.len() {
+        end_costs(setup, &mut samples);
+    }
 
     // ----- stop, reap, collect -----
     samples.threads(srv.pid);
     let server_alive = srv.try_wait().is_none();
     row.peak_rss_kib = proc::peak_rss_kib(srv.pid);
     row.peak_threads = samples.peak_threads;
-    let perf = samples.perf.take().map(|(mut p, window, out)| {
-        // Its `sleep` ends at the window's end; the bound covers a perf
-        // that hangs.
-        if p.wait_for(window + Duration::from_secs(10)).is_none() {
-            p.kill();
+    let perf = samples.perf.take().map(|mut p| {
+        // Its `sleep` ends at the window's end, or it was told to stop;
+        // the bound covers a perf that hangs.
+        if p.proc
+            .wait_for(p.window + Duration::from_secs(10))
+            .is_none()
+        {
+            p.proc.kill();
         }
-        let pid = p.pid;
-        drop(p);
-        (pid, window, out.join().unwrap_or_default())
+        (p.proc.pid, p.window, p.output.join().unwrap_or_default())
     });
     let (srv_status, killed) = srv.stop(STOP_GRACE);
     let srv_pid = srv.pid;
@@ -427,6 +469,9 @@ fn measure(setup: &Setup, server: Server, conns: u32, size: u32, log: &mut Strin
             i2.duration_since(t0).as_millis()
         );
     }
+    if let [Some(r1), Some(r2)] = samples.reschedules {
+        let _ = writeln!(log, "rescheduling interrupts {r1} -> {r2}");
+    }
     let _ = write!(
         log,
         "load stdout: {}{}{}",
@@ -436,9 +481,9 @@ fn measure(setup: &Setup, server: Server, conns: u32, size: u32, log: &mut Strin
     );
     let _ = write!(log, "{}", prefixed("server stderr", &srv_stderr));
     let _ = write!(log, "{}", prefixed("server stdout", &srv_out.text()));
-    if let Some((_, window, perf_err)) = &perf {
+    if let Some((_, window, perf_out)) = &perf {
         let _ = writeln!(log, "perf window {:.3} s", window.as_secs_f64());
-        let _ = write!(log, "{}", prefixed("perf", perf_err));
+        let _ = write!(log, "{}", prefixed("perf", perf_out));
     }
     if let Some(n) = &samples.perf_note {
         let _ = writeln!(log, "perf: {n}");
@@ -471,20 +516,39 @@ fn measure(setup: &Setup, server: Server, conns: u32, size: u32, log: &mut Strin
     row.p50_us = Some(rep.p50_us);
     row.p99_us = Some(rep.p99_us);
     row.errors = Some(rep.errors);
-    if rep.msgs_per_s > 0.0 {
-        if let [Some((c1, i1)), Some((c2, i2))] = samples.cpu {
-            let secs = i2.duration_since(i1).as_secs_f64();
-            let cpu = c2.saturating_sub(c1) as f64 / setup.ticks_per_sec as f64;
-            if secs > 0.0 {
-                row.cpu_us_per_msg = Some(cpu / secs / rep.msgs_per_s * 1e6);
+    match kind {
+        Kind::Round(_) if rep.msgs_per_s > 0.0 => {
+            if let [Some((c1, i1)), Some((c2, i2))] = samples.cpu {
+                let secs = i2.duration_since(i1).as_secs_f64();
+                let cpu = c2.saturating_sub(c1) as f64 / setup.ticks_per_sec as f64;
+                if secs > 0.0 {
+                    row.cpu_us_per_msg = Some(cpu / secs / rep.msgs_per_s * 1e6);
+                }
+            }
+            if let Some((_, window, perf_out)) = &perf {
+                match proc::parse_perf_count(perf_out, PERF_EVENT) {
+                    Ok(n) => {
+                        row.syscalls_per_msg =
+                            Some(n as f64 / window.as_secs_f64() / rep.msgs_per_s);
+                    }
+                    Err(e) => notes.push(format!("syscalls not counted: {e}")),
+                }
             }
         }
-        if let Some((_, window, perf_err)) = &perf {
-            match proc::parse_perf_count(perf_err, PERF_EVENT) {
-                Ok(n) => {
-                    row.syscalls_per_msg = Some(n as f64 / window.as_secs_f64() / rep.msgs_per_s);
-                }
-                Err(e) => notes.push(format!("syscalls not counted: {e}")),
+        Kind::Round(_) => {}
+        Kind::Costs => {
+            if let Some(c) = &setup.counter {
+                let res = match samples.reschedules {
+                    [Some(a), Some(b)] => Some(b.saturating_sub(a)),
+                    _ => None,
+                };
+                let perf_out = perf
+                    .as_ref()
+                    .filter(|_| !samples.perf_failed)
+                    .map(|p| p.2.as_str());
+                let (costs, why) = c.costs(perf_out, res, rep.messages);
+                row.costs = Some(costs);
+                notes.extend(why);
             }
         }
     }
@@ -520,28 +584,82 @@ fn measure(setup: &Setup, server: Server, conns: u32, size: u32, log: &mut Strin
     if !srv_stderr.trim().is_empty() {
         notes.push(format!("server: {}", first_line(&srv_stderr)));
     }
-    if samples.cpu[1].is_none() && row.status == Status::Ok {
+    if next < steps.len() && row.status == Status::Ok && kind != Kind::Costs {
         notes.push("the CPU window was not reached".into());
     }
     row.note = notes.join("; ");
 }
 
-/// Starts `perf stat` on the server until `until`.
-fn start_perf(setup: &Setup, srv: &Proc, until: Instant, samples: &mut Samples) {
-    if setup.perf.is_err() {
+/// Switches a costs run's perf counters. A failure is noted, perf is
+/// stopped (its output still goes to the log) and its counts are not used.
+fn gate(samples: &mut Samples, cmd: &str) {
+    if let Some(g) = &mut samples.gate
+        && let Err(e) = g.send(cmd)
+    {
+        samples.perf_note = Some(e);
+        samples.gate = None;
+        if let Some(p) = &samples.perf {
+            p.proc.signal(rustix::process::Signal::INT);
+        }
+        samples.perf_failed = true;
+    }
+}
+
+/// The costs period is over: counters off, interrupts read, perf asked to
+/// print its counts and exit.
+fn end_costs(setup: &Setup, samples: &mut Samples) {
+    gate(samples, "disable");
+    samples.reschedules[1] = setup.counter.as_ref().and_then(Counter::reschedules);
+    if let Some(p) = &samples.perf {
+        p.proc.signal(rustix::process::Signal::INT);
+    }
+}
+
+/// A costs run's perf attaches to the server during the warm-up, its
+/// counters off, with no workload: it counts until the SIGINT that ends
+/// the period.
+fn attach_costs_perf(setup: &Setup, srv: &Proc, samples: &mut Samples) {
+    let Some(events) = setup.counter.as_ref().map(Counter::events) else {
+        return;
+    };
+    if events.is_empty() {
         return;
     }
-    let window = until.saturating_duration_since(Instant::now());
-    if window < Duration::from_millis(10) {
-        samples.perf_note = Some("no time left for the syscall window".into());
+    match Gate::new() {
+        Ok(g) => {
+            let args = g.perf_args();
+            samples.gate = Some(g);
+            start_perf(srv, &events, &args, None, setup.duration, setup, samples);
+        }
+        Err(e) => samples.perf_note = Some(format!("cannot make perf's control FIFOs: {e}")),
+    }
+}
+
+/// Starts `perf stat -e events [extra] -p SERVER`, which counts over
+/// `counted`: `-- sleep SLEEP` when given, else until SIGINT.
+fn start_perf(
+    srv: &Proc,
+    events: &str,
+    extra: &[String],
+    sleep: Option<Duration>,
+    counted: Duration,
+    setup: &Setup,
+    samples: &mut Samples,
+) {
+    if sleep.is_some_and(|s| s < Duration::from_millis(10)) {
+        samples.perf_note = Some("no time left for perf's window".into());
         return;
     }
     let mut cmd = Command::new("perf");
-    cmd.args(["stat", "-x,", "-e", PERF_EVENT, "-p"])
-        .arg(srv.pid.to_string())
-        .args(["--", "sleep"])
-        .arg(format!("{:.3}", window.as_secs_f64()))
-        .stdin(Stdio::null())
+    cmd.args(["stat", "-x,", "-e", events])
+        .args(extra)
+        .arg("-p")
+        .arg(srv.pid.to_string());
+    if let Some(sleep) = sleep {
+        cmd.args(["--", "sleep"])
+            .arg(format!("{:.3}", sleep.as_secs_f64()));
+    }
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     // perf runs beside the load: the server's CPU keeps only its own work.
@@ -549,16 +667,17 @@ fn start_perf(setup: &Setup, srv: &Proc, until: Instant, samples: &mut Samples) 
         Ok(mut p) => {
             let out = Captured::default();
             let reader = p.child().stderr.take().map(|e| read_into(e, out.clone()));
-            let done = thread::spawn(move || {
+            let output = thread::spawn(move || {
                 if let Some(r) = reader {
                     let _ = r.join();
                 }
                 out.text()
             });
-            // The counted window is perf's workload, `sleep`: it starts
-            // once the counters are attached.
-            let window = Duration::from_secs_f64((window.as_secs_f64() * 1e3).round() / 1e3);
-            samples.perf = Some((p, window, done));
+            samples.perf = Some(Perf {
+                proc: p,
+                window: counted,
+                output,
+            });
         }
         Err(e) => samples.perf_note = Some(format!("{e:#}")),
     }
@@ -589,10 +708,9 @@ fn join_all(readers: Vec<JoinHandle<()>>) {
 
 /// Whether perf can count [`PERF_EVENT`] here: a count of `true`'s system
 /// calls, or why not.
-pub fn probe_perf(tmp: &Path) -> Result<(), String> {
+pub fn probe_perf() -> Result<(), String> {
     let out = Command::new("perf")
         .args(["stat", "-x,", "-e", PERF_EVENT, "--", "true"])
-        .current_dir(tmp)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -609,55 +727,20 @@ pub fn probe_perf(tmp: &Path) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bench::server::Peer;
 
     #[test]
-    fn listening_lines() {
-        assert_eq!(
-            parse_listening(
-                "listening on 127.0.0.1:4000 (tcp) backend=uring workers=2 concurrency=1"
-            ),
-            Some(("127.0.0.1:4000".into(), Some("uring".into())))
-        );
-        assert_eq!(
-            parse_listening(
-                "listening on [::1]:80 (tcp only: the poll model serves no udp) model=poll"
-            ),
-            Some(("[::1]:80".into(), None))
-        );
-        assert_eq!(parse_listening("error: no"), None);
-    }
-
-    #[test]
-    fn load_reports() {
-        let json = r#"{"addr":"127.0.0.1:1","messages":10,"messages_per_sec":5.0,
-            "mb_per_sec":0.5,"latency_us":{"p50":12.5,"p99":99.0},"errors":2,
-            "first_error":"connection 3: closed"}"#;
-        assert_eq!(
-            parse_load_json(json),
-            Some(LoadReport {
-                messages: 10,
-                msgs_per_s: 5.0,
-                mb_per_s: 0.5,
-                p50_us: 12.5,
-                p99_us: 99.0,
-                errors: 2,
-                first_error: Some("connection 3: closed".into()),
-            })
-        );
-        assert_eq!(parse_load_json(""), None);
-        assert_eq!(parse_load_json(r#"{"messages":1}"#), None);
-    }
-
-    #[test]
-    fn descriptor_limits_skip_cells_with_the_reason() {
+    fn descriptor_limits_and_io_uring_skip_cells_with_the_reason() {
         let setup = Setup {
             exe: "cport".into(),
             server_cpu: None,
             load_cpu: None,
+            threads: 1,
             nofile: 1024,
             uring: Err("io_uring_setup: EPERM".into()),
             auto_backend: "epoll".into(),
             perf: Ok(()),
+            counter: None,
             warmup: Duration::ZERO,
             duration: Duration::from_secs(1),
             ticks_per_sec: 100,
@@ -668,8 +751,11 @@ mod tests {
         assert!(why.contains("1024") && why.contains("5064"), "{why}");
         // The event model holds an eventfd per socket.
         assert!(skip_reason(&setup, Server::Model(Model::Event), 500).is_some());
-        let why = skip_reason(&setup, Server::PortUring, 1).unwrap();
-        assert!(why.contains("io_uring") && why.contains("EPERM"), "{why}");
+        for s in [Server::PortUring, Server::Peer(Peer::Uring)] {
+            let why = skip_reason(&setup, s, 1).unwrap();
+            assert!(why.contains("io_uring") && why.contains("EPERM"), "{why}");
+        }
         assert_eq!(skip_reason(&setup, Server::PortEpoll, 1), None);
+        assert_eq!(skip_reason(&setup, Server::Peer(Peer::Epoll), 1), None);
     }
 }

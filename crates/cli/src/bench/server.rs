@@ -1,0 +1,292 @@
+//! The servers `cport bench` compares: the tutorials' I/O models as `cport
+//! serve --model NAME` runs them (the port model once per backend), and the
+//! peer echo servers of crates/bench that cport is measured against.
+
+use std::path::{Path, PathBuf};
+
+use cport_models::Model;
+
+use crate::Usage;
+
+/// A peer echo server (crates/bench/src/bin). Its name is its binary's.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Peer {
+    /// A plain tokio server, a task per connection: the reference.
+    Tokio,
+    /// The leanest io_uring server: the bound of any io_uring design.
+    Uring,
+    /// A plain edge-triggered epoll server.
+    Epoll,
+}
+
+impl Peer {
+    pub const ALL: [Peer; 3] = [Peer::Tokio, Peer::Uring, Peer::Epoll];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Peer::Tokio => "tokio-echo",
+            Peer::Uring => "uring-echo",
+            Peer::Epoll => "epoll-echo",
+        }
+    }
+}
+
+/// One server of the comparison.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Server {
+    /// Any model but `port`, by `cport serve --model NAME`.
+    Model(Model),
+    /// `cport serve --model port --backend uring`.
+    PortUring,
+    /// `cport serve --model port --backend epoll`.
+    PortEpoll,
+    Peer(Peer),
+}
+
+/// Names in `--servers` that stand for several servers: every model row;
+/// port-uring and port-epoll; the three peers.
+const GROUPS: [&str; 3] = ["models", "port", "peers"];
+
+impl Server {
+    /// The model rows, in the tutorials' order.
+    pub fn models() -> Vec<Server> {
+        let mut v = Vec::new();
+        for m in Model::ALL {
+            if m == Model::Port {
+                v.push(Server::PortUring);
+                v.push(Server::PortEpoll);
+            } else {
+                v.push(Server::Model(m));
+            }
+        }
+        v
+    }
+
+    /// Every server, in the order runs go: the models, then the peers.
+    pub fn all() -> Vec<Server> {
+        let mut v = Server::models();
+        v.extend(Peer::ALL.map(Server::Peer));
+        v
+    }
+
+    /// The name of the row, in the tables, the CSV and `--servers`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Server::Model(m) => m.name(),
+            Server::PortUring => "port-uring",
+            Server::PortEpoll => "port-epoll",
+            Server::Peer(p) => p.name(),
+        }
+    }
+
+    pub fn by_name(name: &str) -> Option<Server> {
+        Server::all().into_iter().find(|s| s.name() == name)
+    }
+
+    pub fn needs_uring(self) -> bool {
+        matches!(self, Server::PortUring | Server::Peer(Peer::Uring))
+    }
+
+    /// Whether `--threads` sizes it: the models other than the port have
+    /// their own threading, which is what they show.
+    pub fn takes_threads(self) -> bool {
+        matches!(
+            self,
+            Server::PortUring | Server::PortEpoll | Server::Peer(_)
+        )
+    }
+
+    /// The program and arguments that start it on an ephemeral port.
+    /// `cport` is the running executable; the peers are looked for beside
+    /// it, where cargo builds every binary of the workspace.
+    ///
+    /// `threads` sizes the servers that take it: a peer runs that many
+    /// threads; the port runs `threads` at once (its concurrency) with at
+    /// least two workers, so that a worker blocked in a system call has a
+    /// replacement, as bench/serve.sh sized it for one core.
+    pub fn command(self, cport: &Path, threads: u32) -> (PathBuf, Vec<String>) {
+        let owned = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let port = |backend: &str| {
+            let mut a = owned(&["serve", "--port", "0", "--model", "port", "--backend"]);
+            a.push(backend.into());
+            a.extend(owned(&["--no-udp", "--workers"]));
+            a.push(threads.max(2).to_string());
+            a.push("--concurrency".into());
+            a.push(threads.to_string());
+            a
+        };
+        match self {
+            Server::PortUring => (cport.into(), port("uring")),
+            Server::PortEpoll => (cport.into(), port("epoll")),
+            Server::Model(Model::Callback) => (
+                cport.into(),
+                owned(&[
+                    "serve",
+                    "--port",
+                    "0",
+                    "--model",
+                    "callback",
+                    "--backend",
+                    "auto",
+                ]),
+            ),
+            Server::Model(m) => (
+                cport.into(),
+                owned(&["serve", "--port", "0", "--model", m.name()]),
+            ),
+            Server::Peer(p) => {
+                let mut a = owned(&["--port", "0", "--threads"]);
+                a.push(threads.to_string());
+                (peer_path(cport, p), a)
+            }
+        }
+    }
+
+    /// Descriptors the server holds per connection: the event model adds
+    /// an eventfd (its event object) to each socket.
+    pub fn fds_per_conn(self) -> u64 {
+        match self {
+            Server::Model(Model::Event) => 2,
+            _ => 1,
+        }
+    }
+}
+
+pub fn peer_path(cport: &Path, p: Peer) -> PathBuf {
+    cport.with_file_name(p.name())
+}
+
+/// Every name `--servers` accepts, for the error message.
+fn server_names() -> String {
+    let mut names: Vec<&str> = Server::all().iter().map(|s| s.name()).collect();
+    names.extend(GROUPS);
+    names.join(", ")
+}
+
+/// `--servers a,b`: the servers named, in the order of [`Server::all`],
+/// each once. Group names stand for their members.
+pub fn parse_servers(s: &str) -> Result<Vec<Server>, Usage> {
+    let mut wanted = Vec::new();
+    for name in s.split(',').map(str::trim) {
+        let found: Vec<Server> = match name {
+            "" => {
+                return Err(Usage(format!(
+                    "--servers {s:?}: empty name in the list (expected names separated by \
+                     commas: {})",
+                    server_names()
+                )));
+            }
+            "models" => Server::models(),
+            "port" => vec![Server::PortUring, Server::PortEpoll],
+            "peers" => Peer::ALL.map(Server::Peer).to_vec(),
+            _ => Server::by_name(name).into_iter().collect(),
+        };
+        if found.is_empty() {
+            return Err(Usage(format!(
+                "unknown server {name:?} in --servers (expected one of: {})",
+                server_names()
+            )));
+        }
+        wanted.extend(found);
+    }
+    Ok(Server::all()
+        .into_iter()
+        .filter(|s| wanted.contains(s))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(v: &[Server]) -> Vec<&'static str> {
+        v.iter().map(|s| s.name()).collect()
+    }
+
+    #[test]
+    fn every_model_is_a_row_port_is_two_and_the_peers_follow() {
+        let all = names(&Server::all());
+        assert_eq!(all.len(), Model::ALL.len() + 1 + 3);
+        assert!(!all.contains(&"port"));
+        for m in Model::ALL.iter().filter(|m| **m != Model::Port) {
+            assert!(all.contains(&m.name()), "{m} missing");
+        }
+        assert_eq!(
+            &all[all.len() - 5..],
+            [
+                "port-uring",
+                "port-epoll",
+                "tokio-echo",
+                "uring-echo",
+                "epoll-echo"
+            ]
+        );
+        let mut sorted = all.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), all.len(), "one name per server");
+    }
+
+    #[test]
+    fn servers_are_parsed_in_canonical_order_with_groups() {
+        let v = parse_servers("uring-echo,port,epoll, blocking,epoll").unwrap();
+        assert_eq!(
+            names(&v),
+            [
+                "blocking",
+                "epoll",
+                "port-uring",
+                "port-epoll",
+                "uring-echo"
+            ]
+        );
+        assert_eq!(names(&parse_servers("port-epoll").unwrap()), ["port-epoll"]);
+        assert_eq!(
+            names(&parse_servers("peers").unwrap()),
+            ["tokio-echo", "uring-echo", "epoll-echo"]
+        );
+        assert_eq!(parse_servers("models").unwrap(), Server::models());
+    }
+
+    #[test]
+    fn unknown_and_empty_servers_are_refused_by_name() {
+        let e = parse_servers("epoll,kqueue").unwrap_err().0;
+        assert!(e.contains("\"kqueue\"") && e.contains("uring-echo"), "{e}");
+        assert!(e.contains("peers"), "{e}");
+        assert!(!e.contains('\n'));
+        let e = parse_servers("epoll,,poll").unwrap_err().0;
+        assert!(e.contains("empty"), "{e}");
+        assert!(parse_servers("").is_err());
+    }
+
+    #[test]
+    fn commands_name_the_model_size_the_port_and_find_the_peers() {
+        let cport = Path::new("/t/release/cport");
+        let (p, a) = Server::PortUring.command(cport, 1);
+        assert_eq!(p, cport);
+        assert_eq!(
+            a.join(" "),
+            "serve --port 0 --model port --backend uring --no-udp --workers 2 --concurrency 1"
+        );
+        let (_, a) = Server::PortEpoll.command(cport, 2);
+        assert!(
+            a.join(" ").ends_with("--workers 2 --concurrency 2"),
+            "{a:?}"
+        );
+        let (_, a) = Server::PortEpoll.command(cport, 3);
+        assert!(
+            a.join(" ").ends_with("--workers 3 --concurrency 3"),
+            "{a:?}"
+        );
+        let (_, a) = Server::Model(Model::Callback).command(cport, 2);
+        assert!(
+            a.join(" ").ends_with("--model callback --backend auto"),
+            "{a:?}"
+        );
+        let (_, a) = Server::Model(Model::Select).command(cport, 2);
+        assert!(a.join(" ").ends_with("--model select"), "{a:?}");
+        let (p, a) = Server::Peer(Peer::Uring).command(cport, 2);
+        assert_eq!(p, Path::new("/t/release/uring-echo"));
+        assert_eq!(a.join(" "), "--port 0 --threads 2");
+    }
+}
