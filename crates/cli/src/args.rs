@@ -318,7 +318,7 @@ pub struct BenchArgs {
     pub reference: Option<String>,
 
     /// Measured period of each run (default 5s; with --quick 1s).
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_period)]
     pub duration: Option<Duration>,
 
     /// Warm-up of each run, before its measured period (default 1s; with
@@ -379,7 +379,7 @@ fn parse_period(s: &str) -> Result<Duration, String> {
 
 /// A whole number from `lo` to `hi`, in the type of the option (`hi`
 /// fits it).
-fn count<T: TryFrom<u64>>(s: &str, lo: u64, hi: u64) -> Result<T, String> {
+pub fn count<T: TryFrom<u64>>(s: &str, lo: u64, hi: u64) -> Result<T, String> {
     let range = if hi == u64::MAX {
         format!("at least {lo}")
     } else {

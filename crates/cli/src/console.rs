@@ -159,5 +159,11 @@ impl MakeWriter<'_> for Logs {
 
 /// An error line on stderr, `cport: …`, never failing.
 pub fn error_line(text: &str) {
-    let _ = writeln!(io::stderr(), "cport: {text}");
+    note(&format!("cport: {text}"));
+}
+
+/// A line on stderr as it is (progress, notices), never failing: a log
+/// pipe that has gone must not stop the command.
+pub fn note(text: &str) {
+    let _ = writeln!(io::stderr(), "{text}");
 }

@@ -199,7 +199,8 @@ impl Drop for Proc {
 }
 
 /// On SIGINT or SIGTERM: kill every child, reap them, undo what must be
-/// undone, exit 1.
+/// undone, exit 128 + the signal (130, 143), as a shell reports a command
+/// a signal ended.
 pub fn kill_children_on_signal() -> anyhow::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
@@ -221,11 +222,14 @@ pub fn kill_children_on_signal() -> anyhow::Result<()> {
                         let _ = Command::new(program).args(args).output();
                     }
                 }
-                eprintln!(
-                    "\ncport bench: interrupted (signal {sig}); {} child process(es) killed",
+                // Never a panic here (a log pipe gone): this thread is what
+                // stops the command.
+                crate::console::note(&format!(
+                    "\ncport bench: interrupted ({}); {} child process(es) killed",
+                    crate::console::signal_name(sig),
                     live.len()
-                );
-                std::process::exit(1);
+                ));
+                std::process::exit(128 + sig);
             }
         })
         .context("cannot start the signal thread")?;

@@ -38,6 +38,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
 
 use crate::args::BenchArgs;
+use crate::console;
 use costs::Counter;
 use plan::{OutDir, Plan};
 use report::{Row, Status};
@@ -138,14 +139,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         );
     }
     for n in &notices {
-        eprintln!("cport bench: {n}");
+        console::note(&format!("cport bench: {n}"));
     }
     if let Err(why) = &setup.uring {
         for s in plan.servers.iter().filter(|s| s.needs_uring()) {
-            eprintln!(
+            console::note(&format!(
                 "cport bench: {} is skipped: io_uring is unavailable here: {why}",
                 s.name()
-            );
+            ));
         }
     }
 
@@ -194,7 +195,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 b.println(line);
                 b.inc(1);
             }
-            None => eprintln!("{line}"),
+            None => console::note(&line),
         }
         rows.push(row);
     }
@@ -232,29 +233,33 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     )
     .context("cannot write summary.md")?;
 
-    println!(
-        "Medians over {} round(s); CPU per message against {}:\n",
+    let mut text = format!(
+        "Medians over {} round(s); CPU per message against {}:\n\n{}\n",
         plan.rounds,
-        plan.reference.name()
+        plan.reference.name(),
+        tables.stats
     );
-    println!("{}", tables.stats);
     if let Some(c) = &tables.costs {
-        println!("Costs per message (one run per cell and server):\n\n{c}");
+        text += &format!("Costs per message (one run per cell and server):\n\n{c}\n");
     }
-    println!("Most connections held (largest count run without an error):\n");
-    println!("{}", tables.held);
+    text += &format!(
+        "Most connections held (largest count run without an error):\n\n{}\n",
+        tables.held
+    );
     let failed = rows.iter().filter(|r| r.status == Status::Failed).count();
     if failed > 0 {
-        println!(
-            "{failed} run(s) failed to measure; reasons in the notes of raw.csv and in runs.log."
+        text += &format!(
+            "{failed} run(s) failed to measure; reasons in the notes of raw.csv and in runs.log.\n"
         );
     }
-    println!(
-        "Record in {} (summary.md, raw.csv{}, chart.svg, runs.log); {:.0} s.",
+    text += &format!(
+        "Record in {} (summary.md, raw.csv{}, chart.svg, runs.log); {:.0} s.\n",
         out.display(),
         if plan.costs { ", costs.csv" } else { "" },
         began.elapsed().as_secs_f64()
     );
+    // A closed stdout ends the command quietly (the record is written).
+    console::print(&text)?;
     Ok(())
 }
 

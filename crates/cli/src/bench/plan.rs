@@ -40,14 +40,8 @@ pub fn parse_list(flag: &str, s: &str, min: u32, max: u32) -> Result<Vec<u32>, U
                 "{flag} {s:?}: empty item in the list (expected numbers separated by commas)"
             )));
         }
-        let n: u32 = item
-            .parse()
-            .map_err(|_| Usage(format!("{flag}: {item:?} is not a whole number")))?;
-        if !(min..=max).contains(&n) {
-            return Err(Usage(format!(
-                "{flag}: {n} is out of range (each must be from {min} to {max})"
-            )));
-        }
+        let n: u32 = crate::args::count(item, u64::from(min), u64::from(max))
+            .map_err(|e| Usage(format!("{flag}: {e}")))?;
         v.push(n);
     }
     v.sort_unstable();
@@ -306,7 +300,13 @@ mod tests {
     fn lists_are_sorted_deduplicated_and_checked() {
         assert_eq!(
             parse_list("--conns", "50, 1,50", 1, 10).unwrap_err().0,
-            "--conns: 50 is out of range (each must be from 1 to 10)"
+            "--conns: 50 is out of range: give from 1 to 10"
+        );
+        // A number too large for any integer type is out of range too,
+        // not "not a whole number".
+        assert_eq!(
+            parse_list("--sizes", "99999999999999999999", 1, 10).unwrap_err().0,
+            "--sizes: 99999999999999999999 is out of range: give from 1 to 10"
         );
         assert_eq!(parse_list("--conns", "5,1,5", 1, 10).unwrap(), [1, 5]);
         let zero = parse_list("--conns", "0,50", 1, 100).unwrap_err().0;
