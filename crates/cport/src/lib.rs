@@ -204,7 +204,7 @@ mod sys;
 
 pub use completion::{Completion, GetError, Handle, OpId, OpKind, Payload, Rejected};
 pub use config::Backend;
-pub use local::LocalPort;
+pub use local::{LocalPort, Poster};
 pub use pool::{HandlerResult, WorkerPanic, Workers, QUIT_KEY};
 pub use port::{Builder, CompletionPort};
 pub use queue::QueueStats;

@@ -75,6 +75,14 @@ impl<T> fmt::Debug for LocalPort<T> {
     }
 }
 
+/// Dropping the port closes it on its own thread, even while a [`Poster`]
+/// lives: a single-issuer ring must be cancelled and reaped by its issuer.
+impl<T> Drop for LocalPort<T> {
+    fn drop(&mut self) {
+        self.port.close_now();
+    }
+}
+
 /// Each method forwards to the [`CompletionPort`] method of its name.
 macro_rules! forward {
     ($(
@@ -135,6 +143,17 @@ impl<T: Send + 'static> LocalPort<T> {
         fn is_closed(&self) -> bool;
     }
 
+    /// A handle other threads can post to this port with
+    /// (PostQueuedCompletionStatus from outside: a stop request, work
+    /// handed from another shard). Posting submits nothing to the kernel,
+    /// so it keeps the ring's single issuer; the packet wakes this thread
+    /// in `get`.
+    pub fn poster(&self) -> Poster<T> {
+        Poster {
+            port: self.port.clone(),
+        }
+    }
+
     /// [`CompletionPort::associate`], on this thread.
     pub fn associate(&self, source: impl Into<Source>, key: u64) -> io::Result<Handle> {
         self.port.associate(source, key)
@@ -154,5 +173,37 @@ impl<T: Send + 'static> LocalPort<T> {
         T: Clone,
     {
         self.port.recv_multi(handle, value)
+    }
+}
+
+/// Posts packets to a [`LocalPort`] from any thread; see
+/// [`LocalPort::poster`]. Clones post to the same port.
+pub struct Poster<T = ()> {
+    port: CompletionPort<T>,
+}
+
+impl<T> Clone for Poster<T> {
+    fn clone(&self) -> Self {
+        Poster {
+            port: self.port.clone(),
+        }
+    }
+}
+
+impl<T> fmt::Debug for Poster<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Poster").field(&self.port).finish()
+    }
+}
+
+impl<T: Send + 'static> Poster<T> {
+    /// [`CompletionPort::post`], to the port's thread.
+    pub fn post(&self, key: u64, bytes: usize, value: T) -> Result<(), Rejected<T>> {
+        self.port.post(key, bytes, value)
+    }
+
+    /// Whether the port was closed (by its thread, or dropped).
+    pub fn is_closed(&self) -> bool {
+        self.port.is_closed()
     }
 }

@@ -175,6 +175,14 @@ struct Inner<T> {
     driver: Box<dyn Driver<T>>,
 }
 
+impl<T> CompletionPort<T> {
+    /// [`close_port`](Self::close_port), for owners without `T`'s bounds
+    /// (a `LocalPort`'s drop).
+    pub(crate) fn close_now(&self) {
+        self.inner.close();
+    }
+}
+
 impl<T> Clone for CompletionPort<T> {
     fn clone(&self) -> Self {
         CompletionPort {

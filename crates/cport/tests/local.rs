@@ -147,4 +147,23 @@ backends! {
             assert_eq!(t.join().unwrap(), msg.len());
         }
     }
+
+    // Another thread posts to the port's thread, which wakes in `get`;
+    // once the port is dropped, posts are refused and the poster says so.
+    fn pq1_a_poster_reaches_the_port_from_another_thread(backend: Backend) {
+        let port = local(backend);
+        let poster = port.poster();
+        let other = thread::spawn(move || {
+            poster.post(9, 3, 42).unwrap();
+            poster
+        });
+        let c = port.get(common::LONG).expect("the post");
+        assert_eq!((c.kind, c.key, c.result.unwrap(), c.value), (OpKind::Post, 9, 3, 42));
+        let poster = other.join().unwrap();
+        assert!(!poster.is_closed());
+        drop(port);
+        assert!(poster.is_closed());
+        let refused = poster.post(1, 0, 7).unwrap_err();
+        assert_eq!(refused.value, 7, "the value comes back");
+    }
 }
