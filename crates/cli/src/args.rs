@@ -128,6 +128,14 @@ pub struct ServeArgs {
     /// only, without the port's options (workers, limits, timeouts).
     #[arg(long, default_value = "port", value_parser = parse_model)]
     pub model: Model,
+
+    /// Serve with N ports of one thread each instead of one port with a
+    /// worker pool: each thread its own listener on the address
+    /// (SO_REUSEPORT), its own connections, a multishot receive per
+    /// connection (the shape of the leanest servers; io_uring rings with
+    /// SINGLE_ISSUER | DEFER_TASKRUN). TCP only.
+    #[arg(long, value_name = "N", value_parser = |s: &str| count::<u32>(s, 1, 256))]
+    pub shards: Option<u32>,
 }
 
 fn parse_model(s: &str) -> Result<Model, String> {
@@ -156,7 +164,42 @@ impl ServeArgs {
                 "--no-tcp and --no-udp together leave nothing to serve".into(),
             ));
         }
+        if self.shards.is_some() {
+            return self.check_shard_options();
+        }
         Ok(())
+    }
+
+    /// The sharded server serves TCP echo alone: the options of the worker
+    /// pool and of the full server are refused rather than ignored.
+    fn check_shard_options(&self) -> Result<(), Usage> {
+        let given = [
+            (self.no_tcp, "--no-tcp (shards serve TCP)"),
+            (
+                self.workers.is_some(),
+                "--workers (each shard is one thread)",
+            ),
+            (
+                self.concurrency.is_some(),
+                "--concurrency (each shard is one thread)",
+            ),
+            (self.print, "--print"),
+            (self.max_conns.is_some(), "--max-conns"),
+            (self.idle_timeout.is_some(), "--idle-timeout"),
+        ];
+        let unsupported: Vec<&str> = given
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, s)| *s)
+            .collect();
+        if unsupported.is_empty() {
+            Ok(())
+        } else {
+            Err(Usage(format!(
+                "--shards does not support {}",
+                unsupported.join(", ")
+            )))
+        }
     }
 
     /// The models other than port have none of the port server's options:
@@ -182,6 +225,9 @@ impl ServeArgs {
         }
         if self.idle_timeout.is_some() {
             unsupported.push("--idle-timeout");
+        }
+        if self.shards.is_some() {
+            unsupported.push("--shards");
         }
         if self.backend != BackendArg::Auto && model != Model::Callback {
             unsupported.push("--backend (only the port and callback models run on a port)");

@@ -39,10 +39,49 @@ const BACKLOG: i32 = 4096;
 
 /// Options are checked by `args` before this runs.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
-    match args.model {
-        Model::Port => run_port(args),
+    match (args.model, args.shards) {
+        (Model::Port, Some(n)) => run_shards(args, n as usize),
+        (Model::Port, None) => run_port(args),
         _ => run_model(args),
     }
+}
+
+/// `--shards N`: N ports of one thread each, on N listeners sharing the
+/// address.
+fn run_shards(args: ServeArgs, n: usize) -> anyhow::Result<()> {
+    let first = listen_shared(SocketAddr::new(args.bind, args.port))?;
+    let local = first.local_addr()?;
+    let mut listeners = vec![first];
+    for _ in 1..n {
+        listeners.push(listen_shared(local)?);
+    }
+    let stop = Stop::new();
+    let shards = port::Shards::new(
+        listeners,
+        args.backend.to_backend(),
+        args.buffer_size as usize,
+        args.shutdown_timeout,
+        Arc::new(Stats::default()),
+    )?;
+    let control = shards.control();
+    watch_signals(&stop, None)?;
+    if args.stats {
+        watch_stdout(&stop)?;
+    }
+    console::line(&format!(
+        "listening on {local} (tcp only: shards serve no udp) backend={} shards={n}",
+        shards.backend()
+    ))?;
+    let started = Instant::now();
+    let totals = control.clone();
+    let stats = args.stats.then(|| port_stats(move || totals.totals()));
+    let result = supervise("cport-serve", &stop, stats, move |stop| shards.serve(stop));
+    info!(
+        "stopped after {:.1?}; {} served",
+        started.elapsed(),
+        plural(control.totals().served, "connection")
+    );
+    result
 }
 
 fn run_port(args: ServeArgs) -> anyhow::Result<()> {
@@ -87,7 +126,8 @@ fn run_port(args: ServeArgs) -> anyhow::Result<()> {
     ))?;
 
     let started = Instant::now();
-    let stats = args.stats.then(|| port_stats(control.clone()));
+    let totals = control.clone();
+    let stats = args.stats.then(|| port_stats(move || totals.totals()));
     let result = supervise("cport-serve", &stop, stats, move |stop| server.serve(stop));
     info!(
         "stopped after {:.1?}; {} served",
@@ -186,11 +226,11 @@ fn supervise(
 }
 
 /// The port server's `--stats` line: connections, completions/s, bytes/s.
-fn port_stats(control: Control) -> impl FnMut() -> String {
-    let mut last = (Instant::now(), control.totals());
+fn port_stats(totals: impl Fn() -> port::Totals) -> impl FnMut() -> String {
+    let mut last = (Instant::now(), totals());
     move || {
         let now = Instant::now();
-        let t = control.totals();
+        let t = totals();
         let secs = now.duration_since(last.0).as_secs_f64().max(1e-9);
         let rate = |n: u64, before: u64| (n - before) as f64 / secs;
         let line = format!(
@@ -320,6 +360,16 @@ fn bind(
 }
 
 fn listen(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    listen_with(addr, false)
+}
+
+/// A listener that others may bind to the same address (SO_REUSEPORT):
+/// the kernel spreads the connections over them.
+fn listen_shared(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    listen_with(addr, true)
+}
+
+fn listen_with(addr: SocketAddr, shared: bool) -> anyhow::Result<TcpListener> {
     let what = || format!("cannot listen on {addr} (tcp)");
     let s = Socket::new(
         Domain::for_address(addr),
@@ -330,6 +380,9 @@ fn listen(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     // Lets a restarted server bind while the old one's connections sit in
     // TIME_WAIT; it does not let two listeners share the port.
     s.set_reuse_address(true).with_context(what)?;
+    if shared {
+        s.set_reuse_port(true).with_context(what)?;
+    }
     s.bind(&addr.into()).with_context(what)?;
     s.listen(BACKLOG).with_context(what)?;
     Ok(s.into())

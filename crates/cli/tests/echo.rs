@@ -30,7 +30,17 @@ const SIZES: [usize; 14] = [
 /// Messages of every size are written without waiting for their echo
 /// (pipelined); the echoed stream must be their exact concatenation.
 fn tcp_messages_0_to_4mib_pipelined_echo_exactly_in_order(backend: &str) {
-    let Some(server) = Server::start(backend, &[]) else {
+    pipelined_echo(backend, &[]);
+}
+
+/// The same with a port per thread (`--shards`): a multishot receive per
+/// connection, each arrival sent back from its own buffer.
+fn shards_echo_0_to_4mib_pipelined_exactly_in_order(backend: &str) {
+    pipelined_echo(backend, &["--shards", "2"]);
+}
+
+fn pipelined_echo(backend: &str, extra: &[&str]) {
+    let Some(server) = Server::start(backend, extra) else {
         return;
     };
     let stream = connect(server.addr);
@@ -65,7 +75,16 @@ fn tcp_messages_0_to_4mib_pipelined_echo_exactly_in_order(backend: &str) {
 /// Several clients at once, each with its own bytes: no echo crosses
 /// connections.
 fn concurrent_clients_each_get_their_own_bytes(backend: &str) {
-    let Some(server) = Server::start(backend, &[]) else {
+    concurrent_clients(backend, &[]);
+}
+
+/// The same, spread over three shards.
+fn shards_serve_concurrent_clients_each_their_own_bytes(backend: &str) {
+    concurrent_clients(backend, &["--shards", "3"]);
+}
+
+fn concurrent_clients(backend: &str, extra: &[&str]) {
+    let Some(server) = Server::start(backend, extra) else {
         return;
     };
     let clients: Vec<_> = (0..16)
@@ -223,6 +242,8 @@ fn client_prompts_like_the_tutorial(backend: &str) {
 per_backend!(
     tcp_messages_0_to_4mib_pipelined_echo_exactly_in_order,
     concurrent_clients_each_get_their_own_bytes,
+    shards_echo_0_to_4mib_pipelined_exactly_in_order,
+    shards_serve_concurrent_clients_each_their_own_bytes,
     udp_datagrams_echo_whole,
     either_protocol_can_be_turned_off,
     print_shows_received_data,

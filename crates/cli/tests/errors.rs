@@ -85,6 +85,21 @@ fn zero_periods_and_limits_are_refused_in_words() {
         (&["load", "--duration", "0s"][..], "measures nothing"),
         (&["serve", "--max-conns", "0"], "give at least 1"),
         (&["serve", "--workers", "2000"], "give from 1 to 1024"),
+        (&["serve", "--shards", "0"], "give from 1 to 256"),
+        // A port per thread has no pool, no limit, no idle timer: refused,
+        // not ignored.
+        (
+            &["serve", "--shards", "2", "--workers", "4"],
+            "--shards does not support --workers",
+        ),
+        (
+            &["serve", "--shards", "2", "--idle-timeout", "1s"],
+            "--idle-timeout",
+        ),
+        (
+            &["serve", "--model", "epoll", "--shards", "2"],
+            "does not support --shards",
+        ),
     ] {
         let out = run_cport(args, b"", STEP);
         let err = String::from_utf8_lossy(&out.stderr);

@@ -125,7 +125,16 @@ fn connections_beyond_the_limit_are_refused(backend: &str) {
 /// SIGTERM: idle clients see their connection end, echoes in progress are
 /// finished, and the server exits 0 promptly.
 fn sigterm_closes_clients_and_exits_zero(backend: &str) {
-    let Some(mut server) = Server::start(backend, &[]) else {
+    sigterm_closes_clients(backend, &[]);
+}
+
+/// The same with a port per thread (`--shards`).
+fn shards_close_clients_on_sigterm_and_exit_zero(backend: &str) {
+    sigterm_closes_clients(backend, &["--shards", "2"]);
+}
+
+fn sigterm_closes_clients(backend: &str, extra: &[&str]) {
+    let Some(mut server) = Server::start(backend, extra) else {
         return;
     };
     let mut idle: Vec<_> = (0..3).map(|_| connect(server.addr)).collect();
@@ -160,7 +169,21 @@ fn sigterm_closes_clients_and_exits_zero(backend: &str) {
 /// SIGTERM with a client that never reads (its echo cannot finish): the
 /// server gives up after --shutdown-timeout and still exits 0.
 fn sigterm_with_a_stuck_client_exits_within_the_shutdown_timeout(backend: &str) {
-    let Some(mut server) = Server::start(backend, &["--shutdown-timeout", "1s"]) else {
+    stuck_client_holds_the_exit_for_the_timeout(backend, &[]);
+}
+
+/// The same with a port per thread (`--shards`).
+fn shards_with_a_stuck_client_exit_within_the_shutdown_timeout(backend: &str) {
+    stuck_client_holds_the_exit_for_the_timeout(backend, &["--shards", "2"]);
+}
+
+fn stuck_client_holds_the_exit_for_the_timeout(backend: &str, extra: &[&str]) {
+    let args: Vec<&str> = ["--shutdown-timeout", "1s"]
+        .iter()
+        .chain(extra)
+        .copied()
+        .collect();
+    let Some(mut server) = Server::start(backend, &args) else {
         return;
     };
     let stuck = connect(server.addr);
@@ -278,7 +301,9 @@ per_backend!(
     idle_connections_are_closed_after_the_timeout,
     connections_beyond_the_limit_are_refused,
     sigterm_closes_clients_and_exits_zero,
+    shards_close_clients_on_sigterm_and_exit_zero,
     sigterm_with_a_stuck_client_exits_within_the_shutdown_timeout,
+    shards_with_a_stuck_client_exit_within_the_shutdown_timeout,
     second_signal_closes_at_once,
     stats_prints_a_line_a_second,
     open_counts_follow_the_order_of_the_lines,

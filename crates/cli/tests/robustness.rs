@@ -96,7 +96,18 @@ fn resets_and_storms_leave_no_descriptor_behind(backend: &str) {
 /// has sent much), the server's memory does not grow with what the client
 /// tries to send, and another client keeps getting prompt echoes.
 fn a_client_that_never_reads_is_held_back_and_others_are_served(backend: &str) {
-    let Some(server) = Server::start(backend, &[]) else {
+    hog_is_held_back(backend, &[]);
+}
+
+/// The same with a port per thread (`--shards`), where a connection's
+/// receive runs on without waiting for its echo: it is cancelled once too
+/// many echoes wait to be sent.
+fn shards_hold_back_a_client_that_never_reads(backend: &str) {
+    hog_is_held_back(backend, &["--shards", "2"]);
+}
+
+fn hog_is_held_back(backend: &str, extra: &[&str]) {
+    let Some(server) = Server::start(backend, extra) else {
         return;
     };
     server.assert_echoes();
@@ -152,4 +163,5 @@ fn a_client_that_never_reads_is_held_back_and_others_are_served(backend: &str) {
 per_backend!(
     resets_and_storms_leave_no_descriptor_behind,
     a_client_that_never_reads_is_held_back_and_others_are_served,
+    shards_hold_back_a_client_that_never_reads,
 );

@@ -31,6 +31,7 @@
 #[cfg(test)]
 mod readme;
 mod run;
+mod shard;
 mod tcp;
 mod udp;
 
@@ -47,6 +48,8 @@ use cport::{Backend, Completion, CompletionPort, Handle, OpKind, Workers};
 use tracing::warn;
 
 use crate::{Stats, Stop, ECHO_BUFFER};
+
+pub use self::shard::{Shards, ShardsControl};
 
 use self::run::{Counters, Events};
 use self::tcp::Conn;

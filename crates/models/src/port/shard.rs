@@ -1,0 +1,474 @@
+//! The echo server as a port per thread (`cport serve --shards N`): the
+//! shape of the leanest servers, next to the tutorials' one port with a
+//! worker pool.
+//!
+//! Each shard is a thread with a [`LocalPort`] of its own (on io_uring a
+//! ring with SINGLE_ISSUER | DEFER_TASKRUN), its own listener on the shared
+//! address (`SO_REUSEPORT`: the kernel spreads connections over them) and
+//! its own connections. Nothing is shared on the echo path: no lock, no
+//! reference count, no other thread's cache line.
+//!
+//! A connection keeps one multishot receive armed (SEMANTICS O9) and sends
+//! each arrival back from the buffer it arrived in. Sends queue on the
+//! stream in order; when `MAX_SENDS` of them wait (a client that does not
+//! read), the receive is cancelled, and it is armed again once half of them
+//! went: the client's data then waits in the kernel under TCP's flow
+//! control, and the server's memory stays bounded.
+//!
+//! TCP only. On a stop each shard closes its listener, stops receiving and
+//! ends every connection whose echoes have all been sent, closing what is
+//! left after `shutdown_timeout`.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use cport::{is_aborted, Backend, Builder, Handle, LocalPort, OpId, OpKind, Payload};
+use tracing::{info, warn};
+
+use super::{Totals, ACCEPT_BACKOFF};
+use crate::{plural, Stats, Stop};
+
+/// Sends a connection may have queued before its receive is cancelled.
+const MAX_SENDS: u32 = 32;
+
+/// Buffers in each shard's receive pool.
+const POOL_BUFFERS: u16 = 512;
+
+/// The key of the packet a stop posts.
+const STOP_KEY: u64 = u64::MAX;
+
+/// The per-operation value: what an operation belongs to.
+#[derive(Clone, Copy, Debug)]
+enum Tag {
+    Accept,
+    Conn(u64),
+    Stop,
+}
+
+/// What each shard counts, written by its thread alone.
+#[derive(Default)]
+#[repr(align(64))]
+struct Counts {
+    completions: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    open: AtomicU64,
+    served: AtomicU64,
+}
+
+/// The sharded server, built, not yet serving.
+pub struct Shards {
+    listeners: Vec<TcpListener>,
+    backend: Backend,
+    buffer_size: usize,
+    shutdown_timeout: Duration,
+    counts: Arc<Vec<Counts>>,
+    stats: Arc<Stats>,
+}
+
+/// Reads a sharded server's totals while it serves.
+#[derive(Clone)]
+pub struct ShardsControl {
+    counts: Arc<Vec<Counts>>,
+}
+
+impl std::fmt::Debug for Shards {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shards")
+            .field("shards", &self.listeners.len())
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for ShardsControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardsControl").finish_non_exhaustive()
+    }
+}
+
+impl ShardsControl {
+    /// The totals over every shard.
+    pub fn totals(&self) -> Totals {
+        let mut t = Totals::default();
+        for c in self.counts.iter() {
+            t.completions += c.completions.load(Ordering::Relaxed);
+            t.bytes_in += c.bytes_in.load(Ordering::Relaxed);
+            t.bytes_out += c.bytes_out.load(Ordering::Relaxed);
+            t.open += c.open.load(Ordering::Relaxed);
+            t.served += c.served.load(Ordering::Relaxed);
+        }
+        t
+    }
+}
+
+impl Shards {
+    /// A shard per listener; the listeners share one address
+    /// (`SO_REUSEPORT`). The backend is checked here: the first shard's port
+    /// is built and dropped, so that a backend that cannot start fails now.
+    pub fn new(
+        listeners: Vec<TcpListener>,
+        backend: Backend,
+        buffer_size: usize,
+        shutdown_timeout: Duration,
+        stats: Arc<Stats>,
+    ) -> io::Result<Shards> {
+        if listeners.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a sharded server needs at least one listener",
+            ));
+        }
+        let probe = port(backend, buffer_size)?;
+        let backend = probe.backend();
+        drop(probe);
+        let counts = Arc::new((0..listeners.len()).map(|_| Counts::default()).collect());
+        Ok(Shards {
+            listeners,
+            backend,
+            buffer_size,
+            shutdown_timeout,
+            counts,
+            stats,
+        })
+    }
+
+    /// The backend every shard's port runs on.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The number of shards.
+    pub fn len(&self) -> usize {
+        self.listeners.len()
+    }
+
+    /// Whether there is no shard (never: `new` refuses that).
+    pub fn is_empty(&self) -> bool {
+        self.listeners.is_empty()
+    }
+
+    pub fn control(&self) -> ShardsControl {
+        ShardsControl {
+            counts: self.counts.clone(),
+        }
+    }
+
+    /// Serves until `stop` is set, then shuts every shard down; returns the
+    /// first shard's error, if any.
+    pub fn serve(self, stop: Stop) -> io::Result<()> {
+        let Shards {
+            listeners,
+            backend,
+            buffer_size,
+            shutdown_timeout,
+            counts,
+            stats,
+        } = self;
+        let threads: Vec<_> = listeners
+            .into_iter()
+            .enumerate()
+            .map(|(i, listener)| {
+                let (stop, counts, stats) = (stop.clone(), counts.clone(), stats.clone());
+                thread::Builder::new()
+                    .name(format!("cport-shard-{i}"))
+                    .spawn(move || {
+                        let _me = stats.thread();
+                        let shard = Shard {
+                            port: port(backend, buffer_size)?,
+                            counts: &counts[i],
+                            stats: &stats,
+                            conns: HashMap::new(),
+                            next_id: 1,
+                            draining: false,
+                        };
+                        shard.run(listener, &stop, shutdown_timeout)
+                    })
+            })
+            .collect::<io::Result<_>>()?;
+        let mut first = Ok(());
+        for t in threads {
+            let r = t
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("a shard panicked")));
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    }
+}
+
+fn port(backend: Backend, buffer_size: usize) -> io::Result<LocalPort<Tag>> {
+    Builder::new()
+        .backend(backend)
+        .pool(POOL_BUFFERS, buffer_size)
+        .build_local()
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot create a shard's port: {e}")))
+}
+
+/// One connection of a shard.
+struct Conn {
+    handle: Handle,
+    peer: SocketAddr,
+    since: Instant,
+    /// The multishot receive, while armed.
+    recv: Option<OpId>,
+    /// Sends issued and not completed.
+    sends: u32,
+    /// The receive was cancelled for `MAX_SENDS`: armed again at half.
+    paused: bool,
+    /// The peer finished sending.
+    eof: bool,
+    echoed: u64,
+}
+
+struct Shard<'a> {
+    port: LocalPort<Tag>,
+    counts: &'a Counts,
+    stats: &'a Stats,
+    conns: HashMap<u64, Conn>,
+    next_id: u64,
+    /// A stop came: connections end as their echoes finish.
+    draining: bool,
+}
+
+impl Shard<'_> {
+    fn run(mut self, listener: TcpListener, stop: &Stop, shutdown: Duration) -> io::Result<()> {
+        let poster = self.port.poster();
+        stop.on_stop(move || {
+            let _ = poster.post(STOP_KEY, 0, Tag::Stop);
+        });
+        let listener = self.port.associate(listener, 0)?;
+        self.accept(listener)?;
+        let mut rearm_at = None;
+        let mut deadline: Option<Instant> = None;
+        loop {
+            let now = Instant::now();
+            if rearm_at.is_some_and(|at| at <= now) {
+                rearm_at = None;
+                if deadline.is_none() {
+                    let _ = self.accept(listener);
+                }
+            }
+            if let Some(d) = deadline {
+                if self.conns.is_empty() {
+                    return Ok(());
+                }
+                if d <= now {
+                    info!(
+                        "shutdown timeout: closing {} still busy",
+                        plural(self.conns.len() as u64, "connection")
+                    );
+                    let ids: Vec<u64> = self.conns.keys().copied().collect();
+                    for id in ids {
+                        self.end(id, "server shutting down", false);
+                    }
+                    return Ok(());
+                }
+            }
+            let wake = [rearm_at, deadline].into_iter().flatten().min();
+            let c = match self
+                .port
+                .get(wake.map(|w| w.saturating_duration_since(now)))
+            {
+                Ok(c) => c,
+                Err(cport::GetError::Timeout) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            self.counts.completions.fetch_add(1, Ordering::Relaxed);
+            match c.value {
+                Tag::Stop => {
+                    if deadline.is_none() {
+                        deadline = Some(Instant::now() + shutdown);
+                        let _ = self.port.close(listener);
+                        self.stop_receiving();
+                    }
+                }
+                Tag::Accept => {
+                    if let Payload::Accepted { stream, peer } = c.payload {
+                        self.admit(stream, peer);
+                    }
+                    if !c.more && deadline.is_none() {
+                        if let Err(e) = c.result {
+                            warn!("accept failed: {e}; retrying");
+                        }
+                        rearm_at = Some(Instant::now() + ACCEPT_BACKOFF);
+                    }
+                }
+                Tag::Conn(id) => match c.kind {
+                    OpKind::RecvMulti => self.on_recv(id, c.more, c.result, c.payload),
+                    OpKind::Send => self.on_sent(id, c.result, c.payload),
+                    other => warn!("unexpected {other:?} completion on a connection"),
+                },
+            }
+        }
+    }
+
+    fn accept(&self, listener: Handle) -> io::Result<()> {
+        self.port
+            .accept_multi(listener, Tag::Accept)
+            .map(drop)
+            .map_err(|r| io::Error::new(r.error.kind(), format!("cannot accept: {}", r.error)))
+    }
+
+    fn admit(&mut self, stream: std::net::TcpStream, peer: SocketAddr) {
+        // Echoes are small writes answered at once: without NODELAY a
+        // partial echo can wait for the peer's delayed ACK.
+        let _ = stream.set_nodelay(true);
+        let id = self.next_id;
+        self.next_id += 1;
+        let handle = match self.port.associate(stream, id) {
+            Ok(h) => h,
+            Err(e) => {
+                warn!("cannot serve {peer}: {e}");
+                return;
+            }
+        };
+        let recv = match self.port.recv_multi(handle, Tag::Conn(id)) {
+            Ok(op) => op,
+            Err(r) => {
+                warn!("cannot receive from {peer}: {}", r.error);
+                let _ = self.port.close(handle);
+                return;
+            }
+        };
+        self.conns.insert(
+            id,
+            Conn {
+                handle,
+                peer,
+                since: Instant::now(),
+                recv: Some(recv),
+                sends: 0,
+                paused: false,
+                eof: false,
+                echoed: 0,
+            },
+        );
+        self.stats.opened();
+        self.counts.served.fetch_add(1, Ordering::Relaxed);
+        let open = self.counts.open.fetch_add(1, Ordering::Relaxed) + 1;
+        info!("connect {peer} (#{id}, {open} open on this shard)");
+    }
+
+    fn on_recv(&mut self, id: u64, more: bool, r: io::Result<usize>, payload: Payload) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            // Ended meanwhile: the arrival goes back to the pool.
+            if let Some(b) = payload.into_buf() {
+                self.port.recycle(b);
+            }
+            return;
+        };
+        if more {
+            let buf = match payload.into_buf() {
+                Some(b) => b,
+                None => return,
+            };
+            self.counts
+                .bytes_in
+                .fetch_add(buf.len() as u64, Ordering::Relaxed);
+            if let Err(r) = self.port.send(conn.handle, buf, Tag::Conn(id)) {
+                if let Some(b) = r.payload.into_buf() {
+                    self.port.recycle(b);
+                }
+                return self.end(id, "send refused", true);
+            }
+            conn.sends += 1;
+            if conn.sends >= MAX_SENDS && !conn.paused {
+                // The client does not read its echoes: stop reading it.
+                conn.paused = true;
+                if let Some(op) = conn.recv {
+                    let _ = self.port.cancel(op);
+                }
+            }
+            return;
+        }
+        conn.recv = None;
+        match r {
+            Ok(_) => conn.eof = true,
+            // Cancelled here, for backpressure or the stop.
+            Err(e) if is_aborted(&e) => {}
+            Err(e) => return self.end(id, &format!("error: {e}"), true),
+        }
+        self.settle(id);
+    }
+
+    fn on_sent(&mut self, id: u64, r: io::Result<usize>, payload: Payload) {
+        if let Some(b) = payload.into_buf() {
+            self.port.recycle(b);
+        }
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        conn.sends -= 1;
+        match r {
+            Ok(n) => {
+                conn.echoed += n as u64;
+                self.counts.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Err(e) => return self.end(id, &format!("error: {e}"), true),
+        }
+        if conn.paused && conn.recv.is_none() && conn.sends <= MAX_SENDS / 2 && !conn.eof {
+            conn.paused = false;
+            match self.port.recv_multi(conn.handle, Tag::Conn(id)) {
+                Ok(op) => conn.recv = Some(op),
+                Err(r) => return self.end(id, &format!("error: {}", r.error), true),
+            }
+        }
+        self.settle(id);
+    }
+
+    /// Ends a connection once nothing more will come or go.
+    fn settle(&mut self, id: u64) {
+        let done = self
+            .conns
+            .get(&id)
+            .is_some_and(|c| c.recv.is_none() && c.sends == 0 && c.eof);
+        if done {
+            let why = if self.draining {
+                "server shutting down"
+            } else {
+                "peer closed"
+            };
+            self.end(id, why, false);
+        }
+    }
+
+    /// On a stop: no more receiving (the connection is treated as if its
+    /// peer had finished); connections end as their echoes finish.
+    fn stop_receiving(&mut self) {
+        self.draining = true;
+        let ids: Vec<u64> = self.conns.keys().copied().collect();
+        for id in ids {
+            if let Some(conn) = self.conns.get_mut(&id) {
+                conn.eof = true;
+                if let Some(op) = conn.recv {
+                    let _ = self.port.cancel(op);
+                }
+            }
+            self.settle(id);
+        }
+    }
+
+    fn end(&mut self, id: u64, why: &str, error: bool) {
+        let Some(conn) = self.conns.remove(&id) else {
+            return;
+        };
+        let _ = self.port.close(conn.handle);
+        self.stats.echoed(conn.echoed as usize);
+        self.stats.ended(error);
+        let open = self.counts.open.fetch_sub(1, Ordering::Relaxed) - 1;
+        info!(
+            "disconnect {} (#{id}): {why}; {} echoed in {:.1?}, {open} open on this shard",
+            conn.peer,
+            plural(conn.echoed, "byte"),
+            conn.since.elapsed(),
+        );
+    }
+}
