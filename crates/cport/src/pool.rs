@@ -22,12 +22,6 @@ use crate::sync::lock_std;
 /// [`Workers::shutdown`] needs none.
 pub const QUIT_KEY: u64 = u64::MAX;
 
-/// How long an idle worker waits in `get` before it looks whether a stop
-/// was asked. A blocked `get` wakes only for a completion, and the pool
-/// cannot queue one of its own: every packet carries a `T`, and the pool
-/// has none to give. So a stop reaches idle workers within this bound.
-const TICK: Duration = Duration::from_millis(100);
-
 /// A pool of threads, each looping on [`CompletionPort::get`] and calling
 /// a handler for every completion.
 ///
@@ -47,9 +41,9 @@ const TICK: Duration = Duration::from_millis(100);
 ///   worker in queue order (SEMANTICS Q3), then ends them and waits for
 ///   their threads. Completions queued later stay on the port, but for at
 ///   most as many as the pool has workers: a worker already waiting in
-///   `get` may be handed one before it sees the stop. Idle workers see a
-///   stop within 100 ms: see
-///   [`shutdown`](Workers::shutdown). A worker also ends on a posted quit
+///   `get` may be handed one before it sees the stop. Idle workers are
+///   woken for the stop at once (the port interrupts their `get`, queuing
+///   nothing). A worker also ends on a posted quit
 ///   packet ([`QUIT_KEY`], SEMANTICS PQ3) and when the port is closed.
 ///
 /// Waiting for the workers, by any of these calls or by the drop, gives the
@@ -222,10 +216,8 @@ impl<T: Send + 'static> Workers<T> {
     /// taking them in queue order; then each worker ends. Nothing is posted
     /// and `T` needs nothing.
     ///
-    /// Idle workers see the stop within 100 ms (they wait in `get` with
-    /// that timeout while the pool runs): the port can wake a blocked `get`
-    /// only with a completion, and one needs a `T`. To stop several pools,
-    /// call [`request_stop`] on each before joining any.
+    /// Idle workers are woken for it at once. To stop several pools, call
+    /// [`request_stop`] on each before joining any.
     ///
     /// [`request_stop`]: Workers::request_stop
     /// [`join`]: Workers::join
@@ -244,6 +236,9 @@ impl<T: Send + 'static> Workers<T> {
         let queued = self.port.stats().queued;
         self.shared.budget.store(queued, Ordering::Release);
         self.shared.stopping.store(true, Ordering::Release);
+        // After the flag: a worker that read the interrupt count before
+        // this wakes now; one that reads it after sees the flag.
+        self.port.interrupt();
     }
 
     /// Stops the workers with quit packets, the tutorials' idiom (SEMANTICS
@@ -332,6 +327,11 @@ impl<T: Send + 'static> Drop for Exit<'_, T> {
     fn drop(&mut self) {
         self.shared.live.fetch_sub(1, Ordering::SeqCst);
         self.port.leave();
+        if self.shared.stopping.load(Ordering::Acquire) {
+            // A worker waiting for a slot to finish the queued work looks
+            // again: this one's slot is free, or the work is gone.
+            self.port.interrupt();
+        }
     }
 }
 
@@ -345,27 +345,31 @@ where
     // the next look waits for one instead of ending the worker.
     let mut patient = false;
     loop {
+        // Read before the flag: a stop asked after this read interrupts
+        // the `get` below.
+        let epoch = port.interrupts();
         let stopping = shared.stopping.load(Ordering::Acquire);
         if stopping && !shared.reserve() {
             break;
         }
         let timeout = if stopping && !patient {
-            Duration::ZERO
+            Some(Duration::ZERO)
         } else {
-            TICK
+            None
         };
-        let got = match panic::catch_unwind(AssertUnwindSafe(|| port.get(Some(timeout)))) {
-            Ok(got) => got,
-            Err(p) => {
-                // The port queued what it reaped before resuming the panic:
-                // this thread took nothing and holds no slot.
-                if stopping {
-                    shared.unreserve();
+        let got =
+            match panic::catch_unwind(AssertUnwindSafe(|| port.get_until(timeout, Some(epoch)))) {
+                Ok(got) => got,
+                Err(p) => {
+                    // The port queued what it reaped before resuming the panic:
+                    // this thread took nothing and holds no slot.
+                    if stopping {
+                        shared.unreserve();
+                    }
+                    shared.panicked(&*p, "user code the port ran in get");
+                    break;
                 }
-                shared.panicked(&*p, "user code the port ran in get");
-                break;
-            }
-        };
+            };
         let c = match got {
             Ok(c) => c,
             Err(GetError::Timeout) => {

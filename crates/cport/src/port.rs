@@ -630,8 +630,19 @@ impl<T: Send + 'static> CompletionPort<T> {
     /// until it calls `get` again, enters [`blocking`](Self::blocking), or
     /// exits (C1).
     pub fn get(&self, timeout: Option<Duration>) -> Result<Completion<T>, GetError> {
+        self.get_until(timeout, None)
+    }
+
+    /// [`get`](Self::get) that also ends, with `Timeout`, once
+    /// [`interrupt`](Self::interrupt) moved the count from `epoch`: how the
+    /// worker pool wakes its idle threads to stop, having no `T` to post.
+    pub(crate) fn get_until(
+        &self,
+        timeout: Option<Duration>,
+        epoch: Option<usize>,
+    ) -> Result<Completion<T>, GetError> {
         let mut one = One(None);
-        self.dequeue(1, timeout, &mut one)?;
+        self.dequeue(1, timeout, epoch, &mut one)?;
         let c = one.0.expect("queue returned Ok with no item");
         if holds_pool_buffer(&c) {
             self.inner.driver.delivered(1);
@@ -658,7 +669,7 @@ impl<T: Send + 'static> CompletionPort<T> {
             return Err(GetError::InvalidInput);
         }
         let before = out.len();
-        self.dequeue(max, timeout, out)?;
+        self.dequeue(max, timeout, None, out)?;
         let pooled = out[before..]
             .iter()
             .filter(|c| holds_pool_buffer(c))
@@ -815,10 +826,22 @@ impl<T: Send + 'static> CompletionPort<T> {
             .flatten()
     }
 
+    /// The interrupt count, for [`get_until`](Self::get_until).
+    pub(crate) fn interrupts(&self) -> usize {
+        self.inner.queue.interrupts()
+    }
+
+    /// Wakes every thread waiting in `get`; those in `get_until` whose
+    /// epoch this moves return.
+    pub(crate) fn interrupt(&self) {
+        self.inner.queue.interrupt(&*self.inner.driver);
+    }
+
     fn dequeue<O: Extend<Completion<T>>>(
         &self,
         max: usize,
         timeout: Option<Duration>,
+        epoch: Option<usize>,
         out: &mut O,
     ) -> Result<(), GetError> {
         let id = self.inner.id;
@@ -848,7 +871,7 @@ impl<T: Send + 'static> CompletionPort<T> {
         };
         self.inner
             .queue
-            .get(&*self.inner.driver, seat, max, timeout, out)
+            .get_until(&*self.inner.driver, seat, max, timeout, epoch, out)
     }
 }
 

@@ -340,3 +340,31 @@ fn loom_a_posted_item_goes_to_the_waiter_released_for_it() {
         assert_eq!(older.join().unwrap(), 2);
     });
 }
+
+/// An interrupt ends a `get_until` waiting on its epoch, with nothing
+/// queued or taken, whether the waiter leads (polls the kernel) or follows.
+#[test]
+fn loom_an_interrupt_ends_a_get_waiting_on_its_epoch() {
+    model(2, || {
+        let q: Shared = Arc::new((Queue::new(2), Kernel::default()));
+        let waiters: Vec<_> = (0..2)
+            .map(|_| {
+                let q = q.clone();
+                thread::spawn(move || {
+                    let epoch = q.0.interrupts();
+                    let mut seat = None;
+                    let mut out = Vec::new();
+                    let r =
+                        q.0.get_until(&q.1, &mut seat, 1, None, Some(epoch), &mut out);
+                    (r, seat, out.len())
+                })
+            })
+            .collect();
+        until_waiting(&q, 2);
+        q.0.interrupt(&q.1);
+        for w in waiters {
+            assert_eq!(w.join().unwrap(), (Err(GetError::Timeout), None, 0));
+        }
+        assert_eq!(q.0.stats().running, 0);
+    });
+}

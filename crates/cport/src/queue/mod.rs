@@ -136,6 +136,8 @@ struct State<E> {
     leader: Leader,
     /// Items taken since the kernel was last polled (see `POLL_EVERY`).
     since_poll: usize,
+    /// [`Queue::interrupt`]s so far.
+    interrupts: usize,
     closed: bool,
     /// The leader's batch, kept to avoid an allocation per poll.
     spare: Batch<E>,
@@ -188,6 +190,8 @@ enum Woke<E> {
 
 /// Where a `get` stands, besides the state it locks.
 struct Attempt {
+    /// Ends the `get` when the interrupt count moves from it.
+    epoch: Option<usize>,
     deadline: Option<Instant>,
     /// Whether to spin before the next sleep: decided once per `get`, the
     /// first time it would wait (`None` until then), and spent by that
@@ -211,6 +215,7 @@ impl<E> Queue<E> {
                 woken: 0,
                 leader: Leader::Idle,
                 since_poll: 0,
+                interrupts: 0,
                 closed: false,
                 spare: Batch::new(),
             }),
@@ -249,6 +254,7 @@ impl<E> Queue<E> {
     /// no slot. A panic of user code met while this thread polled the
     /// kernel is resumed here, after what was reaped is queued; the thread
     /// then has no slot either.
+    #[cfg(test)]
     pub(crate) fn get<R: Reactor<E> + ?Sized>(
         &self,
         reactor: &R,
@@ -257,9 +263,25 @@ impl<E> Queue<E> {
         timeout: Option<Duration>,
         out: &mut impl Extend<E>,
     ) -> Result<(), GetError> {
+        self.get_until(reactor, seat, max, timeout, None, out)
+    }
+
+    /// [`get`](Queue::get) that also ends, with `Timeout`, once the queue's
+    /// interrupt count is no longer `epoch` ([`Queue::interrupt`]): how a
+    /// worker pool wakes its idle threads without queuing an item.
+    pub(crate) fn get_until<R: Reactor<E> + ?Sized>(
+        &self,
+        reactor: &R,
+        seat: &mut Option<Seat>,
+        max: usize,
+        timeout: Option<Duration>,
+        epoch: Option<usize>,
+        out: &mut impl Extend<E>,
+    ) -> Result<(), GetError> {
         let max = max.max(1);
         let returning = *seat == Some(Seat::Running);
         let mut at = Attempt {
+            epoch,
             deadline: timeout.map(|t| Instant::now() + t),
             spin: if timeout == Some(Duration::ZERO) {
                 Some(false)
@@ -307,6 +329,9 @@ impl<E> Queue<E> {
         loop {
             if st.closed {
                 return Err(GetError::Closed);
+            }
+            if at.epoch.map_or(false, |e| e != st.interrupts) {
+                return self.leave_empty(st, reactor, GetError::Timeout);
             }
             if st.can_take(self.concurrency) {
                 if st.leader == Leader::Idle && st.since_poll >= POLL_EVERY {
@@ -656,6 +681,34 @@ impl<E> Queue<E> {
             reactor.wake();
         }
         items
+    }
+
+    /// The interrupt count, for [`get_until`](Queue::get_until).
+    pub(crate) fn interrupts(&self) -> usize {
+        sync::lock(&self.state).interrupts
+    }
+
+    /// Wakes every waiting thread: those in `get_until` whose epoch this
+    /// moves return; the others look again and wait on. Nothing is queued
+    /// or taken, so no completion's order or binding changes.
+    pub(crate) fn interrupt<R: Reactor<E> + ?Sized>(&self, reactor: &R) {
+        let mut st = sync::lock(&self.state);
+        st.interrupts = st.interrupts.wrapping_add(1);
+        let waiters = mem::take(&mut st.waiters);
+        for w in &waiters {
+            w.notified.store(true, Ordering::Release);
+            w.cv.notify_one();
+        }
+        st.woken += waiters.len();
+        let wake = st.leader == Leader::Polling;
+        if wake {
+            st.leader = Leader::Woken;
+        }
+        self.leader_bound.store(true, Ordering::Release);
+        drop(st);
+        if wake {
+            reactor.wake();
+        }
     }
 
     pub(crate) fn is_closed(&self) -> bool {
