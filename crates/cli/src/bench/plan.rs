@@ -305,7 +305,9 @@ mod tests {
         // A number too large for any integer type is out of range too,
         // not "not a whole number".
         assert_eq!(
-            parse_list("--sizes", "99999999999999999999", 1, 10).unwrap_err().0,
+            parse_list("--sizes", "99999999999999999999", 1, 10)
+                .unwrap_err()
+                .0,
             "--sizes: 99999999999999999999 is out of range: give from 1 to 10"
         );
         assert_eq!(parse_list("--conns", "5,1,5", 1, 10).unwrap(), [1, 5]);
