@@ -123,7 +123,7 @@ pub struct ServeArgs {
     pub buffer_size: u32,
 
     /// The tutorials' I/O model to serve with: blocking, nonblocking,
-    /// select, poll, epoll, event, message, callback or port (the
+    /// select, poll, epoll, message, event, callback or port (the
     /// completion port with workers). Models other than port serve TCP
     /// only, without the port's options (workers, limits, timeouts).
     #[arg(long, default_value = "port", value_parser = parse_model)]
@@ -260,7 +260,7 @@ pub struct LoadArgs {
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// Servers to run, separated by commas: blocking, nonblocking, select,
-    /// poll, epoll, event, message, callback, port-uring, port-epoll (the
+    /// poll, epoll, message, event, callback, port-uring, port-epoll (the
     /// models, as `cport serve --model` runs them), tokio-echo, uring-echo,
     /// epoll-echo (the peers of crates/bench, found beside this
     /// executable), or the groups models, port, peers (default: models).

@@ -20,8 +20,8 @@ const MODELS: [&str; 8] = [
     "select",
     "poll",
     "epoll",
-    "event",
     "message",
+    "event",
     "callback",
 ];
 

@@ -13,8 +13,8 @@
 //! | `select` | [`select`] | one per group of FD_SETSIZE sockets |
 //! | `poll` | [`poll`] | one |
 //! | epoll readiness reactor | [`epoll`] | one |
-//! | WSAEventSelect (event objects) | [`event`] | one per 64 events |
 //! | WSAAsyncSelect (window messages) | [`message`] | one message loop |
+//! | WSAEventSelect (event objects) | [`event`] | one per 64 events |
 //! | overlapped I/O with completion routines | [`callback`] | one, alertable |
 //! | completion port | [`port`] | a worker pool |
 //!
@@ -61,10 +61,10 @@ pub enum Model {
     Poll,
     /// An epoll readiness reactor, one thread.
     Epoll,
-    /// Event objects (eventfd) signalled per socket, one waiting thread per 64.
-    Event,
     /// Socket events as messages to one message loop.
     Message,
+    /// Event objects (eventfd) signalled per socket, one waiting thread per 64.
+    Event,
     /// Overlapped I/O with completion routines, run on the issuing thread.
     Callback,
     /// The completion port with a worker pool.
@@ -79,8 +79,8 @@ impl Model {
         Model::Select,
         Model::Poll,
         Model::Epoll,
-        Model::Event,
         Model::Message,
+        Model::Event,
         Model::Callback,
         Model::Port,
     ];
@@ -93,8 +93,8 @@ impl Model {
             Model::Select => "select",
             Model::Poll => "poll",
             Model::Epoll => "epoll",
-            Model::Event => "event",
             Model::Message => "message",
+            Model::Event => "event",
             Model::Callback => "callback",
             Model::Port => "port",
         }
@@ -108,8 +108,8 @@ impl Model {
             Model::Select => select::serve,
             Model::Poll => poll::serve,
             Model::Epoll => epoll::serve,
-            Model::Event => event::serve,
             Model::Message => message::serve,
+            Model::Event => event::serve,
             Model::Callback => callback::serve,
             Model::Port => port::serve,
         };

@@ -293,8 +293,8 @@ per_model! {
     select => cport_models::select::serve,
     poll => cport_models::poll::serve,
     epoll => cport_models::epoll::serve,
-    event => cport_models::event::serve,
     message => cport_models::message::serve,
+    event => cport_models::event::serve,
     // Backend::Auto: io_uring where allowed (CPORT_BACKEND overrides).
     callback => cport_models::callback::serve,
     port => cport_models::port::serve,
@@ -317,8 +317,8 @@ fn model_names_round_trip() {
             "select",
             "poll",
             "epoll",
-            "event",
             "message",
+            "event",
             "callback",
             "port"
         ]
