@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use common::{connect, pattern, run_cport, BIN, STEP};
 use rustix::process::{kill_process, Pid, Signal};
 
-const MODELS: [&str; 8] = [
+const MODELS: [&str; 9] = [
     "blocking",
     "nonblocking",
     "select",
@@ -22,6 +22,7 @@ const MODELS: [&str; 8] = [
     "epoll",
     "message",
     "event",
+    "overlapped",
     "callback",
 ];
 
