@@ -123,8 +123,8 @@ pub struct ServeArgs {
     pub buffer_size: u32,
 
     /// The tutorials' I/O model to serve with: blocking, nonblocking,
-    /// select, poll, epoll, event, message, callback or port (the
-    /// completion port with workers). Models other than port serve TCP
+    /// select, poll, epoll, message, event, overlapped, callback or port
+    /// (the completion port with workers). Models other than port serve TCP
     /// only, without the port's options (workers, limits, timeouts).
     #[arg(long, default_value = "port", value_parser = parse_model)]
     pub model: Model,
@@ -230,7 +230,7 @@ impl ServeArgs {
             unsupported.push("--shards");
         }
         if self.backend != BackendArg::Auto && model != Model::Callback {
-            unsupported.push("--backend (only the port and callback models run on a port)");
+            unsupported.push("--backend (only the port and callback models take it)");
         }
         if unsupported.is_empty() {
             Ok(())
@@ -306,10 +306,11 @@ pub struct LoadArgs {
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// Servers to run, separated by commas: blocking, nonblocking, select,
-    /// poll, epoll, event, message, callback, port-uring, port-epoll (the
-    /// models, as `cport serve --model` runs them), tokio-echo, uring-echo,
-    /// epoll-echo (the peers of crates/bench, found beside this
-    /// executable), or the groups models, port, peers (default: models).
+    /// poll, epoll, message, event, overlapped, callback, port-uring,
+    /// port-epoll (the models, as `cport serve --model` runs them),
+    /// tokio-echo, uring-echo, epoll-echo (the peers of crates/bench, found
+    /// beside this executable), or the groups models, port, peers (default:
+    /// models).
     #[arg(long, alias = "models", value_name = "LIST")]
     pub servers: Option<String>,
 

@@ -14,14 +14,15 @@ use std::time::{Duration, Instant};
 use common::{connect, pattern, run_cport, BIN, STEP};
 use rustix::process::{kill_process, Pid, Signal};
 
-const MODELS: [&str; 8] = [
+const MODELS: [&str; 9] = [
     "blocking",
     "nonblocking",
     "select",
     "poll",
     "epoll",
-    "event",
     "message",
+    "event",
+    "overlapped",
     "callback",
 ];
 

@@ -1,10 +1,10 @@
 //! The tutorials' socket I/O models, each as the same TCP echo server.
 //!
 //! The tutorials compare blocking sockets, non-blocking polling, select,
-//! WSAAsyncSelect, WSAEventSelect, overlapped I/O with completion routines
-//! and the completion port in tables of claims. Each module here is one
-//! model, written as the tutorials write it, so that `cport bench` can
-//! measure the claims instead:
+//! WSAAsyncSelect, WSAEventSelect, overlapped I/O with event objects and
+//! with completion routines, and the completion port in tables of claims.
+//! Each module here is one model, written as the tutorials write it, so
+//! that `cport bench` can measure the claims instead:
 //!
 //! | model | module | threads |
 //! |---|---|---|
@@ -13,8 +13,9 @@
 //! | `select` | [`select`] | one per group of FD_SETSIZE sockets |
 //! | `poll` | [`poll`] | one |
 //! | epoll readiness reactor | [`epoll`] | one |
-//! | WSAEventSelect (event objects) | [`event`] | one per 64 events |
 //! | WSAAsyncSelect (window messages) | [`message`] | one message loop |
+//! | WSAEventSelect (event objects) | [`event`] | one per 64 events |
+//! | overlapped I/O with event objects | [`overlapped`] | one per 64 events, and a completion thread |
 //! | overlapped I/O with completion routines | [`callback`] | one, alertable |
 //! | completion port | [`port`] | a worker pool |
 //!
@@ -43,6 +44,7 @@ pub mod epoll;
 pub mod event;
 pub mod message;
 pub mod nonblocking;
+pub mod overlapped;
 pub mod poll;
 pub mod port;
 pub mod select;
@@ -61,10 +63,13 @@ pub enum Model {
     Poll,
     /// An epoll readiness reactor, one thread.
     Epoll,
-    /// Event objects (eventfd) signalled per socket, one waiting thread per 64.
-    Event,
     /// Socket events as messages to one message loop.
     Message,
+    /// Event objects (eventfd) signalled per socket, one waiting thread per 64.
+    Event,
+    /// Overlapped I/O signalled through event objects (eventfd), one
+    /// waiting thread per 64.
+    Overlapped,
     /// Overlapped I/O with completion routines, run on the issuing thread.
     Callback,
     /// The completion port with a worker pool.
@@ -73,14 +78,15 @@ pub enum Model {
 
 impl Model {
     /// Every model, in the tutorials' order.
-    pub const ALL: [Model; 9] = [
+    pub const ALL: [Model; 10] = [
         Model::Blocking,
         Model::Nonblocking,
         Model::Select,
         Model::Poll,
         Model::Epoll,
-        Model::Event,
         Model::Message,
+        Model::Event,
+        Model::Overlapped,
         Model::Callback,
         Model::Port,
     ];
@@ -93,8 +99,9 @@ impl Model {
             Model::Select => "select",
             Model::Poll => "poll",
             Model::Epoll => "epoll",
-            Model::Event => "event",
             Model::Message => "message",
+            Model::Event => "event",
+            Model::Overlapped => "overlapped",
             Model::Callback => "callback",
             Model::Port => "port",
         }
@@ -108,8 +115,9 @@ impl Model {
             Model::Select => select::serve,
             Model::Poll => poll::serve,
             Model::Epoll => epoll::serve,
-            Model::Event => event::serve,
             Model::Message => message::serve,
+            Model::Event => event::serve,
+            Model::Overlapped => overlapped::serve,
             Model::Callback => callback::serve,
             Model::Port => port::serve,
         };

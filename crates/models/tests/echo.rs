@@ -293,11 +293,13 @@ per_model! {
     select => cport_models::select::serve,
     poll => cport_models::poll::serve,
     epoll => cport_models::epoll::serve,
-    event => cport_models::event::serve,
     message => cport_models::message::serve,
+    event => cport_models::event::serve,
     // Backend::Auto: io_uring where allowed (CPORT_BACKEND overrides).
+    overlapped => cport_models::overlapped::serve,
     callback => cport_models::callback::serve,
     port => cport_models::port::serve,
+    overlapped_on_epoll => |l, s, st| cport_models::overlapped::serve_on(l, s, st, cport::Backend::Epoll),
     callback_on_epoll => |l, s, st| cport_models::callback::serve_on(l, s, st, cport::Backend::Epoll),
     port_on_epoll => |l, s, st| cport_models::port::serve_on(l, s, st, cport::Backend::Epoll, 0),
 }
@@ -317,8 +319,9 @@ fn model_names_round_trip() {
             "select",
             "poll",
             "epoll",
-            "event",
             "message",
+            "event",
+            "overlapped",
             "callback",
             "port"
         ]
@@ -349,8 +352,8 @@ fn start_model(m: Model) -> Running {
 
 /// The thread cost each model is built to show, with 200 connections held:
 /// a thread per connection, one per group of 64 sockets (select) or of 63
-/// sockets plus a control event (event), a worker pool (port), or a fixed
-/// few.
+/// sockets plus a control event (event, overlapped), a worker pool (port),
+/// or a fixed few.
 #[test]
 fn threads_each_model_runs_for_200_connections() {
     const CLIENTS: usize = 200;
@@ -363,6 +366,8 @@ fn threads_each_model_runs_for_200_connections() {
             Model::Select => 1 + CLIENTS.div_ceil(cport_models::select::GROUP),
             // The accepting thread, the signalling thread, ⌈200 / 63⌉ groups.
             Model::Event => 2 + CLIENTS.div_ceil(cport_models::event::GROUP),
+            // The accepting thread, the completion thread, ⌈200 / 63⌉ groups.
+            Model::Overlapped => 2 + CLIENTS.div_ceil(cport_models::overlapped::GROUP),
             // The message loop and the signalling thread.
             Model::Message => 2,
             // The waiting thread and 2 × CPUs workers.

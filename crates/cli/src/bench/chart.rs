@@ -4,11 +4,13 @@
 //! connections each server held. A point is the median of the rounds, its
 //! whisker their spread.
 //!
-//! Ten servers must stay apart: each has its own colour (no two of one
-//! hue: purple and pink, green and olive were mistaken for each other), its
-//! own marker, and the second five have dashed lines and hollow markers;
-//! at one connection count the servers' points are spread sideways so a
-//! cluster of ten does not pile up.
+//! Eleven model rows and three peers must stay apart: the first ten
+//! servers each have their own colour (no two of one hue: purple and pink,
+//! green and olive were mistaken for each other), their own marker, and
+//! the second five dashed lines and hollow markers; from the eleventh on
+//! the colours come round again, each with another marker and the other
+//! line than the first time. At one connection count the servers' points
+//! are spread sideways so a cluster of ten does not pile up.
 
 use std::fmt::Write as _;
 
@@ -52,10 +54,13 @@ struct Style {
 }
 
 fn style(i: usize) -> Style {
+    // Each time round the colours, the markers shift by one and the lines
+    // swap: series i + 10 differs from series i in both.
+    let round = i / COLOURS.len();
     Style {
         colour: COLOURS[i % COLOURS.len()],
-        marker: MARKERS[i % MARKERS.len()],
-        hollow: (i / MARKERS.len()) % 2 == 1,
+        marker: MARKERS[(i + round) % MARKERS.len()],
+        hollow: (i / MARKERS.len() + round) % 2 == 1,
     }
 }
 
@@ -542,6 +547,25 @@ mod tests {
         for c in ["#9467bd", "#e377c2", "#bcbd22"] {
             assert!(!COLOURS.contains(&c), "{c}");
         }
+    }
+
+    #[test]
+    fn past_ten_series_a_colour_returns_with_another_marker_and_line() {
+        // Eleven model rows and three peers, with room to spare.
+        let styles: Vec<Style> = (0..20).map(style).collect();
+        for (i, a) in styles.iter().enumerate() {
+            for (j, b) in styles.iter().enumerate().skip(i + 1) {
+                if a.colour == b.colour {
+                    assert!(
+                        a.marker != b.marker && a.hollow != b.hollow,
+                        "series {i} and {j}"
+                    );
+                }
+            }
+        }
+        // The first ten are drawn as before.
+        assert_eq!(style(0).marker, Marker::Circle);
+        assert!(!style(0).hollow && style(5).hollow);
     }
 
     #[test]

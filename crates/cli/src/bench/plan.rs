@@ -362,7 +362,7 @@ mod tests {
             (1, 1, true, false)
         );
         assert_eq!(p.reference, p.servers[0]);
-        assert_eq!((p.runs(), p.cost_runs()), (10 * 8, 0));
+        assert_eq!((p.runs(), p.cost_runs()), (11 * 8, 0));
 
         let q = Plan::from_args(&BenchArgs {
             quick: true,

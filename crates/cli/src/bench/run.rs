@@ -749,8 +749,9 @@ mod tests {
         assert_eq!(skip_reason(&setup, Server::Model(Model::Epoll), 900), None);
         let why = skip_reason(&setup, Server::Model(Model::Epoll), 5000).unwrap();
         assert!(why.contains("1024") && why.contains("5064"), "{why}");
-        // The event model holds an eventfd per socket.
+        // The event and overlapped models hold an eventfd per socket.
         assert!(skip_reason(&setup, Server::Model(Model::Event), 500).is_some());
+        assert!(skip_reason(&setup, Server::Model(Model::Overlapped), 500).is_some());
         for s in [Server::PortUring, Server::Peer(Peer::Uring)] {
             let why = skip_reason(&setup, s, 1).unwrap();
             assert!(why.contains("io_uring") && why.contains("EPERM"), "{why}");

@@ -142,11 +142,11 @@ impl Server {
         }
     }
 
-    /// Descriptors the server holds per connection: the event model adds
-    /// an eventfd (its event object) to each socket.
+    /// Descriptors the server holds per connection: the event and
+    /// overlapped models add an eventfd (an event object) to each socket.
     pub fn fds_per_conn(self) -> u64 {
         match self {
-            Server::Model(Model::Event) => 2,
+            Server::Model(Model::Event | Model::Overlapped) => 2,
             _ => 1,
         }
     }
