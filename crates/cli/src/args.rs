@@ -229,8 +229,9 @@ impl ServeArgs {
         if self.shards.is_some() {
             unsupported.push("--shards");
         }
-        if self.backend != BackendArg::Auto && model != Model::Callback {
-            unsupported.push("--backend (only the port and callback models take it)");
+        if self.backend != BackendArg::Auto && !matches!(model, Model::Callback | Model::Overlapped)
+        {
+            unsupported.push("--backend (only the port, callback and overlapped models take it)");
         }
         if unsupported.is_empty() {
             Ok(())

@@ -155,6 +155,15 @@ fn run_model(args: ServeArgs) -> anyhow::Result<()> {
             let note = format!(" backend={}", server.backend());
             (Box::new(move |stop| server.serve(stop)), note)
         }
+        Model::Overlapped => {
+            let server = cport_models::overlapped::Server::new(
+                listener,
+                args.backend.to_backend(),
+                stats.clone(),
+            )?;
+            let note = format!(" backend={}", server.backend());
+            (Box::new(move |stop| server.serve(stop)), note)
+        }
         _ => {
             let stats = stats.clone();
             (

@@ -123,7 +123,18 @@ fn every_model_serves_tcp_echo_and_stops_on_sigterm() {
 /// that port runs on, never `auto`.
 #[test]
 fn callback_model_names_the_backend_it_runs_on() {
-    let server = serve("callback");
+    names_its_backend("callback");
+}
+
+#[test]
+fn overlapped_model_names_the_backend_it_runs_on() {
+    names_its_backend("overlapped");
+}
+
+/// A model built on a port says which backend it runs on in its first
+/// line, follows CPORT_BACKEND, and takes --backend.
+fn names_its_backend(model: &str) {
+    let server = serve(model);
     let named = server
         .first_line
         .split_whitespace()
@@ -136,7 +147,7 @@ fn callback_model_names_the_backend_it_runs_on() {
     }
     drop(server);
 
-    let server = serve_with(&["--model", "callback", "--backend", "epoll"]);
+    let server = serve_with(&["--model", model, "--backend", "epoll"]);
     assert!(
         server.first_line.contains(" backend=epoll"),
         "{}",
