@@ -56,7 +56,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-SERVERS=port-uring,port-epoll,peers
+SERVERS=port-uring,port-epoll,shards,peers
 ONE_CORE_CELLS=50x128,500x128,500x4096x16,50x65536x4
 TWO_CORE_CELLS=500x128
 TIMING=()

@@ -40,12 +40,18 @@ pub enum Server {
     PortUring,
     /// `cport serve --model port --backend epoll`.
     PortEpoll,
+    /// `cport serve --shards N --backend uring`: a port of one thread per
+    /// shard, the leanest servers' shape.
+    ShardsUring,
+    /// `cport serve --shards N --backend epoll`.
+    ShardsEpoll,
     Peer(Peer),
 }
 
 /// Names in `--servers` that stand for several servers: every model row;
-/// port-uring and port-epoll; the three peers.
-const GROUPS: [&str; 3] = ["models", "port", "peers"];
+/// port-uring and port-epoll; shards-uring and shards-epoll; the three
+/// peers.
+const GROUPS: [&str; 4] = ["models", "port", "shards", "peers"];
 
 impl Server {
     /// The model rows, in the tutorials' order.
@@ -62,9 +68,11 @@ impl Server {
         v
     }
 
-    /// Every server, in the order runs go: the models, then the peers.
+    /// Every server, in the order runs go: the models, the sharded port,
+    /// then the peers.
     pub fn all() -> Vec<Server> {
         let mut v = Server::models();
+        v.extend([Server::ShardsUring, Server::ShardsEpoll]);
         v.extend(Peer::ALL.map(Server::Peer));
         v
     }
@@ -75,6 +83,8 @@ impl Server {
             Server::Model(m) => m.name(),
             Server::PortUring => "port-uring",
             Server::PortEpoll => "port-epoll",
+            Server::ShardsUring => "shards-uring",
+            Server::ShardsEpoll => "shards-epoll",
             Server::Peer(p) => p.name(),
         }
     }
@@ -84,7 +94,10 @@ impl Server {
     }
 
     pub fn needs_uring(self) -> bool {
-        matches!(self, Server::PortUring | Server::Peer(Peer::Uring))
+        matches!(
+            self,
+            Server::PortUring | Server::ShardsUring | Server::Peer(Peer::Uring)
+        )
     }
 
     /// Whether `--threads` sizes it: the models other than the port have
@@ -92,7 +105,11 @@ impl Server {
     pub fn takes_threads(self) -> bool {
         matches!(
             self,
-            Server::PortUring | Server::PortEpoll | Server::Peer(_)
+            Server::PortUring
+                | Server::PortEpoll
+                | Server::ShardsUring
+                | Server::ShardsEpoll
+                | Server::Peer(_)
         )
     }
 
@@ -115,9 +132,18 @@ impl Server {
             a.push(threads.to_string());
             a
         };
+        let shards = |backend: &str| {
+            let mut a = owned(&["serve", "--port", "0", "--backend"]);
+            a.push(backend.into());
+            a.push("--shards".into());
+            a.push(threads.to_string());
+            a
+        };
         match self {
             Server::PortUring => (cport.into(), port("uring")),
             Server::PortEpoll => (cport.into(), port("epoll")),
+            Server::ShardsUring => (cport.into(), shards("uring")),
+            Server::ShardsEpoll => (cport.into(), shards("epoll")),
             Server::Model(Model::Callback) => (
                 cport.into(),
                 owned(&[
@@ -178,6 +204,7 @@ pub fn parse_servers(s: &str) -> Result<Vec<Server>, Usage> {
             }
             "models" => Server::models(),
             "port" => vec![Server::PortUring, Server::PortEpoll],
+            "shards" => vec![Server::ShardsUring, Server::ShardsEpoll],
             "peers" => Peer::ALL.map(Server::Peer).to_vec(),
             _ => Server::by_name(name).into_iter().collect(),
         };
@@ -206,16 +233,18 @@ mod tests {
     #[test]
     fn every_model_is_a_row_port_is_two_and_the_peers_follow() {
         let all = names(&Server::all());
-        assert_eq!(all.len(), Model::ALL.len() + 1 + 3);
+        assert_eq!(all.len(), Model::ALL.len() + 1 + 2 + 3);
         assert!(!all.contains(&"port"));
         for m in Model::ALL.iter().filter(|m| **m != Model::Port) {
             assert!(all.contains(&m.name()), "{m} missing");
         }
         assert_eq!(
-            &all[all.len() - 5..],
+            &all[all.len() - 7..],
             [
                 "port-uring",
                 "port-epoll",
+                "shards-uring",
+                "shards-epoll",
                 "tokio-echo",
                 "uring-echo",
                 "epoll-echo"
@@ -263,6 +292,11 @@ mod tests {
     fn commands_name_the_model_size_the_port_and_find_the_peers() {
         let cport = Path::new("/t/release/cport");
         let (p, a) = Server::PortUring.command(cport, 1);
+        let (_, shards) = Server::ShardsEpoll.command(cport, 3);
+        assert_eq!(
+            shards.join(" "),
+            "serve --port 0 --backend epoll --shards 3"
+        );
         assert_eq!(p, cport);
         assert_eq!(
             a.join(" "),
