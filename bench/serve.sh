@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Issue 11's server cells, measured by `cport bench`: `cport serve` on
-# io_uring and on epoll (port-uring, port-epoll) against the peers of
+# io_uring and on epoll, the tutorials' shape (port-uring, port-epoll) and a
+# port per thread (shards-uring, shards-epoll), against the peers of
 # crates/bench: tokio-echo (the reference), uring-echo (the leanest io_uring
 # server, the bound) and epoll-echo. This script only builds the binaries,
 # waits for a quiet machine and names the cells; how each figure is taken
@@ -9,11 +10,12 @@
 #   bench/runs/<YYYY-MM-DD>/serve/     (serve-<HHMMSS> if that exists)
 #     commands.txt   this script's command, the wait, the cport bench commands
 #     one-core/      server pinned to one CPU, load to the other, one server
-#                    thread: 50 and 500 connections × 128 B, 1 in flight;
-#                    500 × 4 KiB, 16 in flight; 50 × 64 KiB, 4 in flight
+#                    thread: 50 × 64 B; 50 and 500 connections × 128 B, 1 in
+#                    flight; 500 × 4 KiB, 16 in flight; 50 × 64 KiB, 4 in
+#                    flight
 #     two-core/      server and load unpinned, two server threads
-#                    (cport --workers 2 --concurrency 2, peers --threads 2):
-#                    500 × 128 B, 1 in flight
+#                    (cport --workers 2 --concurrency 2, --shards 2, peers
+#                    --threads 2): 50 × 64 B, 1 in flight
 #   each a cport bench record: summary.md (command, machine, versions,
 #   medians and spreads, ratios to tokio-echo), raw.csv (a row per run and
 #   round), costs.csv (--costs), chart.svg, runs.log.
@@ -57,8 +59,10 @@ while [ $# -gt 0 ]; do
 done
 
 SERVERS=port-uring,port-epoll,shards,peers
-ONE_CORE_CELLS=50x128,500x128,500x4096x16,50x65536x4
-TWO_CORE_CELLS=500x128
+# Issue 11's cells; 50 × 64 B is where its counts are taken, and its
+# two-core cell.
+ONE_CORE_CELLS=50x64,50x128,500x128,500x4096x16,50x65536x4
+TWO_CORE_CELLS=50x64
 TIMING=()
 if [ "$QUICK" = 1 ]; then
     TIMING=(--quick)
