@@ -157,4 +157,53 @@ backends! {
         assert_eq!(got, b"early");
         assert!(matches!(port.get(Some(Duration::ZERO)), Err(cport::GetError::Timeout)));
     }
+
+    // Data and the FIN arrive together while the receive waits: one
+    // readiness event stands for both. The receive must not stop at the
+    // short read of the data (the FIN's edge is spent): it ends.
+    fn o9_recv_multi_sees_the_fin_that_came_with_its_data(backend: Backend) {
+        let port = common::port::<Tagged>(backend, 1);
+        for round in 0..20u8 {
+            let (h, mut peer) = pair(&port, 7);
+            port.recv_multi(h, original(1)).unwrap();
+            peer.write_all(&[round; 3]).unwrap();
+            peer.shutdown(Shutdown::Write).unwrap();
+            let mut got = Vec::new();
+            loop {
+                let c = next(&port);
+                if !c.more {
+                    assert_eq!(c.result.unwrap(), 0, "round {round}: the stream ends");
+                    break;
+                }
+                got.extend(bytes_of(&port, c));
+            }
+            assert_eq!(got, [round; 3], "round {round}");
+            port.close(h).unwrap();
+        }
+        common::assert_empty(&port);
+    }
+
+    // On a datagram socket a read shorter than the buffer is one datagram,
+    // not the last: every datagram already waiting is delivered.
+    fn o9_recv_multi_on_udp_takes_every_waiting_datagram(backend: Backend) {
+        let port = common::port::<Tagged>(backend, 1);
+        let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        client.connect(server.local_addr().unwrap()).unwrap();
+        let addr = server.local_addr().unwrap();
+        let h = port.associate(server, 7).unwrap();
+        let op = port.recv_multi(h, original(1)).unwrap();
+        // The first wakes the port; the rest queue behind it before `get`.
+        for i in 0..5u8 {
+            client.send_to(&[i; 10], addr).unwrap();
+        }
+        let mut got = Vec::new();
+        while got.len() < 5 {
+            got.push(bytes_of(&port, next(&port)));
+        }
+        let want: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 10]).collect();
+        assert_eq!(got, want);
+        port.cancel(op).unwrap();
+        assert!(!next(&port).more);
+    }
 }

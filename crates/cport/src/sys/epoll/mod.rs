@@ -38,7 +38,11 @@
 //! No edge is lost because of one invariant, kept by doing every try and
 //! every enqueue under the handle lock that the leader also takes: *a FIFO
 //! is non-empty only if the last system call on its side returned EAGAIN*
-//! (or, for a connect, found the handshake still going). After EAGAIN the
+//! (or, for a connect, found the handshake still going, or, for a
+//! multishot receive on a TCP stream driven by an event without hang-up,
+//! read less than its buffer held: the stream was drained then, and the
+//! kernel raises an edge for the next arrival, FIN or reset as it does
+//! after EAGAIN). After EAGAIN the
 //! kernel queues an event for the next change, and the leader, blocked on
 //! the lock if need be, drives the FIFO again. Data that arrived while
 //! nothing was queued raises an edge nobody needed; the next recv finds the
@@ -226,6 +230,8 @@ struct Socket<T> {
     /// A connect is in flight: the read side waits, or a recv would consume
     /// the connect's error (SO_ERROR) and the connect would never end.
     connecting: bool,
+    /// A TCP stream (not a datagram socket): a short read drained it.
+    stream: bool,
     /// A TCP stream's failure, kept for the operations after it (O5);
     /// `None` for listeners and datagram sockets.
     broken: Option<Broken>,
@@ -290,7 +296,7 @@ impl<T> Socket<T> {
         let idle = q.is_empty();
         q.push_back(p);
         if idle {
-            self.drive(side, at, pool, out);
+            self.drive(side, false, at, pool, out);
         }
     }
 
@@ -310,7 +316,14 @@ impl<T> Socket<T> {
     }
 
     /// Runs the head of one FIFO until it must wait or the FIFO is empty.
-    fn drive(&mut self, side: Side, at: Origin, pool: &Pool, out: &mut Ready<T>) {
+    ///
+    /// `edge` says the FIFO is driven for an event that reported no
+    /// hang-up or error: a multishot receive may then stop at a short read,
+    /// since whatever comes later (data, FIN, RST) raises a new edge. Driven
+    /// from an issue, a resume or an event with EPOLLRDHUP, a FIN or RST may
+    /// already be waiting behind the data with its edge spent, so the
+    /// receive reads on to EAGAIN or end of stream.
+    fn drive(&mut self, side: Side, edge: bool, at: Origin, pool: &Pool, out: &mut Ready<T>) {
         if side == Side::Read && self.connecting {
             return;
         }
@@ -320,6 +333,7 @@ impl<T> Socket<T> {
             reads,
             writes,
             connecting,
+            stream,
             broken,
         } = self;
         let fd = match fd {
@@ -337,7 +351,7 @@ impl<T> Socket<T> {
                     pool.pause(at.handle);
                     break;
                 }
-                Step::More(clone, r, extra) => {
+                Step::More(clone, r, extra, drained) => {
                     // User code, inside the reap or the issuing call: a
                     // panic is held in `out` until everything is queued. The
                     // event it was cloned for is lost (an accepted
@@ -346,6 +360,11 @@ impl<T> Socket<T> {
                     // handle would never be reported again (LESSONS 12).
                     if let Some(value) = out.catch(|| clone(&head.value)) {
                         out.push(at.more(head, value, r, extra));
+                    }
+                    // On a stream a short read took all there was; a
+                    // datagram socket may hold more datagrams behind it.
+                    if drained && edge && *stream {
+                        break;
                     }
                 }
                 Step::Done(r, extra) => {
@@ -366,17 +385,18 @@ impl<T> Socket<T> {
             }
         }
         if was_connecting && !self.connecting {
-            self.drive(Side::Read, at, pool, out);
+            self.drive(Side::Read, false, at, pool, out);
         }
     }
 
     /// Handles one epoll event.
     fn on_event(&mut self, events: u32, at: Origin, pool: &Pool, out: &mut Ready<T>) {
+        let hangup = (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32;
         if events & READABLE != 0 {
-            self.drive(Side::Read, at, pool, out);
+            self.drive(Side::Read, events & hangup == 0, at, pool, out);
         }
         if events & WRITABLE != 0 {
-            self.drive(Side::Write, at, pool, out);
+            self.drive(Side::Write, false, at, pool, out);
         }
     }
 
@@ -421,6 +441,7 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
                 reads: VecDeque::new(),
                 writes: VecDeque::new(),
                 connecting: false,
+                stream: matches!(kind, SourceKind::TcpStream | SourceKind::TcpSocket),
                 broken: match kind {
                     SourceKind::TcpStream | SourceKind::TcpSocket => Some(Broken::default()),
                     _ => None,
@@ -572,7 +593,7 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
             // Reads queued behind the connect were never tried: try them
             // now, or they could wait for an edge that already came.
             s.connecting = false;
-            s.drive(Side::Read, at, &self.pool, ready);
+            s.drive(Side::Read, false, at, &self.pool, ready);
         }
         Ok(())
     }
@@ -700,7 +721,7 @@ impl<T: Send + 'static> Reactor<Completion<T>> for Driver<T> {
         for h in resumed {
             if let Some(entry) = self.lookup(h) {
                 if let Io::Socket(m) = &entry.io {
-                    lock(m).drive(Side::Read, Self::origin(&entry, h), &self.pool, out);
+                    lock(m).drive(Side::Read, false, Self::origin(&entry, h), &self.pool, out);
                 }
             }
         }

@@ -59,8 +59,10 @@ pub(super) enum Step<T> {
     Wait,
     /// The operation is over.
     Done(io::Result<usize>, Extra),
-    /// A multishot operation produced one result and goes on.
-    More(fn(&T) -> T, io::Result<usize>, Extra),
+    /// A multishot operation produced one result and goes on; with
+    /// `drained`, the socket had no more for it (a short read), so the
+    /// next try would only meet EAGAIN.
+    More(fn(&T) -> T, io::Result<usize>, Extra, bool),
     /// A multishot receive stopped before EAGAIN because as many filled
     /// buffers as the pool holds wait to be dequeued: the socket must be
     /// driven again once some are (no edge will say so).
@@ -243,7 +245,14 @@ pub(super) fn attempt<T>(p: &mut Pending<T>, fd: &OwnedFd, pool: &Pool) -> Step<
             }
             match pool.recv(fd) {
                 Ok(buf) if !buf.is_empty() => match p.multishot {
-                    Some(clone) => Step::More(clone, Ok(buf.len()), Extra::Pooled(buf)),
+                    // A read shorter than the buffer took all the stream
+                    // had: whatever arrives later raises a new edge, so no
+                    // try for EAGAIN is owed (one system call less per
+                    // arrival, as libuv and the plain epoll servers do).
+                    Some(clone) => {
+                        let drained = buf.len() < buf.capacity();
+                        Step::More(clone, Ok(buf.len()), Extra::Pooled(buf), drained)
+                    }
                     None => Step::Done(Ok(buf.len()), Extra::Pooled(buf)),
                 },
                 Ok(eof) => Step::Done(Ok(0), Extra::Pooled(eof)),
@@ -324,7 +333,7 @@ fn accept<T>(fd: &OwnedFd, multishot: Option<fn(&T) -> T>) -> Step<T> {
                     .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
                 let extra = Extra::Accepted(TcpStream::from(socket), peer);
                 return match multishot {
-                    Some(clone) => Step::More(clone, Ok(0), extra),
+                    Some(clone) => Step::More(clone, Ok(0), extra, false),
                     None => Step::Done(Ok(0), extra),
                 };
             }
