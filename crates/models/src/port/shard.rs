@@ -249,34 +249,39 @@ impl Shard<'_> {
         let mut rearm_at = None;
         let mut deadline: Option<Instant> = None;
         loop {
-            let now = Instant::now();
-            if rearm_at.is_some_and(|at| at <= now) {
-                rearm_at = None;
-                if deadline.is_none() {
-                    let _ = self.accept(listener);
-                }
-            }
-            if let Some(d) = deadline {
-                if self.conns.is_empty() {
-                    return Ok(());
-                }
-                if d <= now {
-                    info!(
-                        "shutdown timeout: closing {} still busy",
-                        plural(self.conns.len() as u64, "connection")
-                    );
-                    let ids: Vec<u64> = self.conns.keys().copied().collect();
-                    for id in ids {
-                        self.end(id, "server shutting down", false);
+            // The clock is read only while a timer runs: on the echo path
+            // neither does, and the loop then costs no clock_gettime.
+            let wait = match (rearm_at, deadline) {
+                (None, None) => None,
+                _ => {
+                    let now = Instant::now();
+                    if rearm_at.is_some_and(|at| at <= now) {
+                        rearm_at = None;
+                        if deadline.is_none() {
+                            let _ = self.accept(listener);
+                        }
                     }
-                    return Ok(());
+                    if let Some(d) = deadline {
+                        if self.conns.is_empty() {
+                            return Ok(());
+                        }
+                        if d <= now {
+                            info!(
+                                "shutdown timeout: closing {} still busy",
+                                plural(self.conns.len() as u64, "connection")
+                            );
+                            let ids: Vec<u64> = self.conns.keys().copied().collect();
+                            for id in ids {
+                                self.end(id, "server shutting down", false);
+                            }
+                            return Ok(());
+                        }
+                    }
+                    let wake = [rearm_at, deadline].into_iter().flatten().min();
+                    wake.map(|w| w.saturating_duration_since(now))
                 }
-            }
-            let wake = [rearm_at, deadline].into_iter().flatten().min();
-            let c = match self
-                .port
-                .get(wake.map(|w| w.saturating_duration_since(now)))
-            {
+            };
+            let c = match self.port.get(wait) {
                 Ok(c) => c,
                 Err(cport::GetError::Timeout) => continue,
                 Err(e) => return Err(e.into()),
