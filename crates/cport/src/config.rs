@@ -1,6 +1,6 @@
 //! What a port is made of: which [`Backend`] it runs on, and the settings a
 //! backend is built from ([`Config`]). A leaf module: the facade
-//! (`port.rs`) fills a `Config` from its `Builder`, and the backends under
+//! (`builder.rs`) fills a `Config` from its `Builder`, and the backends under
 //! `sys` read it; neither imports the other for it.
 
 use std::fmt;

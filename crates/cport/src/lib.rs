@@ -193,6 +193,7 @@
 
 #![warn(missing_docs)]
 
+mod builder;
 mod completion;
 mod config;
 mod local;
@@ -202,11 +203,12 @@ mod queue;
 mod sync;
 mod sys;
 
+pub use builder::Builder;
 pub use completion::{Completion, GetError, Handle, OpId, OpKind, Payload, Rejected};
 pub use config::Backend;
 pub use local::{LocalPort, Poster};
 pub use pool::{HandlerResult, WorkerPanic, Workers, QUIT_KEY};
-pub use port::{Builder, CompletionPort};
+pub use port::CompletionPort;
 pub use queue::QueueStats;
 pub use sys::error::is_aborted;
 pub use sys::Source;

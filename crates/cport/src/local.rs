@@ -6,9 +6,10 @@ use std::marker::PhantomData;
 use std::net::{Shutdown, SocketAddr};
 use std::time::Duration;
 
+use crate::builder::Builder;
 use crate::completion::{Completion, GetError, Handle, OpId, Rejected};
 use crate::config::Backend;
-use crate::port::{Builder, CompletionPort};
+use crate::port::CompletionPort;
 use crate::queue::QueueStats;
 use crate::sys::Source;
 

@@ -1,157 +1,19 @@
-//! [`CompletionPort`] and its [`Builder`].
+//! [`CompletionPort`]: the port's calls, over the queue and a backend.
 
 use std::cell::RefCell;
 use std::fmt;
 use std::io;
 use std::net::{Shutdown, SocketAddr};
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use crate::builder::Builder;
 use crate::completion::{Completion, GetError, Handle, OpId, OpKind, Payload, Rejected};
-use crate::config::{Backend, Config};
-use crate::local::LocalPort;
+use crate::config::Backend;
 use crate::queue::{Batch, Queue, QueueStats, Seat};
 use crate::sys::error::{self, no_room, port_closed};
-use crate::sys::{self, Driver, Op, Opts, Ready, Source, SourceInner};
-
-/// Settings of a port, for [`CompletionPort::builder`].
-#[derive(Clone, Debug)]
-pub struct Builder {
-    concurrency: usize,
-    backend: Backend,
-    entries: u32,
-    pool_buffers: u16,
-    pool_buffer_size: usize,
-    batch_submissions: bool,
-}
-
-impl Default for Builder {
-    fn default() -> Self {
-        Builder {
-            concurrency: 0,
-            backend: Backend::Auto,
-            entries: 1024,
-            pool_buffers: 512,
-            pool_buffer_size: 4096,
-            batch_submissions: false,
-        }
-    }
-}
-
-impl Builder {
-    /// Default settings: concurrency = number of CPUs, backend `Auto`.
-    pub fn new() -> Builder {
-        Builder::default()
-    }
-
-    /// At most `n` threads run completions at once (SEMANTICS P1, C1);
-    /// 0 means the number of CPUs.
-    pub fn concurrency(mut self, n: usize) -> Builder {
-        self.concurrency = n;
-        self
-    }
-
-    /// Which backend to run on (default [`Backend::Auto`]).
-    pub fn backend(mut self, b: Backend) -> Builder {
-        self.backend = b;
-        self
-    }
-
-    /// io_uring submission queue entries (default 1024; rounded up to a
-    /// power of two by the kernel).
-    pub fn entries(mut self, n: u32) -> Builder {
-        self.entries = n;
-        self
-    }
-
-    /// The pool behind [`CompletionPort::recv_pooled`] and
-    /// [`CompletionPort::recv_multi`]: `count` buffers of `size` bytes
-    /// (default 512 × 4096). On io_uring they form the provided-buffer ring,
-    /// and the buffer the kernel filled is the one handed out.
-    /// [`CompletionPort::recycle`] takes buffers back for reuse; the filled
-    /// buffers waiting to be dequeued never outnumber `count`.
-    pub fn pool(mut self, count: u16, size: usize) -> Builder {
-        self.pool_buffers = count;
-        self.pool_buffer_size = size;
-        self
-    }
-
-    /// Batches submissions (default off): an operation issued by a thread
-    /// while it runs a completion of this port is not handed to the kernel
-    /// at once but together with the others that thread issues, when it
-    /// comes back to [`get`](CompletionPort::get), enters
-    /// [`blocking`](CompletionPort::blocking), or exits — one
-    /// `io_uring_enter` for many operations instead of one each.
-    ///
-    /// The price: until then such an operation has not started. A handler
-    /// that issues a send and then waits, outside the port and outside
-    /// `blocking`, for something that send causes waits forever. Turn it on
-    /// for handlers that return promptly (an echo server's do). Operations
-    /// issued by threads not running on the port always start at once.
-    /// The epoll backend performs operations at issue and ignores this.
-    pub fn batch_submissions(mut self, on: bool) -> Builder {
-        self.batch_submissions = on;
-        self
-    }
-
-    /// Creates the port (CreateIoCompletionPort with no handle).
-    ///
-    /// With [`Backend::Auto`], `CPORT_BACKEND` is read first; then io_uring
-    /// is tried, and on failure epoll is used with one log line (target
-    /// `cport`) naming the reason (SEMANTICS R1). An explicit backend that
-    /// cannot start is an error naming its cause.
-    pub fn build<T: Send + 'static>(self) -> io::Result<CompletionPort<T>> {
-        self.open(false)
-    }
-
-    /// Creates a port for the calling thread alone ([`LocalPort`]): every
-    /// operation is issued, and every completion dequeued, on this thread.
-    /// The concurrency value and [`batch_submissions`](Self::batch_submissions)
-    /// do not apply: one thread runs, and its operations start when it
-    /// comes back to `get`.
-    pub fn build_local<T: Send + 'static>(self) -> io::Result<LocalPort<T>> {
-        Ok(LocalPort::new_from(self.open(true)?))
-    }
-
-    fn open<T: Send + 'static>(self, local: bool) -> io::Result<CompletionPort<T>> {
-        static NEXT_PORT: AtomicU32 = AtomicU32::new(1);
-        let concurrency = match self.concurrency {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        };
-        if self.pool_buffers == 0 || self.pool_buffer_size == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "the receive pool needs at least one buffer of at least one byte",
-            ));
-        }
-        let config = Config {
-            port_id: NEXT_PORT.fetch_add(1, Ordering::Relaxed),
-            entries: self.entries.max(8),
-            pool_buffers: self.pool_buffers,
-            pool_buffer_size: self.pool_buffer_size,
-            single_issuer: local,
-        };
-        let driver = sys::open::<T>(self.backend, &config)?;
-        let queue = if local {
-            // One thread: nobody else can post, so spinning for a post
-            // would only burn the thread's time.
-            Queue::new(1).without_spinning()
-        } else {
-            Queue::new(concurrency)
-        };
-        Ok(CompletionPort {
-            inner: Arc::new(Inner {
-                id: config.port_id,
-                queue,
-                batch: self.batch_submissions || local,
-                driver,
-            }),
-        })
-    }
-}
+use crate::sys::{Driver, Op, Opts, Ready, Source, SourceInner};
 
 /// A completion port: the queue that overlapped operations complete into,
 /// and that worker threads dequeue from.
@@ -176,6 +38,23 @@ struct Inner<T> {
 }
 
 impl<T> CompletionPort<T> {
+    /// The port a [`Builder`] opened.
+    pub(crate) fn from_parts(
+        id: u32,
+        queue: Queue<Completion<T>>,
+        batch: bool,
+        driver: Box<dyn Driver<T>>,
+    ) -> Self {
+        CompletionPort {
+            inner: Arc::new(Inner {
+                id,
+                queue,
+                batch,
+                driver,
+            }),
+        }
+    }
+
     /// [`close_port`](Self::close_port), for owners without `T`'s bounds
     /// (a `LocalPort`'s drop).
     pub(crate) fn close_now(&self) {
