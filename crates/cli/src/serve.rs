@@ -72,16 +72,12 @@ fn run_shards(args: ServeArgs, n: usize) -> anyhow::Result<()> {
         "listening on {local} (tcp only: shards serve no udp) backend={} shards={n}",
         shards.backend()
     ))?;
-    let started = Instant::now();
-    let totals = control.clone();
-    let stats = args.stats.then(|| port_stats(move || totals.totals()));
-    let result = supervise("cport-serve", &stop, stats, move |stop| shards.serve(stop));
-    info!(
-        "stopped after {:.1?}; {} served",
-        started.elapsed(),
-        plural(control.totals().served, "connection")
-    );
-    result
+    serve_to_stop(
+        &stop,
+        args.stats,
+        move || control.totals(),
+        move |stop| shards.serve(stop),
+    )
 }
 
 fn run_port(args: ServeArgs) -> anyhow::Result<()> {
@@ -125,14 +121,29 @@ fn run_port(args: ServeArgs) -> anyhow::Result<()> {
         server.concurrency()
     ))?;
 
+    serve_to_stop(
+        &stop,
+        args.stats,
+        move || control.totals(),
+        move |stop| server.serve(stop),
+    )
+}
+
+/// Runs a port server until it stops, with the `--stats` line if asked,
+/// and logs how long it served and whom.
+fn serve_to_stop(
+    stop: &Stop,
+    stats: bool,
+    totals: impl Fn() -> port::Totals + Clone,
+    serve: impl FnOnce(Stop) -> io::Result<()> + Send + 'static,
+) -> anyhow::Result<()> {
     let started = Instant::now();
-    let totals = control.clone();
-    let stats = args.stats.then(|| port_stats(move || totals.totals()));
-    let result = supervise("cport-serve", &stop, stats, move |stop| server.serve(stop));
+    let stats = stats.then(|| port_stats(totals.clone()));
+    let result = supervise("cport-serve", stop, stats, serve);
     info!(
         "stopped after {:.1?}; {} served",
         started.elapsed(),
-        plural(control.totals().served, "connection")
+        plural(totals().served, "connection")
     );
     result
 }
