@@ -156,6 +156,12 @@ impl Command {
 
 impl ServeArgs {
     fn check(&self) -> Result<(), Usage> {
+        if let Some(why) = self.model.unavailable() {
+            return Err(Usage(why));
+        }
+        if cfg!(windows) {
+            self.check_windows()?;
+        }
         if self.model != Model::Port {
             return self.check_model_options();
         }
@@ -166,6 +172,27 @@ impl ServeArgs {
         }
         if self.shards.is_some() {
             return self.check_shard_options();
+        }
+        Ok(())
+    }
+
+    /// What the port server cannot do on Windows: io_uring and epoll are
+    /// Linux's, and the shards' listeners share their address through
+    /// SO_REUSEPORT, which Windows lacks.
+    fn check_windows(&self) -> Result<(), Usage> {
+        if self.backend != BackendArg::Auto {
+            return Err(Usage(format!(
+                "--backend {} exists only on Linux: on Windows the port is the \
+                 native completion port (--backend auto)",
+                self.backend.to_backend()
+            )));
+        }
+        if self.shards.is_some() {
+            return Err(Usage(
+                "--shards is not available on Windows: the shards' listeners share \
+                 their address through SO_REUSEPORT, which Windows lacks"
+                    .into(),
+            ));
         }
         Ok(())
     }

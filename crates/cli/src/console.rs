@@ -10,7 +10,8 @@
 //!   pipe, and a panic in the signal thread left a server that no signal
 //!   could stop.
 //! * signals: one thread runs each command's response; its own logging
-//!   cannot stop it.
+//!   cannot stop it. On Windows the signals are Ctrl-C and Ctrl-Break,
+//!   answered as SIGINT is.
 //!
 //! (A closed descriptor, `>&-` or `2>&-`, is no failure: the Rust runtime
 //! opens /dev/null in its place before `main`.)
@@ -19,6 +20,7 @@ use std::error::Error;
 use std::fmt;
 use std::io::{self, Write};
 use std::panic::{self, AssertUnwindSafe};
+#[cfg(unix)]
 use std::thread;
 
 use anyhow::Context;
@@ -87,6 +89,7 @@ pub fn line(text: &str) -> anyhow::Result<()> {
 /// socket's peer, the terminal hung up), watched by a thread of its own:
 /// a command whose next line may be a long time coming still ends with
 /// its reader. Never calls it for a file or /dev/null.
+#[cfg(unix)]
 pub fn watch_stdout(gone: impl FnOnce() + Send + 'static) -> anyhow::Result<()> {
     use rustix::event::{poll, PollFd, PollFlags};
     thread::Builder::new()
@@ -110,9 +113,19 @@ pub fn watch_stdout(gone: impl FnOnce() + Send + 'static) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// On Windows nothing watches stdout: a pipe cannot be waited on for its
+/// reader's end there, so a reader that has gone is found at the next
+/// write (which ends the command quietly, as on Unix).
+#[cfg(windows)]
+pub fn watch_stdout(gone: impl FnOnce() + Send + 'static) -> anyhow::Result<()> {
+    drop(gone);
+    Ok(())
+}
+
 /// Calls `respond(signal, n)` on the `n`th SIGINT or SIGTERM (counting
 /// from 1), from a thread of its own. A panic in `respond` is caught: the
 /// next signal is still answered.
+#[cfg(unix)]
 pub fn on_signals(mut respond: impl FnMut(i32, u32) + Send + 'static) -> anyhow::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
@@ -125,6 +138,22 @@ pub fn on_signals(mut respond: impl FnMut(i32, u32) + Send + 'static) -> anyhow:
             }
         })
         .context("cannot start the signal thread")?;
+    Ok(())
+}
+
+/// Calls `respond(SIGINT, n)` on the `n`th Ctrl-C or Ctrl-Break (counting
+/// from 1), from the thread of the console control handler: Windows has
+/// no SIGTERM to send a console program, and Ctrl-C is its SIGINT. A
+/// panic in `respond` is caught: the next Ctrl-C is still answered.
+#[cfg(windows)]
+pub fn on_signals(mut respond: impl FnMut(i32, u32) + Send + 'static) -> anyhow::Result<()> {
+    use signal_hook::consts::SIGINT;
+    let mut n = 0;
+    ctrlc::set_handler(move || {
+        n += 1;
+        let _ = panic::catch_unwind(AssertUnwindSafe(|| respond(SIGINT, n)));
+    })
+    .context("cannot install the Ctrl-C handler")?;
     Ok(())
 }
 

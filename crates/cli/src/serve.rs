@@ -157,6 +157,7 @@ fn run_model(args: ServeArgs) -> anyhow::Result<()> {
     // The callback model's port is built here, so the first line names
     // the backend `auto` chose.
     let (serve, backend_note): (Box<dyn FnOnce(Stop) -> io::Result<()> + Send>, _) = match model {
+        #[cfg(unix)]
         Model::Callback => {
             let server = cport_models::callback::Server::new(
                 listener,
@@ -166,6 +167,7 @@ fn run_model(args: ServeArgs) -> anyhow::Result<()> {
             let note = format!(" backend={}", server.backend());
             (Box::new(move |stop| server.serve(stop)), note)
         }
+        #[cfg(unix)]
         Model::Overlapped => {
             let server = cport_models::overlapped::Server::new(
                 listener,
@@ -401,7 +403,11 @@ fn listen_with(addr: SocketAddr, shared: bool) -> anyhow::Result<TcpListener> {
     // TIME_WAIT; it does not let two listeners share the port.
     s.set_reuse_address(true).with_context(what)?;
     if shared {
+        #[cfg(unix)]
         s.set_reuse_port(true).with_context(what)?;
+        // `args` refuses --shards on Windows, which has no SO_REUSEPORT.
+        #[cfg(not(unix))]
+        anyhow::bail!("{}: Windows has no SO_REUSEPORT", what());
     }
     s.bind(&addr.into()).with_context(what)?;
     s.listen(BACKLOG).with_context(what)?;

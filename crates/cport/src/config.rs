@@ -66,6 +66,8 @@ pub(crate) struct Config {
     pub(crate) pool_buffers: u16,
     pub(crate) pool_buffer_size: usize,
     /// One thread issues and reaps everything (`LocalPort`): io_uring
-    /// runs its ring with SINGLE_ISSUER | DEFER_TASKRUN.
+    /// runs its ring with SINGLE_ISSUER | DEFER_TASKRUN. Read by the
+    /// io_uring backend only.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     pub(crate) single_issuer: bool,
 }

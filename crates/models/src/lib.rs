@@ -19,6 +19,9 @@
 //! | overlapped I/O with completion routines | [`callback`] | one, alertable |
 //! | completion port | [`port`] | a worker pool |
 //!
+//! On Windows only [`port`] is built so far: the others stand on Unix
+//! descriptors, and [`Model::unavailable`] says so to whoever asks for one.
+//!
 //! [`port`] is also the whole server `cport serve` runs (UDP, limits,
 //! timeouts, a graceful shutdown); the `port` model is that server with
 //! its defaults, and [`callback`] is it again with one thread.
@@ -30,24 +33,44 @@
 //! called and its threads have ended.
 
 use std::fmt;
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io;
+#[cfg(unix)]
+use std::io::{Read, Write};
+use std::net::TcpListener;
+#[cfg(unix)]
+use std::net::{SocketAddr, TcpStream};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+#[cfg(unix)]
 use std::thread;
+#[cfg(unix)]
 use std::time::Duration;
 
+// Only the completion port runs on Windows so far: the other models use
+// Unix descriptors (poll, epoll, eventfd, socket pairs) as stand-ins for
+// the Winsock calls the tutorials make, and get their Windows forms later
+// (issue 12). `Model::unavailable` says so to a user who asks for one.
+#[cfg(unix)]
 pub mod blocking;
+#[cfg(unix)]
 pub mod callback;
+#[cfg(unix)]
 pub mod epoll;
+#[cfg(unix)]
 pub mod event;
+#[cfg(unix)]
 pub mod message;
+#[cfg(unix)]
 pub mod nonblocking;
+#[cfg(unix)]
 pub mod overlapped;
+#[cfg(unix)]
 pub mod poll;
 pub mod port;
+#[cfg(unix)]
 pub mod select;
+#[cfg(unix)]
 mod signal;
 
 /// One I/O model.
@@ -107,7 +130,34 @@ impl Model {
         }
     }
 
+    /// Why this model cannot run on this platform, or `None` if it can:
+    /// every model runs on Unix; on Windows only the completion port does
+    /// so far.
+    pub fn unavailable(self) -> Option<String> {
+        if cfg!(unix) || self == Model::Port {
+            None
+        } else {
+            Some(format!(
+                "the {self} model is not yet on Windows: only the port model \
+                 (the completion port) runs there so far"
+            ))
+        }
+    }
+
     /// Runs this model's echo server on `listener` until `stop` is set.
+    /// On Windows every model but `port` fails with
+    /// [`Unsupported`](io::ErrorKind::Unsupported) and the reason
+    /// [`unavailable`](Model::unavailable) gives.
+    #[cfg(not(unix))]
+    pub fn serve(self, listener: TcpListener, stop: Stop, stats: Arc<Stats>) -> io::Result<()> {
+        match self.unavailable() {
+            None => port::serve(listener, stop, stats),
+            Some(why) => Err(io::Error::new(io::ErrorKind::Unsupported, why)),
+        }
+    }
+
+    /// Runs this model's echo server on `listener` until `stop` is set.
+    #[cfg(unix)]
     pub fn serve(self, listener: TcpListener, stop: Stop, stats: Arc<Stats>) -> io::Result<()> {
         let f = match self {
             Model::Blocking => blocking::serve,
@@ -288,6 +338,7 @@ impl Stop {
         }
     }
 
+    #[cfg(unix)]
     /// Wakes an `accept` blocked on the listener at `addr` by connecting
     /// to it when the flag is set.
     pub(crate) fn wake_accept(&self, addr: SocketAddr) {
@@ -303,10 +354,12 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+#[cfg(unix)]
 /// Pause after a failed accept: with descriptors exhausted the listener
 /// stays ready and an immediate retry would spin (LESSONS 6).
 pub(crate) const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 
+#[cfg(unix)]
 /// Whether an accept error is the peer's doing (the connection was reset
 /// while queued) rather than a reason to back off.
 pub(crate) fn transient_accept_error(e: &io::Error) -> bool {
@@ -324,6 +377,7 @@ pub(crate) fn transient_accept_error(e: &io::Error) -> bool {
 /// read from once this is full (backpressure, as in `cport serve`).
 pub(crate) const ECHO_BUFFER: usize = 16 * 1024;
 
+#[cfg(unix)]
 /// The echo state of one non-blocking connection, shared by every
 /// readiness model: bytes read and not yet written, and whether the peer
 /// has finished sending.
@@ -335,6 +389,7 @@ pub(crate) struct Echo {
     eof: bool,
 }
 
+#[cfg(unix)]
 /// What [`Echo::pump`] achieved.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Pumped {
@@ -346,6 +401,7 @@ pub(crate) enum Pumped {
     Done,
 }
 
+#[cfg(unix)]
 impl Echo {
     pub(crate) fn new(stream: TcpStream) -> io::Result<Echo> {
         stream.set_nonblocking(true)?;
@@ -430,6 +486,7 @@ pub fn plural(n: u64, noun: &str) -> String {
     }
 }
 
+#[cfg(unix)]
 /// Spawns a named thread counted in `stats`.
 pub(crate) fn spawn<F>(name: &str, stats: &Arc<Stats>, f: F) -> io::Result<thread::JoinHandle<()>>
 where
@@ -442,6 +499,7 @@ where
     })
 }
 
+#[cfg(unix)]
 /// Joins `threads`, turning a panic into an error.
 pub(crate) fn join_all(threads: Vec<thread::JoinHandle<()>>) -> io::Result<()> {
     let mut panicked = 0;
@@ -469,6 +527,7 @@ impl Stats {
     }
 }
 
+#[cfg(unix)]
 /// Accepts the next connection on the blocking `listener` of the models
 /// whose accept thread blocks (blocking, select, event): transient errors
 /// are retried at once, others (descriptor exhaustion, LESSONS 6) after
@@ -492,6 +551,7 @@ pub(crate) fn accept_blocking(listener: &TcpListener, stop: &Stop) -> Option<Tcp
     }
 }
 
+#[cfg(unix)]
 /// Accepts every connection waiting on the non-blocking `listener`,
 /// handing each to `add`. Returns `true` after `WouldBlock`, or `false`
 /// after a pause on an error such as descriptor exhaustion (LESSONS 6):
@@ -512,6 +572,7 @@ pub(crate) fn accept_ready(listener: &TcpListener, mut add: impl FnMut(TcpStream
     }
 }
 
+#[cfg(unix)]
 /// The read end of a socket pair that receives a byte when `stop` is set:
 /// the wake-up a `select` or `poll` loop waits on with its sockets.
 pub(crate) fn stop_socket(stop: &Stop) -> io::Result<std::os::unix::net::UnixStream> {
@@ -524,12 +585,14 @@ pub(crate) fn stop_socket(stop: &Stop) -> io::Result<std::os::unix::net::UnixStr
     Ok(rx)
 }
 
+#[cfg(unix)]
 /// Reads and discards whatever is waiting on a non-blocking wake socket.
 pub(crate) fn drain(mut wake: impl Read) {
     let mut buf = [0u8; 64];
     while matches!(wake.read(&mut buf), Ok(n) if n > 0) {}
 }
 
+#[cfg(unix)]
 /// `poll(2)` on `fds`, waiting at most `timeout_ms` (-1: no limit).
 /// An interrupted call returns `Ok(0)`, as a timeout would.
 pub(crate) fn poll_fds(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<usize> {
@@ -546,6 +609,7 @@ pub(crate) fn poll_fds(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<
     Ok(n as usize)
 }
 
+#[cfg(unix)]
 /// A `pollfd` waiting for `events` on `fd`.
 pub(crate) fn pollfd(fd: std::os::fd::RawFd, events: libc::c_short) -> libc::pollfd {
     libc::pollfd {

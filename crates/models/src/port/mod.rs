@@ -275,7 +275,8 @@ impl Server {
     }
 
     /// A server whose serving thread is its only dequeuer: concurrency 1,
-    /// no workers (the callback model).
+    /// no workers (the callback model, on Unix only so far).
+    #[cfg(unix)]
     pub(crate) fn on_caller(
         backend: Backend,
         listener: TcpListener,

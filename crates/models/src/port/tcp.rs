@@ -48,8 +48,12 @@ pub(super) enum Reason {
 
 impl Reason {
     fn of(e: io::Error) -> Reason {
-        match e.raw_os_error() {
-            Some(libc::ECONNRESET) | Some(libc::EPIPE) | Some(libc::ECONNABORTED) => Reason::Reset,
+        // By kind, not by code: ECONNRESET, EPIPE and ECONNABORTED on
+        // Linux, WSAECONNRESET and WSAECONNABORTED on Windows.
+        match e.kind() {
+            io::ErrorKind::ConnectionReset
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionAborted => Reason::Reset,
             _ => Reason::Failed(e),
         }
     }
