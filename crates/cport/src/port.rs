@@ -319,7 +319,9 @@ impl<T: Send + 'static> CompletionPort<T> {
         self.issue(handle, Op::RecvPooled, value, None)
     }
 
-    /// Receives until the stream ends: one completion per arrival, each
+    /// Receives on a TCP stream until it ends (a UDP socket is refused:
+    /// on Windows the zero-byte receive behind this would take a datagram
+    /// it cannot hold): one completion per arrival, each
     /// with `more == true`, 1..=n bytes in a buffer of the port's pool
     /// ([`Payload::Buf`]; give it back with [`recycle`](Self::recycle)) and
     /// a clone of `value`. The last completion (`more == false`) carries

@@ -182,28 +182,4 @@ backends! {
         }
         common::assert_empty(&port);
     }
-
-    // On a datagram socket a read shorter than the buffer is one datagram,
-    // not the last: every datagram already waiting is delivered.
-    fn o9_recv_multi_on_udp_takes_every_waiting_datagram(backend: Backend) {
-        let port = common::port::<Tagged>(backend, 1);
-        let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        client.connect(server.local_addr().unwrap()).unwrap();
-        let addr = server.local_addr().unwrap();
-        let h = port.associate(server, 7).unwrap();
-        let op = port.recv_multi(h, original(1)).unwrap();
-        // The first wakes the port; the rest queue behind it before `get`.
-        for i in 0..5u8 {
-            client.send_to(&[i; 10], addr).unwrap();
-        }
-        let mut got = Vec::new();
-        while got.len() < 5 {
-            got.push(bytes_of(&port, next(&port)));
-        }
-        let want: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 10]).collect();
-        assert_eq!(got, want);
-        port.cancel(op).unwrap();
-        assert!(!next(&port).more);
-    }
 }

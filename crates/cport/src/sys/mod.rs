@@ -351,10 +351,12 @@ impl Op {
         match self {
             Op::Accept => kind == SourceKind::TcpListener,
             Op::Connect(_) => kind == SourceKind::TcpSocket,
+            // A stream's: on Windows a zero-byte receive cannot wait for
+            // a datagram without taking it.
+            Op::RecvMulti => matches!(kind, SourceKind::TcpStream | SourceKind::TcpSocket),
             Op::Recv(_)
             | Op::RecvVectored(_)
             | Op::RecvPooled
-            | Op::RecvMulti
             | Op::Send(_)
             | Op::SendVectored(_) => {
                 matches!(

@@ -230,8 +230,6 @@ struct Socket<T> {
     /// A connect is in flight: the read side waits, or a recv would consume
     /// the connect's error (SO_ERROR) and the connect would never end.
     connecting: bool,
-    /// A TCP stream (not a datagram socket): a short read drained it.
-    stream: bool,
     /// A TCP stream's failure, kept for the operations after it (O5);
     /// `None` for listeners and datagram sockets.
     broken: Option<Broken>,
@@ -333,7 +331,6 @@ impl<T> Socket<T> {
             reads,
             writes,
             connecting,
-            stream,
             broken,
         } = self;
         let fd = match fd {
@@ -361,9 +358,9 @@ impl<T> Socket<T> {
                     if let Some(value) = out.catch(|| clone(&head.value)) {
                         out.push(at.more(head, value, r, extra));
                     }
-                    // On a stream a short read took all there was; a
-                    // datagram socket may hold more datagrams behind it.
-                    if drained && edge && *stream {
+                    // A short read took all the stream had (multishot
+                    // receives are on TCP streams only).
+                    if drained && edge {
                         break;
                     }
                 }
@@ -441,7 +438,6 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
                 reads: VecDeque::new(),
                 writes: VecDeque::new(),
                 connecting: false,
-                stream: matches!(kind, SourceKind::TcpStream | SourceKind::TcpSocket),
                 broken: match kind {
                     SourceKind::TcpStream | SourceKind::TcpSocket => Some(Broken::default()),
                     _ => None,
