@@ -315,6 +315,9 @@ impl<T: Send + 'static> CompletionPort<T> {
     /// from the port's pool only when data arrives (io_uring provided-buffer
     /// ring; on epoll, after readiness) and comes back in
     /// [`Payload::Buf`]; give it back with [`recycle`](Self::recycle).
+    /// TCP streams only: a UDP socket is refused, since on Windows the
+    /// zero-byte receive cannot wait for a datagram without losing it
+    /// (use [`recv_from`](Self::recv_from)).
     pub fn recv_pooled(&self, handle: Handle, value: T) -> Result<OpId, Rejected<T>> {
         self.issue(handle, Op::RecvPooled, value, None)
     }

@@ -247,6 +247,7 @@ backends! {
         refused_buf("write_at on udp", b"w".to_vec(), |b, v| port.write_at(uh, b, 0, v));
         refused_none("accept on a stream", |v| port.accept(h, v));
         refused_none("recv_multi on udp", |v| port.recv_multi(uh, v));
+        refused_none("recv_pooled on udp", |v| port.recv_pooled(uh, v));
         refused_buf("recv on a listener", room(), |b, v| port.recv(lh, b, v));
         refused_buf("recv_from on a stream", room(), |b, v| port.recv_from(h, b, v));
         refused_buf("send_to on a stream", b"d".to_vec(), |b, v| port.send_to(h, b, to, v));

@@ -351,14 +351,13 @@ impl Op {
         match self {
             Op::Accept => kind == SourceKind::TcpListener,
             Op::Connect(_) => kind == SourceKind::TcpSocket,
-            // A stream's: on Windows a zero-byte receive cannot wait for
-            // a datagram without taking it.
-            Op::RecvMulti => matches!(kind, SourceKind::TcpStream | SourceKind::TcpSocket),
-            Op::Recv(_)
-            | Op::RecvVectored(_)
-            | Op::RecvPooled
-            | Op::Send(_)
-            | Op::SendVectored(_) => {
+            // A stream's: on Windows the zero-byte receive that waits
+            // for data cannot wait for a datagram without taking it
+            // (WSAEMSGSIZE, the datagram lost).
+            Op::RecvPooled | Op::RecvMulti => {
+                matches!(kind, SourceKind::TcpStream | SourceKind::TcpSocket)
+            }
+            Op::Recv(_) | Op::RecvVectored(_) | Op::Send(_) | Op::SendVectored(_) => {
                 matches!(
                     kind,
                     SourceKind::TcpStream | SourceKind::TcpSocket | SourceKind::UdpSocket
