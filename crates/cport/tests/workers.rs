@@ -397,7 +397,7 @@ backends! {
         let value = Bomb {
             clones: Arc::new(AtomicUsize::new(0)),
         };
-        let accept = port.accept_multi(listener, value.clone_inert()).unwrap();
+        let mut accept = port.accept_multi(listener, value.clone_inert()).unwrap();
         let (tx, rx) = mpsc::channel();
         let tx = Mutex::new(tx);
         let workers = Workers::spawn(&port, 2, move |_, c: Completion<Bomb>| {
@@ -415,7 +415,18 @@ backends! {
         // The other worker serves on: the next connection, then the end of
         // the accept.
         let _second = TcpStream::connect(addr).unwrap();
-        assert_eq!(recv(&rx), (OpKind::Accept, true));
+        let mut got = recv(&rx);
+        if cfg!(windows) && got == (OpKind::Accept, false) {
+            // Wine cancels the overlapped I/O a thread issued when the
+            // thread exits, as Windows did before Vista; Windows itself
+            // keeps I/O on a handle associated with a port. The AcceptEx
+            // re-issued by the worker whose get panicked may end so when
+            // its thread exits after `live` fell. Accept again, from here:
+            // the second connection still waits in the backlog.
+            accept = port.accept_multi(listener, value.clone_inert()).unwrap();
+            got = recv(&rx);
+        }
+        assert_eq!(got, (OpKind::Accept, true));
         port.cancel(accept).unwrap();
         assert_eq!(recv(&rx), (OpKind::Accept, false));
 
