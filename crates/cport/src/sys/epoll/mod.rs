@@ -159,6 +159,8 @@ const EVENTS: usize = 1024;
 
 const READABLE: u32 = (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32;
 const WRITABLE: u32 = (libc::EPOLLOUT | libc::EPOLLHUP | libc::EPOLLERR) as u32;
+/// An event that reports the peer's FIN, a hang-up or an error.
+const HANGUP: u32 = (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32;
 const INTEREST: u32 = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
 
 /// Poison is ignored, as by `lock` (`crate::sync::lock_std`).
@@ -388,9 +390,8 @@ impl<T> Socket<T> {
 
     /// Handles one epoll event.
     fn on_event(&mut self, events: u32, at: Origin, pool: &Pool, out: &mut Ready<T>) {
-        let hangup = (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32;
         if events & READABLE != 0 {
-            self.drive(Side::Read, events & hangup == 0, at, pool, out);
+            self.drive(Side::Read, events & HANGUP == 0, at, pool, out);
         }
         if events & WRITABLE != 0 {
             self.drive(Side::Write, false, at, pool, out);
