@@ -16,9 +16,12 @@
 # that compiler. The libraries they link with (libLLVM, libgit2, ...) are
 # installed with apt: they replace nothing.
 #
-# Usage: scripts/windows-cmd.sh [build|test]
+# Usage: scripts/windows-cmd.sh [build|test|models [test args...]]
 #   build (default): builds target/windows-web/target/x86_64-pc-windows-gnu/
 #                    <profile>/cport.exe
+#   models:          builds crates/models' tests for Windows and runs them
+#                    under wine (the Winsock models' echo tests); further
+#                    arguments go to every test binary (a filter, flags).
 #   test:            builds, then under wine 8 (a fresh prefix): a Linux
 #                    client's TCP and UDP echo round trips to `cport.exe
 #                    serve`, stopped by Ctrl-C (SIGINT); `cport.exe client`
@@ -29,13 +32,19 @@
 #   WINDOWS_WEB_DIR  the folder of the toolchain, the build and the runs
 #                    (default $CARGO_TARGET_DIR/windows-web, else
 #                    target/windows-web)
+#   WINDOWS_TARGET_DIR  the build's target folder (default $WINDOWS_WEB_DIR/
+#                    target): several checkouts can share one toolchain
 #   WINDOWS_PROFILE  dev (default) or release
 #   LINUX_CPORT      the Linux `cport` the test talks to (default: built
 #                    here with the host's cargo, debug)
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 mode=${1:-build}
-case "$mode" in build|test) ;; *) echo "usage: $0 [build|test]" >&2; exit 2 ;; esac
+case "$mode" in
+    build|test) ;;
+    models) shift ;;
+    *) echo "usage: $0 [build|test|models [test args...]]" >&2; exit 2 ;;
+esac
 target=x86_64-pc-windows-gnu
 out=${CARGO_TARGET_DIR:-$top/target}
 web=${WINDOWS_WEB_DIR:-$out/windows-web}
@@ -86,7 +95,7 @@ for d in $deps; do
     dpkg -s "$d" >/dev/null 2>&1 || need+=("$d")
 done
 command -v x86_64-w64-mingw32-gcc >/dev/null || need+=(gcc-mingw-w64-x86-64)
-if [ "$mode" = test ]; then
+if [ "$mode" != build ]; then
     command -v wine >/dev/null || need+=(wine64 wine)
     command -v python3 >/dev/null || need+=(python3)
 fi
@@ -105,11 +114,27 @@ step "build ($profile)"
 export RUSTC_BOOTSTRAP=1
 export CARGO_TARGET_X86_64_PC_WINDOWS_GNU_LINKER=x86_64-w64-mingw32-gcc
 cd "$top"
-CARGO_TARGET_DIR=$web/target "$cargo" build --locked --profile "$profile" \
-    -Zbuild-std=std,panic_unwind --target $target -p cport-cli --bin cport
-exe=$web/target/$target/$profdir/cport.exe
-ls -l "$exe"
-[ "$mode" = test ] || { step "built $exe"; exit 0; }
+build_dir=${WINDOWS_TARGET_DIR:-$web/target}
+build_std=(-Zbuild-std=std,panic_unwind --target $target)
+if [ "$mode" = models ]; then
+    # The test binaries' paths, from cargo's JSON messages.
+    CARGO_TARGET_DIR=$build_dir "$cargo" test --locked --profile "$profile" \
+        "${build_std[@]}" -p cport-models --tests --no-run --message-format=json-render-diagnostics \
+        > "$web/models-build.json"
+    mapfile -t test_exes < <(python3 -c '
+import json, sys
+for line in open(sys.argv[1]):
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
+        print(m["executable"])' "$web/models-build.json")
+    [ ${#test_exes[@]} -gt 0 ] || { echo "no test binary built" >&2; exit 1; }
+else
+    CARGO_TARGET_DIR=$build_dir "$cargo" build --locked --profile "$profile" \
+        "${build_std[@]}" -p cport-cli --bin cport
+    exe=$build_dir/$target/$profdir/cport.exe
+    ls -l "$exe"
+    [ "$mode" = test ] || { step "built $exe"; exit 0; }
+fi
 
 # --- The tests under wine.
 step "wine"
@@ -117,20 +142,10 @@ wine --version
 # The folder the tests run the executable from, with the ProcessPrng stub
 # wine 8 lacks beside it (see scripts/wine/bcryptprimitives.c); never the
 # build's own folder, which a user might copy to Windows.
-run=$web/run
+run=$web/run-$mode
 rm -rf "$run" && mkdir -p "$run"
-cp "$exe" "$run/cport.exe"
 x86_64-w64-mingw32-gcc -shared -O2 -o "$run/bcryptprimitives.dll" \
     "$top/scripts/wine/bcryptprimitives.c" -ladvapi32
-win_cport=$run/cport.exe
-
-linux_cport=${LINUX_CPORT:-}
-if [ -z "$linux_cport" ]; then
-    # The host's own toolchain, not rustc-web.
-    (unset RUSTC RUSTDOC RUSTC_BOOTSTRAP LD_LIBRARY_PATH
-     cargo build -q -p cport-cli --bin cport)
-    linux_cport=$out/debug/cport
-fi
 
 # A fresh wine prefix, removed at the end with its wineserver (which ends
 # every process wine still runs in it), and every Linux process started.
@@ -149,6 +164,28 @@ export RUST_BACKTRACE=0
 wineserver -p
 timeout 300 wineboot -i >/dev/null 2>&1 || true
 logs=$run/logs && mkdir -p "$logs"
+
+if [ "$mode" = models ]; then
+    step "crates/models' tests under wine"
+    for t in "${test_exes[@]}"; do
+        cp "$t" "$run/"
+        name=$(basename "$t")
+        echo "== $name $*"
+        # Bounded: a hung model fails the run instead of stalling CI.
+        timeout 900 wine "$run/$name" "$@"
+    done
+    step "crates/models' tests under $(wine --version): every test passed"
+    exit 0
+fi
+cp "$exe" "$run/cport.exe"
+win_cport=$run/cport.exe
+linux_cport=${LINUX_CPORT:-}
+if [ -z "$linux_cport" ]; then
+    # The host's own toolchain, not rustc-web.
+    (unset RUSTC RUSTDOC RUSTC_BOOTSTRAP LD_LIBRARY_PATH
+     cargo build -q -p cport-cli --bin cport)
+    linux_cport=$out/debug/cport
+fi
 
 # wait_line FILE SECONDS: the first line of FILE, once written.
 wait_line() {

@@ -3,6 +3,11 @@
 //! The accepting thread blocks in `accept`; each connection's thread
 //! blocks in `read` and then in `write_all`. Its cost is a thread (and its
 //! stack) per connection and a context switch per message.
+//!
+//! The same code on both platforms: the standard library's blocking
+//! `accept`, `recv` and `send`. Only stopping differs: on Windows a
+//! `shutdown` does not end a `recv` another thread is blocked in, so the
+//! stop also cancels the socket's pending I/O (`CancelIoEx`).
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -24,6 +29,8 @@ pub fn serve(listener: TcpListener, stop: Stop, stats: Arc<Stats>) -> io::Result
         stop.on_stop(move || {
             for s in lock(&open).values() {
                 let _ = s.shutdown(Shutdown::Both);
+                #[cfg(windows)]
+                crate::win::cancel_io(s);
             }
         });
     }
@@ -44,6 +51,8 @@ pub fn serve(listener: TcpListener, stop: Stop, stats: Arc<Stats>) -> io::Result
             if stop.is_stopped() {
                 let _ = stream.shutdown(Shutdown::Both);
             }
+            // (Here no recv is pending yet: on Windows the thread's first
+            // recv fails on the shut-down socket.)
         }
         stats.opened();
         let (stats2, open2) = (stats.clone(), open.clone());

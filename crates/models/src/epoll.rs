@@ -14,7 +14,7 @@ use std::sync::Arc;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use crate::{accept_ready, poll::keep, Echo, Stats, Stop};
+use crate::{accept_ready, keep, Echo, Stats, Stop};
 
 const LISTENER: Token = Token(0);
 const WAKE: Token = Token(1);

@@ -23,7 +23,7 @@ use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 
 use crate::signal::spawn_signaler;
-use crate::{accept_blocking, lock, poll::keep, poll_fds, pollfd, spawn, Echo, Stats, Stop};
+use crate::{accept_blocking, keep, lock, poll_fds, pollfd, spawn, Echo, Stats, Stop};
 
 /// Events one thread can wait on (WSA_MAXIMUM_WAIT_EVENTS).
 pub const MAXIMUM_WAIT_EVENTS: usize = 64;

@@ -19,8 +19,12 @@
 //! | overlapped I/O with completion routines | [`callback`] | one, alertable |
 //! | completion port | [`port`] | a worker pool |
 //!
-//! On Windows only [`port`] is built so far: the others stand on Unix
-//! descriptors, and [`Model::unavailable`] says so to whoever asks for one.
+//! Each model has a Windows form written with the Winsock calls the
+//! tutorials make (`select` on a 64-socket `fd_set`, `WSAPoll`,
+//! `WSAAsyncSelect` with a message-only window, `WSAEventSelect`,
+//! `WSARecv`/`WSASend` with event objects or completion routines) and a
+//! Unix form with stand-ins for those calls, each described in its module.
+//! epoll is Linux's alone: [`Model::unavailable`] says so on Windows.
 //!
 //! [`port`] is also the whole server `cport serve` runs (UDP, limits,
 //! timeouts, a graceful shutdown); the `port` model is that server with
@@ -33,45 +37,46 @@
 //! called and its threads have ended.
 
 use std::fmt;
-use std::io;
-#[cfg(unix)]
-use std::io::{Read, Write};
-use std::net::TcpListener;
-#[cfg(unix)]
-use std::net::{SocketAddr, TcpStream};
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-#[cfg(unix)]
 use std::thread;
-#[cfg(unix)]
 use std::time::Duration;
 
-// Only the completion port runs on Windows so far: the other models use
-// Unix descriptors (poll, epoll, eventfd, socket pairs) as stand-ins for
-// the Winsock calls the tutorials make, and get their Windows forms later
-// (issue 12). `Model::unavailable` says so to a user who asks for one.
-#[cfg(unix)]
+// One module per model, under the same name on both platforms. On Unix
+// the Winsock calls the tutorials make have stand-ins (poll for
+// WaitForMultipleObjects, eventfd for an event object, a channel for a
+// window's message queue); on Windows the models in `win/` make the
+// Winsock calls themselves. Blocking and non-blocking sockets are the
+// standard library's on both (its `set_nonblocking` is
+// `ioctlsocket(FIONBIO)` on Windows). epoll is Linux's alone.
 pub mod blocking;
-#[cfg(unix)]
+#[cfg_attr(windows, path = "win/callback.rs")]
 pub mod callback;
 #[cfg(unix)]
 pub mod epoll;
-#[cfg(unix)]
+#[cfg_attr(windows, path = "win/event.rs")]
 pub mod event;
-#[cfg(unix)]
+#[cfg_attr(windows, path = "win/message.rs")]
 pub mod message;
-#[cfg(unix)]
 pub mod nonblocking;
-#[cfg(unix)]
+#[cfg_attr(windows, path = "win/overlapped.rs")]
 pub mod overlapped;
-#[cfg(unix)]
+#[cfg_attr(windows, path = "win/poll.rs")]
 pub mod poll;
 pub mod port;
-#[cfg(unix)]
+#[cfg_attr(windows, path = "win/select.rs")]
 pub mod select;
 #[cfg(unix)]
 mod signal;
+#[cfg(unix)]
+mod unix;
+#[cfg(unix)]
+pub(crate) use unix::{drain, poll_fds, pollfd, stop_socket};
+#[cfg(windows)]
+mod win;
 
 /// One I/O model.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -131,45 +136,42 @@ impl Model {
     }
 
     /// Why this model cannot run on this platform, or `None` if it can:
-    /// every model runs on Unix; on Windows only the completion port does
-    /// so far.
+    /// every model runs on Unix; on Windows every model but epoll, which
+    /// is Linux's (Windows' readiness models are select, WSAAsyncSelect
+    /// and WSAEventSelect).
     pub fn unavailable(self) -> Option<String> {
-        if cfg!(unix) || self == Model::Port {
+        if cfg!(unix) || self != Model::Epoll {
             None
         } else {
-            Some(format!(
-                "the {self} model is not yet on Windows: only the port model \
-                 (the completion port) runs there so far"
-            ))
+            Some(
+                "the epoll model is Linux's: Windows has no epoll (its readiness \
+                 models are select, message (WSAAsyncSelect) and event (WSAEventSelect))"
+                    .to_string(),
+            )
         }
     }
 
     /// Runs this model's echo server on `listener` until `stop` is set.
-    /// On Windows every model but `port` fails with
-    /// [`Unsupported`](io::ErrorKind::Unsupported) and the reason
-    /// [`unavailable`](Model::unavailable) gives.
-    #[cfg(not(unix))]
-    pub fn serve(self, listener: TcpListener, stop: Stop, stats: Arc<Stats>) -> io::Result<()> {
-        match self.unavailable() {
-            None => port::serve(listener, stop, stats),
-            Some(why) => Err(io::Error::new(io::ErrorKind::Unsupported, why)),
-        }
-    }
-
-    /// Runs this model's echo server on `listener` until `stop` is set.
-    #[cfg(unix)]
+    /// A model [`unavailable`](Model::unavailable) here fails with
+    /// [`Unsupported`](io::ErrorKind::Unsupported) and that reason.
     pub fn serve(self, listener: TcpListener, stop: Stop, stats: Arc<Stats>) -> io::Result<()> {
         let f = match self {
             Model::Blocking => blocking::serve,
             Model::Nonblocking => nonblocking::serve,
             Model::Select => select::serve,
             Model::Poll => poll::serve,
+            #[cfg(unix)]
             Model::Epoll => epoll::serve,
             Model::Message => message::serve,
             Model::Event => event::serve,
             Model::Overlapped => overlapped::serve,
             Model::Callback => callback::serve,
             Model::Port => port::serve,
+            #[cfg(not(unix))]
+            Model::Epoll => {
+                let why = self.unavailable().unwrap_or_default();
+                return Err(io::Error::new(io::ErrorKind::Unsupported, why));
+            }
         };
         f(listener, stop, stats)
     }
@@ -338,7 +340,6 @@ impl Stop {
         }
     }
 
-    #[cfg(unix)]
     /// Wakes an `accept` blocked on the listener at `addr` by connecting
     /// to it when the flag is set.
     pub(crate) fn wake_accept(&self, addr: SocketAddr) {
@@ -354,12 +355,10 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-#[cfg(unix)]
 /// Pause after a failed accept: with descriptors exhausted the listener
 /// stays ready and an immediate retry would spin (LESSONS 6).
 pub(crate) const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 
-#[cfg(unix)]
 /// Whether an accept error is the peer's doing (the connection was reset
 /// while queued) rather than a reason to back off.
 pub(crate) fn transient_accept_error(e: &io::Error) -> bool {
@@ -377,7 +376,6 @@ pub(crate) fn transient_accept_error(e: &io::Error) -> bool {
 /// read from once this is full (backpressure, as in `cport serve`).
 pub(crate) const ECHO_BUFFER: usize = 16 * 1024;
 
-#[cfg(unix)]
 /// The echo state of one non-blocking connection, shared by every
 /// readiness model: bytes read and not yet written, and whether the peer
 /// has finished sending.
@@ -389,7 +387,6 @@ pub(crate) struct Echo {
     eof: bool,
 }
 
-#[cfg(unix)]
 /// What [`Echo::pump`] achieved.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Pumped {
@@ -401,7 +398,6 @@ pub(crate) enum Pumped {
     Done,
 }
 
-#[cfg(unix)]
 impl Echo {
     pub(crate) fn new(stream: TcpStream) -> io::Result<Echo> {
         stream.set_nonblocking(true)?;
@@ -486,7 +482,6 @@ pub fn plural(n: u64, noun: &str) -> String {
     }
 }
 
-#[cfg(unix)]
 /// Spawns a named thread counted in `stats`.
 pub(crate) fn spawn<F>(name: &str, stats: &Arc<Stats>, f: F) -> io::Result<thread::JoinHandle<()>>
 where
@@ -499,7 +494,6 @@ where
     })
 }
 
-#[cfg(unix)]
 /// Joins `threads`, turning a panic into an error.
 pub(crate) fn join_all(threads: Vec<thread::JoinHandle<()>>) -> io::Result<()> {
     let mut panicked = 0;
@@ -527,7 +521,6 @@ impl Stats {
     }
 }
 
-#[cfg(unix)]
 /// Accepts the next connection on the blocking `listener` of the models
 /// whose accept thread blocks (blocking, select, event): transient errors
 /// are retried at once, others (descriptor exhaustion, LESSONS 6) after
@@ -551,7 +544,6 @@ pub(crate) fn accept_blocking(listener: &TcpListener, stop: &Stop) -> Option<Tcp
     }
 }
 
-#[cfg(unix)]
 /// Accepts every connection waiting on the non-blocking `listener`,
 /// handing each to `add`. Returns `true` after `WouldBlock`, or `false`
 /// after a pause on an error such as descriptor exhaustion (LESSONS 6):
@@ -572,49 +564,17 @@ pub(crate) fn accept_ready(listener: &TcpListener, mut add: impl FnMut(TcpStream
     }
 }
 
-#[cfg(unix)]
-/// The read end of a socket pair that receives a byte when `stop` is set:
-/// the wake-up a `select` or `poll` loop waits on with its sockets.
-pub(crate) fn stop_socket(stop: &Stop) -> io::Result<std::os::unix::net::UnixStream> {
-    let (rx, tx) = std::os::unix::net::UnixStream::pair()?;
-    rx.set_nonblocking(true)?;
-    tx.set_nonblocking(true)?;
-    stop.on_stop(move || {
-        let _ = (&tx).write(&[1]);
-    });
-    Ok(rx)
-}
-
-#[cfg(unix)]
-/// Reads and discards whatever is waiting on a non-blocking wake socket.
-pub(crate) fn drain(mut wake: impl Read) {
-    let mut buf = [0u8; 64];
-    while matches!(wake.read(&mut buf), Ok(n) if n > 0) {}
-}
-
-#[cfg(unix)]
-/// `poll(2)` on `fds`, waiting at most `timeout_ms` (-1: no limit).
-/// An interrupted call returns `Ok(0)`, as a timeout would.
-pub(crate) fn poll_fds(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<usize> {
-    // SAFETY: `fds` is a live, exclusively borrowed slice of `fds.len()`
-    // pollfd structures; poll(2) writes only their `revents` fields.
-    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
-    if n < 0 {
-        let e = io::Error::last_os_error();
-        if e.kind() == io::ErrorKind::Interrupted {
-            return Ok(0);
+/// Whether a connection goes on after a pump, counting its end if not.
+pub(crate) fn keep(r: io::Result<Pumped>, stats: &Stats) -> bool {
+    match r {
+        Ok(Pumped::Idle | Pumped::Moved) => true,
+        Ok(Pumped::Done) => {
+            stats.ended(false);
+            false
         }
-        return Err(e);
-    }
-    Ok(n as usize)
-}
-
-#[cfg(unix)]
-/// A `pollfd` waiting for `events` on `fd`.
-pub(crate) fn pollfd(fd: std::os::fd::RawFd, events: libc::c_short) -> libc::pollfd {
-    libc::pollfd {
-        fd,
-        events,
-        revents: 0,
+        Err(_) => {
+            stats.ended(true);
+            false
+        }
     }
 }

@@ -19,7 +19,7 @@ use mio::unix::SourceFd;
 use mio::{Interest, Token};
 
 use crate::signal::spawn_signaler;
-use crate::{accept_ready, poll::keep, Echo, Stats, Stop};
+use crate::{accept_ready, keep, Echo, Stats, Stop};
 
 /// A window message.
 enum Msg {

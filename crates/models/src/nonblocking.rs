@@ -12,8 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread;
 
-use crate::poll::keep;
-use crate::{transient_accept_error, Echo, Stats, Stop, ACCEPT_BACKOFF};
+use crate::{keep, transient_accept_error, Echo, Stats, Stop, ACCEPT_BACKOFF};
 
 /// Runs the echo server until `stop` is set; see the [crate] docs.
 pub fn serve(listener: TcpListener, stop: Stop, stats: Arc<Stats>) -> io::Result<()> {

@@ -9,7 +9,7 @@ use std::net::TcpListener;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
-use crate::{accept_ready, drain, poll_fds, pollfd, stop_socket, Echo, Pumped, Stats, Stop};
+use crate::{accept_ready, drain, keep, poll_fds, pollfd, stop_socket, Echo, Stats, Stop};
 
 /// Runs the echo server until `stop` is set; see the [crate] docs.
 pub fn serve(listener: TcpListener, stop: Stop, stats: Arc<Stats>) -> io::Result<()> {
@@ -69,19 +69,4 @@ pub(crate) fn interest(c: &Echo) -> libc::c_short {
         ev |= libc::POLLOUT;
     }
     ev
-}
-
-/// Whether a connection goes on after a pump, counting its end if not.
-pub(crate) fn keep(r: io::Result<Pumped>, stats: &Stats) -> bool {
-    match r {
-        Ok(Pumped::Idle | Pumped::Moved) => true,
-        Ok(Pumped::Done) => {
-            stats.ended(false);
-            false
-        }
-        Err(_) => {
-            stats.ended(true);
-            false
-        }
-    }
 }

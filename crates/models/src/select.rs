@@ -21,7 +21,7 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::thread;
 
-use crate::{accept_blocking, drain, poll::keep, spawn, stop_socket, Echo, Stats, Stop};
+use crate::{accept_blocking, drain, keep, spawn, stop_socket, Echo, Stats, Stop};
 
 /// Sockets per group thread: Windows' FD_SETSIZE, the limit the tutorials'
 /// "64 sockets per thread" comes from. The wake socket is not counted.

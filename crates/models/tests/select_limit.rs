@@ -2,6 +2,11 @@
 //! more is refused with a count and a message, never put in an fd_set
 //! (FD_SET would write past the set's end). Its own test binary, because
 //! it occupies every descriptor number below FD_SETSIZE in the process.
+//!
+//! Unix only: a Windows `fd_set` is an array of up to 64 sockets, not a
+//! bitmap indexed by number, and the model's groups of 64 are checked by
+//! the thread counts in `echo.rs`.
+#![cfg(unix)]
 
 use std::fs::File;
 use std::io::{Read, Write};
