@@ -115,18 +115,19 @@ export RUSTC_BOOTSTRAP=1
 export CARGO_TARGET_X86_64_PC_WINDOWS_GNU_LINKER=x86_64-w64-mingw32-gcc
 cd "$top"
 build_dir=${WINDOWS_TARGET_DIR:-$web/target}
+mkdir -p "$build_dir"
 build_std=(-Zbuild-std=std,panic_unwind --target $target)
 if [ "$mode" = models ]; then
     # The test binaries' paths, from cargo's JSON messages.
     CARGO_TARGET_DIR=$build_dir "$cargo" test --locked --profile "$profile" \
         "${build_std[@]}" -p cport-models --tests --no-run --message-format=json-render-diagnostics \
-        > "$web/models-build.json"
+        > "$build_dir/models-build.json"
     mapfile -t test_exes < <(python3 -c '
 import json, sys
 for line in open(sys.argv[1]):
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
-        print(m["executable"])' "$web/models-build.json")
+        print(m["executable"])' "$build_dir/models-build.json")
     [ ${#test_exes[@]} -gt 0 ] || { echo "no test binary built" >&2; exit 1; }
 else
     CARGO_TARGET_DIR=$build_dir "$cargo" build --locked --profile "$profile" \
@@ -142,7 +143,8 @@ wine --version
 # The folder the tests run the executable from, with the ProcessPrng stub
 # wine 8 lacks beside it (see scripts/wine/bcryptprimitives.c); never the
 # build's own folder, which a user might copy to Windows.
-run=$web/run-$mode
+# Beside the build, so that checkouts sharing a toolchain do not collide.
+run=$build_dir/run-$mode
 rm -rf "$run" && mkdir -p "$run"
 x86_64-w64-mingw32-gcc -shared -O2 -o "$run/bcryptprimitives.dll" \
     "$top/scripts/wine/bcryptprimitives.c" -ladvapi32
