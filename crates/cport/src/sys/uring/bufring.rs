@@ -133,9 +133,9 @@ impl BufRing {
         done
     }
 
-    /// Whether a receive could find a buffer in the ring now.
-    pub(super) fn has_buffers(&self) -> bool {
-        self.empty.len() < self.bufs.len()
+    /// How many buffers the ring holds now.
+    pub(super) fn available(&self) -> usize {
+        self.bufs.len() - self.empty.len()
     }
 
     /// Makes buffer `bid` available to the kernel (visible after `publish`).
