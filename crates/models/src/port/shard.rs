@@ -233,6 +233,23 @@ struct Conn {
     echoed: u64,
 }
 
+/// A shard's two timers.
+#[derive(Default)]
+struct Timers {
+    /// When to arm the accept again after it failed.
+    rearm_at: Option<Instant>,
+    /// A stop came: when to close the connections still busy.
+    deadline: Option<Instant>,
+}
+
+/// What the shard loop does next.
+enum Step {
+    /// Wait for a completion, at most this long.
+    Wait(Option<Duration>),
+    /// Every connection ended: the shard is done.
+    End,
+}
+
 struct Shard<'a> {
     port: LocalPort<Tag>,
     counts: &'a Counts,
@@ -251,40 +268,11 @@ impl Shard<'_> {
         });
         let listener = self.port.associate(listener, 0)?;
         self.accept(listener)?;
-        let mut rearm_at = None;
-        let mut deadline: Option<Instant> = None;
+        let mut timers = Timers::default();
         loop {
-            // The clock is read only while a timer runs: on the echo path
-            // neither does, and the loop then costs no clock_gettime.
-            let wait = match (rearm_at, deadline) {
-                (None, None) => None,
-                _ => {
-                    let now = Instant::now();
-                    if rearm_at.is_some_and(|at| at <= now) {
-                        rearm_at = None;
-                        if deadline.is_none() {
-                            let _ = self.accept(listener);
-                        }
-                    }
-                    if let Some(d) = deadline {
-                        if self.conns.is_empty() {
-                            return Ok(());
-                        }
-                        if d <= now {
-                            info!(
-                                "shutdown timeout: closing {} still busy",
-                                plural(self.conns.len() as u64, "connection")
-                            );
-                            let ids: Vec<u64> = self.conns.keys().copied().collect();
-                            for id in ids {
-                                self.end(id, "server shutting down", false);
-                            }
-                            return Ok(());
-                        }
-                    }
-                    let wake = [rearm_at, deadline].into_iter().flatten().min();
-                    wake.map(|w| w.saturating_duration_since(now))
-                }
+            let wait = match self.timers(&mut timers, listener) {
+                Step::Wait(wait) => wait,
+                Step::End => return Ok(()),
             };
             let c = match self.port.get(wait) {
                 Ok(c) => c,
@@ -294,8 +282,8 @@ impl Shard<'_> {
             self.counts.completions.fetch_add(1, Ordering::Relaxed);
             match c.value {
                 Tag::Stop => {
-                    if deadline.is_none() {
-                        deadline = Some(Instant::now() + shutdown);
+                    if timers.deadline.is_none() {
+                        timers.deadline = Some(Instant::now() + shutdown);
                         let _ = self.port.close(listener);
                         self.stop_receiving();
                     }
@@ -304,11 +292,11 @@ impl Shard<'_> {
                     if let Payload::Accepted { stream, peer } = c.payload {
                         self.admit(stream, peer);
                     }
-                    if !c.more && deadline.is_none() {
+                    if !c.more && timers.deadline.is_none() {
                         if let Err(e) = c.result {
                             warn!("accept failed: {e}; retrying");
                         }
-                        rearm_at = Some(Instant::now() + ACCEPT_BACKOFF);
+                        timers.rearm_at = Some(Instant::now() + ACCEPT_BACKOFF);
                     }
                 }
                 Tag::Conn(id) => match c.kind {
@@ -318,6 +306,41 @@ impl Shard<'_> {
                 },
             }
         }
+    }
+
+    /// Runs the timers that are due (the accept's re-arm after a failure,
+    /// the end of a stop's grace period) and says how long `get` may wait.
+    /// The clock is read only while a timer runs: on the echo path neither
+    /// does, and the loop then costs no clock_gettime.
+    fn timers(&mut self, t: &mut Timers, listener: Handle) -> Step {
+        if t.rearm_at.is_none() && t.deadline.is_none() {
+            return Step::Wait(None);
+        }
+        let now = Instant::now();
+        if t.rearm_at.is_some_and(|at| at <= now) {
+            t.rearm_at = None;
+            if t.deadline.is_none() {
+                let _ = self.accept(listener);
+            }
+        }
+        if let Some(d) = t.deadline {
+            if self.conns.is_empty() {
+                return Step::End;
+            }
+            if d <= now {
+                info!(
+                    "shutdown timeout: closing {} still busy",
+                    plural(self.conns.len() as u64, "connection")
+                );
+                let ids: Vec<u64> = self.conns.keys().copied().collect();
+                for id in ids {
+                    self.end(id, "server shutting down", false);
+                }
+                return Step::End;
+            }
+        }
+        let wake = [t.rearm_at, t.deadline].into_iter().flatten().min();
+        Step::Wait(wake.map(|w| w.saturating_duration_since(now)))
     }
 
     fn accept(&self, listener: Handle) -> io::Result<()> {
