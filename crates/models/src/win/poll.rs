@@ -33,7 +33,9 @@
 //!   has no POLLRDHUP, and may report a closed connection with POLLHUP
 //!   alone, without POLLRDNORM. So any `revents` at all is a reason to
 //!   pump: `recv` then tells the end of stream (0) from a reset (an
-//!   error), as the Unix form does.
+//!   error), as the Unix form does. (Under wine, POLLHUP comes once the
+//!   data ahead of the FIN has been read, alone or with POLLWRNORM, on a
+//!   socket that asked for POLLWRNORM only: both were seen in its tests.)
 //! - **POLLHUP stays set**, asked for or not, once the peer has closed
 //!   its side. A half-closed connection whose echo is still pending (the
 //!   peer has not yet read it, or never reads it) wants only to write; in
@@ -46,15 +48,17 @@
 //!   in the loop, never needed for the stop (the wake socket ends the wait
 //!   at once); Windows offers no way to wait for room to send on a socket
 //!   whose peer has closed without also being told, at once and on every
-//!   call, that it has closed.
+//!   call, that it has closed. Under wine, a half-closed connection whose
+//!   echo could not be sent was parked and retried about every 10 ms
+//!   until its peer read, where it would otherwise have spun.
 //! - **A negative `fd`** is ignored by Windows (its `revents` set to 0);
-//!   wine reports it POLLNVAL instead. Parked connections are therefore
+//!   wine's WSAPoll reports it POLLNVAL instead (read in its source). Parked connections are therefore
 //!   left out of the array rather than given a negative `fd`.
 //! - **WSAPoll does not report a failed `connect`** (before Windows 10
 //!   2004; the reason curl and libuv avoid it): this server makes no
 //!   `connect`, so it does not matter here.
-//! - `WSAPoll` with no sockets at all fails (WSAEINVAL): the wake socket
-//!   and the listener are always in the array.
+//! - An empty array is an error, not a sleep (wine: WSAEINVAL): the wake
+//!   socket and the listener are always in the array.
 //!
 //! Buffers: every `recv` and `send` is synchronous on a non-blocking
 //! socket; no operation outlives its call, so each connection's buffer is
