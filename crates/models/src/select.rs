@@ -17,7 +17,7 @@ use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 use std::thread;
 
@@ -188,7 +188,17 @@ fn group(
         }
         if rset.contains(wake.as_raw_fd()) {
             drain(&wake);
-            conns.extend(rx.try_iter());
+            loop {
+                match rx.try_recv() {
+                    Ok(c) => conns.push(c),
+                    Err(TryRecvError::Empty) => break,
+                    // The accepting thread has gone (it failed, and its
+                    // end of the wake socket is closed: readable for ever,
+                    // a spin if the group went on). The connections drop
+                    // here; `serve` counts them closed.
+                    Err(TryRecvError::Disconnected) => return Ok(()),
+                }
+            }
         }
         conns.retain_mut(|c| {
             let fd = c.stream.as_raw_fd();
