@@ -144,6 +144,12 @@ pub struct Completion<T> {
     /// For multishot operations: more completions of the same operation
     /// will follow. `false` for every single-shot operation.
     pub more: bool,
+    /// This completion's place among its operation's completions, from 0
+    /// (the final one comes last): the order in which the kernel produced
+    /// them. Workers that dequeue a multishot receive's arrivals at once
+    /// can restore their order with it (SEMANTICS O9). 0 for a single-shot
+    /// operation and for a posted packet.
+    pub seq: u64,
 }
 
 /// An operation the port refused at issue time (bad or closed handle, port

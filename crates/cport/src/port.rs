@@ -495,6 +495,7 @@ impl<T: Send + 'static> CompletionPort<T> {
             value,
             payload: Payload::None,
             more: false,
+            seq: 0,
         };
         // A post from a running thread releases a waiter too: unlike an
         // operation's own completion, a post is how threads hand work to

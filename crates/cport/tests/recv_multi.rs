@@ -182,4 +182,68 @@ backends! {
         }
         common::assert_empty(&port);
     }
+
+    // Four workers take one stream's arrivals at once, as a worker pool
+    // does: each arrival's `seq` is its place in the stream, so sorted by
+    // it the pieces are the stream, whichever worker took which. The seqs
+    // are 0, 1, 2, … without a gap, and the final completion comes last.
+    fn o9_seq_restores_the_order_of_arrivals_taken_by_several_workers(backend: Backend) {
+        let port = std::sync::Arc::new(common::port::<Tagged>(backend, 4));
+        let (h, mut peer) = pair(&port, 7);
+        port.recv_multi(h, original(1)).unwrap();
+        let data = pattern(1 << 20);
+        let sent = data.clone();
+        let writer = thread::spawn(move || {
+            peer.write_all(&sent).unwrap();
+            peer.shutdown(Shutdown::Write).unwrap();
+            peer
+        });
+        let pieces = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let last = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let workers: Vec<_> = (0..4)
+            .map(|_| {
+                let (port, pieces, last) = (port.clone(), pieces.clone(), last.clone());
+                thread::spawn(move || loop {
+                    let c = match port.get(common::LONG) {
+                        Ok(c) => c,
+                        Err(cport::GetError::Timeout) => panic!("no completion within {:?}", common::LONG),
+                        // Posted to end the other workers.
+                        Err(e) => panic!("get: {e}"),
+                    };
+                    if c.kind == OpKind::Post {
+                        return;
+                    }
+                    if !c.more {
+                        *last.lock().unwrap() = Some(c.seq);
+                        for _ in 0..3 {
+                            port.post(0, 0, original(0)).unwrap();
+                        }
+                        return;
+                    }
+                    let seq = c.seq;
+                    let bytes = bytes_of(&port, c);
+                    pieces.lock().unwrap().push((seq, bytes));
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().unwrap();
+        }
+        drop(writer.join().unwrap());
+        let mut pieces = std::mem::take(&mut *pieces.lock().unwrap());
+        pieces.sort_by_key(|&(seq, _)| seq);
+        let seqs: Vec<u64> = pieces.iter().map(|&(seq, _)| seq).collect();
+        let n = seqs.len() as u64;
+        assert_eq!(seqs, (0..n).collect::<Vec<_>>(), "arrivals are numbered 0, 1, 2, … without a gap");
+        assert_eq!(*last.lock().unwrap(), Some(n), "the final completion is numbered last");
+        let got: Vec<u8> = pieces.into_iter().flat_map(|(_, b)| b).collect();
+        assert!(got == data, "sorted by seq, the arrivals are the stream ({} of {} bytes)", got.len(), data.len());
+        // A single-shot operation is numbered 0.
+        let (h2, mut peer2) = pair(&port, 8);
+        peer2.write_all(b"x").unwrap();
+        port.recv_pooled(h2, original(2)).unwrap();
+        let c = next(&port);
+        assert_eq!((c.more, c.seq), (false, 0));
+        port.recycle(c.payload.into_buf().unwrap());
+    }
 }

@@ -536,6 +536,7 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
                     value,
                     payload,
                     more: false,
+                    seq: 0,
                 });
             }
             Io::Socket(m) => {
@@ -559,6 +560,7 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
                     value,
                     multishot: opts.multishot,
                     done: 0,
+                    seq: 0,
                 };
                 s.issue(p, at, &self.pool, ready);
             }

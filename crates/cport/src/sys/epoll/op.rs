@@ -23,6 +23,8 @@ pub(super) struct Pending<T> {
     /// Bytes the kernel has taken so far (sends): a short send keeps the op
     /// at the head of its queue with its progress (SEMANTICS O4).
     pub(super) done: usize,
+    /// Completions delivered so far (`Completion::seq` of the next one).
+    pub(super) seq: u64,
 }
 
 /// Which readiness an operation waits for.
@@ -100,17 +102,20 @@ impl Origin {
             value: p.value,
             payload: payload(p.op, extra),
             more: false,
+            seq: p.seq,
         }
     }
 
     /// A completion of a multishot operation that stays in flight.
     pub(super) fn more<T>(
         &self,
-        p: &Pending<T>,
+        p: &mut Pending<T>,
         value: T,
         result: io::Result<usize>,
         extra: Extra,
     ) -> Completion<T> {
+        let seq = p.seq;
+        p.seq += 1;
         Completion {
             key: self.key,
             kind: p.op.kind(),
@@ -124,6 +129,7 @@ impl Origin {
                 _ => Payload::None,
             },
             more: true,
+            seq,
         }
     }
 }

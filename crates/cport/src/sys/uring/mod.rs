@@ -559,6 +559,7 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
             cancelled: false,
             lane,
             parked: false,
+            seq: 0,
             io,
         });
         let id = OpId {

@@ -180,6 +180,8 @@ pub(super) struct OpState<T> {
     pub(super) lane: Option<usize>,
     /// Waiting in its lane behind another operation: not in the kernel.
     pub(super) parked: bool,
+    /// Completions delivered so far (`Completion::seq` of the next one).
+    pub(super) seq: u64,
     pub(super) io: Io,
 }
 

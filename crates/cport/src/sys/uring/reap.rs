@@ -213,7 +213,9 @@ impl<T> Driver<T> {
                 value,
                 payload: op::extra_payload(extra),
                 more: true,
+                seq: op.seq,
             });
+            op.seq += 1;
         }
         self.after_cqe(st, id, step.next, out);
     }
@@ -274,6 +276,7 @@ impl<T> Driver<T> {
             io,
             lane,
             parked,
+            seq,
             ..
         } = op;
         let payload = io.into_payload(extra, &mut st.spares);
@@ -313,6 +316,7 @@ impl<T> Driver<T> {
             value,
             payload,
             more: false,
+            seq,
         });
         if let Some(l) = next_in {
             self.start_next(st, handle, l, out);

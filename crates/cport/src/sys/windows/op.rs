@@ -81,6 +81,8 @@ pub(super) struct Operation<T> {
     /// `recv_pooled`: the pool buffer, taken once the zero-byte receive
     /// said data (or the end) is there; `None` during that first phase.
     pool_buf: Option<Vec<u8>>,
+    /// Completions delivered so far (`Completion::seq` of the next one).
+    seq: u64,
 }
 
 /// What starting an operation did.
@@ -137,6 +139,7 @@ impl<T> Operation<T> {
             domain,
             accepted: None,
             pool_buf: None,
+            seq: 0,
         }
     }
 
@@ -269,6 +272,7 @@ impl<T> Operation<T> {
             value: self.value,
             payload,
             more: false,
+            seq: self.seq,
         }
     }
 
@@ -670,7 +674,9 @@ impl<T> OpBox<T> {
                         value,
                         payload: Payload::Buf(b),
                         more: true,
+                        seq: op.seq,
                     });
+                    op.seq += 1;
                 }
             }
             // SAFETY:
@@ -699,7 +705,9 @@ impl<T> OpBox<T> {
                     value,
                     payload,
                     more: true,
+                    seq: op.seq,
                 });
+                op.seq += 1;
             }
             // SAFETY:
             // - as above: the start that ended was its last.
