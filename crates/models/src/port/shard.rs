@@ -36,14 +36,6 @@ use crate::{plural, Stats, Stop};
 /// Sends a connection may have queued before its receive is cancelled.
 const MAX_SENDS: u32 = 32;
 
-/// Buffers in each shard's receive pool (the port's buffer size each, 16
-/// KiB by default: 32 MiB at most, resident only once the kernel has
-/// written into a buffer). Enough for 500 connections with 64 KiB each in
-/// flight to keep receiving; with 512, at 500 connections × 16 messages
-/// of 4 KiB, receives met the pool empty and were re-armed about once per
-/// echoed message (counted with perf, io_uring_submit_req by opcode).
-const POOL_BUFFERS: u16 = 2048;
-
 /// The key of the packet a stop posts.
 const STOP_KEY: u64 = u64::MAX;
 
@@ -212,7 +204,7 @@ impl Shards {
 fn port(backend: Backend, buffer_size: usize) -> io::Result<LocalPort<Tag>> {
     Builder::new()
         .backend(backend)
-        .pool(POOL_BUFFERS, buffer_size)
+        .pool(super::pool_buffers(backend), buffer_size)
         .build_local()
         .map_err(|e| io::Error::new(e.kind(), format!("cannot create a shard's port: {e}")))
 }
