@@ -26,8 +26,10 @@
 #                    client's TCP and UDP echo round trips to `cport.exe
 #                    serve`, stopped by Ctrl-C (SIGINT); `cport.exe client`
 #                    (TCP and UDP) and `cport.exe load` against the Linux
-#                    `cport serve`. Every byte is checked; every step is
-#                    bounded in time; nothing is left running.
+#                    `cport serve`; `cport.exe bench --quick`, whose record
+#                    (raw.csv, chart.svg, summary.md) is checked, and its
+#                    refusals of what Windows lacks. Every byte is checked;
+#                    every step is bounded in time; nothing is left running.
 # Environment:
 #   WINDOWS_WEB_DIR  the folder of the toolchain, the build and the runs
 #                    (default $CARGO_TARGET_DIR/windows-web, else
@@ -37,6 +39,8 @@
 #   WINDOWS_PROFILE  dev (default) or release
 #   LINUX_CPORT      the Linux `cport` the test talks to (default: built
 #                    here with the host's cargo, debug)
+#   WINDOWS_BENCH_SERVERS  `cport.exe bench --servers` (default: none given,
+#                    the default list: every model Windows runs)
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 mode=${1:-build}
@@ -297,5 +301,72 @@ assert r["messages"] > 0, "no message echoed"
 print(f"cport.exe load: {r['messages']} messages of 512 B checked, 0 errors")
 PY
 stop "$linux_serve" TERM 30 "cport serve" || fail "the Linux cport serve on SIGTERM"
+
+step "cport.exe bench --quick"
+# What Windows lacks is refused before anything runs, with the reason.
+# refuse WHY ARGS...: `cport.exe bench --quick ARGS` exits 2 saying WHY.
+refuse() {
+    local why=$1 status=0
+    shift
+    timeout 60 wine "$win_cport" bench --quick "$@" > /dev/null 2> "$logs/bench-refused.err" \
+        || status=$?
+    [ $status = 2 ] || fail "cport.exe bench $* exited $status, not 2 (usage)"
+    grep -qF "$why" "$logs/bench-refused.err" \
+        || fail "cport.exe bench $* did not say why: $(cat "$logs/bench-refused.err")"
+}
+refuse "Linux's perf" --costs
+refuse "tokio-echo is Linux's" --servers tokio-echo
+refuse "Windows has no epoll" --servers epoll
+echo "cport.exe bench: --costs, a Linux peer and the epoll model refused with the reason"
+bench_out=$run/bench-record
+bench_args=(bench --quick --out "$bench_out")
+if [ -n "${WINDOWS_BENCH_SERVERS:-}" ]; then
+    bench_args+=(--servers "$WINDOWS_BENCH_SERVERS")
+fi
+timeout 900 wine "$win_cport" "${bench_args[@]}" > "$logs/bench.out" 2> "$logs/bench.err" \
+    || fail "cport.exe ${bench_args[*]} exited $?"
+python3 - "$bench_out" "$logs/bench.err" "${WINDOWS_BENCH_SERVERS:-}" <<'PY' || fail "cport.exe bench's record"
+import csv, os, sys
+out, err, servers = sys.argv[1], open(sys.argv[2]).read(), sys.argv[3]
+models = ["blocking", "nonblocking", "select", "poll", "message", "event",
+          "overlapped", "callback", "port-iocp"]
+if servers:
+    named = set()
+    for n in servers.split(","):
+        named |= set(models) if n == "models" else {"port-iocp" if n == "port" else n}
+    want = [n for n in models if n in named]
+else:
+    # The default list: every model but epoll, which is skipped with its reason.
+    want = models
+    assert "epoll is skipped: the epoll model is Linux's" in err, err
+rows = list(csv.DictReader(open(os.path.join(out, "raw.csv"))))
+cells = {("1", "128"), ("50", "128")}
+for name in want:
+    mine = [r for r in rows if r["server"] == name]
+    got = {(r["conns"], r["size"]) for r in mine}
+    assert got == cells, f"{name}: cells {got}, expected {cells}"
+    for r in mine:
+        where = f"{name} {r['conns']}x{r['size']}"
+        assert r["status"] == "ok", f"{where}: {r['status']}: {r['note']}"
+        assert r["errors"] == "0", f"{where}: {r['errors']} errors"
+        cpu = float(r["cpu_us_per_msg"])  # filled: no ValueError
+        assert cpu >= 0, f"{where}: CPU {cpu}"
+        assert int(r["peak_threads"]) >= 1, f"{where}: threads {r['peak_threads']}"
+        assert int(r["peak_rss_kib"]) > 0, f"{where}: peak memory {r['peak_rss_kib']}"
+        assert r["syscalls_per_msg"] == "", f"{where}: syscalls {r['syscalls_per_msg']}"
+assert {r["server"] for r in rows} == set(want), {r["server"] for r in rows}
+for f in ("chart.svg", "summary.md", "runs.log"):
+    assert os.path.getsize(os.path.join(out, f)) > 0, f"{f} is empty"
+assert open(os.path.join(out, "chart.svg")).read().lstrip().startswith("<svg"), "chart.svg"
+assert not os.path.exists(os.path.join(out, "costs.csv")), "costs.csv without --costs"
+summary = open(os.path.join(out, "summary.md")).read()
+for why in ("**syscalls/msg**: empty, not counted on Windows",
+            "## Costs per message\n\nNot counted: --costs counts with Linux's perf",
+            "GetTcpTable", "PeakWorkingSetSize", "CreateToolhelp32Snapshot"):
+    assert why in summary, f"summary.md does not say: {why}"
+print(f"cport.exe bench --quick: {len(rows)} runs of {len(want)} servers "
+      f"({', '.join(want)}) ok, CPU time, threads and peak memory filled; "
+      "syscalls empty and costs refused, with the reason in summary.md")
+PY
 
 step "cport.exe under $(wine --version): every check passed"

@@ -6,7 +6,6 @@
 //! while running, 2 bad usage, 128 + N stopped by signal N (`cport load`).
 
 mod args;
-#[cfg(unix)]
 mod bench;
 mod client;
 mod console;
@@ -46,14 +45,7 @@ fn main() -> ExitCode {
         Command::Serve(a) => serve::run(a),
         Command::Client(a) => client::run(a),
         Command::Load(a) => load::run(a),
-        #[cfg(unix)]
         Command::Bench(a) => bench::run(a),
-        #[cfg(not(unix))]
-        Command::Bench(_) => Err(anyhow::anyhow!(
-            "cport bench is not yet on Windows: it measures the servers with Linux's \
-             process accounting (/proc, perf, CPU pinning), and only the port model \
-             runs there so far"
-        )),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -17,14 +17,31 @@
 //! A column perf cannot count here (perf missing, not permitted, a kernel
 //! without the tracepoint, no uprobe on libc) stays empty, and [`Counter`]
 //! says why; that is not a failure of the bench.
+//!
+//! Windows has neither perf nor /proc/interrupts: `--costs` is refused
+//! there ([`UNAVAILABLE`]), and [`Gate`] is a stub that never opens.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::fs;
+#[cfg(unix)]
+use std::fs::{File, OpenOptions};
+use std::io;
+#[cfg(unix)]
+use std::io::{Read, Write};
+#[cfg(unix)]
 use std::os::unix::fs::OpenOptionsExt;
+#[cfg(unix)]
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+#[cfg(unix)]
 use std::thread;
+#[cfg(unix)]
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Why the costs cannot be counted on Windows.
+#[cfg(windows)]
+pub const UNAVAILABLE: &str = "--costs counts with Linux's perf (system calls, context switches, \
+     io_uring requests, malloc calls through a uprobe) and /proc/interrupts; Windows has \
+     neither, so every costs column would be empty";
 
 use super::child;
 use super::proc;
@@ -203,10 +220,12 @@ impl Drop for Counter {
 }
 
 /// How long perf may take to acknowledge a command.
+#[cfg(unix)]
 const ACK: Duration = Duration::from_secs(5);
 
 /// perf stat's control FIFOs (`--control fifo:CTL,ACK`): counting starts
 /// and stops when the runner says.
+#[cfg(unix)]
 #[derive(Debug)]
 pub struct Gate {
     dir: PathBuf,
@@ -214,6 +233,7 @@ pub struct Gate {
     ack: File,
 }
 
+#[cfg(unix)]
 impl Gate {
     pub fn new() -> io::Result<Gate> {
         let nanos = SystemTime::now()
@@ -285,9 +305,31 @@ impl Gate {
     }
 }
 
+#[cfg(unix)]
 impl Drop for Gate {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// No perf, no FIFOs on Windows: a gate never opens there (and costs runs
+/// are refused before any run starts).
+#[cfg(windows)]
+#[derive(Debug)]
+pub struct Gate;
+
+#[cfg(windows)]
+impl Gate {
+    pub fn new() -> io::Result<Gate> {
+        Err(io::Error::new(io::ErrorKind::Unsupported, UNAVAILABLE))
+    }
+
+    pub fn perf_args(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    pub fn send(&mut self, cmd: &str) -> Result<(), String> {
+        Err(format!("cannot tell perf to {cmd}: {UNAVAILABLE}"))
     }
 }
 
@@ -359,7 +401,7 @@ pub fn describe(counter: &Counter) -> Vec<String> {
         })
         .collect()
 }
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
 

@@ -102,6 +102,9 @@ pub fn parse_cells(s: &str, depth: u32) -> Result<Vec<Cell>, Usage> {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Plan {
     pub servers: Vec<Server>,
+    /// Servers of the list (the default's or a group's) that cannot run on
+    /// this system, each with the reason: left out of the runs.
+    pub skipped: Vec<(Server, String)>,
     pub cells: Vec<Cell>,
     pub rounds: u32,
     pub threads: u32,
@@ -134,10 +137,29 @@ const MAX_DEPTH: u32 = 4096;
 
 impl Plan {
     pub fn from_args(a: &BenchArgs) -> Result<Plan, Usage> {
-        let servers = match &a.servers {
+        let listed = match &a.servers {
             Some(s) => server::parse_servers(s)?,
             None => Server::models(),
         };
+        let mut servers = Vec::new();
+        let mut skipped = Vec::new();
+        for s in listed {
+            match s.unavailable() {
+                Some(why) => skipped.push((s, why)),
+                None => servers.push(s),
+            }
+        }
+        if servers.is_empty() {
+            let why: Vec<String> = skipped.iter().map(|(_, w)| w.clone()).collect();
+            return Err(Usage(format!(
+                "no server of --servers can run here: {}",
+                why.join("; ")
+            )));
+        }
+        #[cfg(windows)]
+        if a.costs {
+            return Err(Usage(super::costs::UNAVAILABLE.into()));
+        }
         let (conns, sizes, duration, warmup) = if a.quick {
             (QUICK_CONNS, QUICK_SIZES, QUICK_DURATION, QUICK_WARMUP)
         } else {
@@ -192,6 +214,7 @@ impl Plan {
         };
         Ok(Plan {
             servers,
+            skipped,
             cells,
             rounds: a.repeat,
             threads: a.threads,

@@ -1,14 +1,19 @@
 //! What the runner reads about its children and the machine from /proc,
 //! and perf's counts. Parsers are pure, and tested on text recorded on
-//! this project's machine; readers are one file each.
+//! this project's machine; readers are one file each. The readers of a
+//! process are Linux's (winproc.rs has Windows' under the same names); the
+//! parsers of perf's output and of /proc/interrupts are built everywhere,
+//! with the costs code that uses them (never run on Windows).
 
 use std::fs;
+#[cfg(unix)]
 use std::io;
 
 /// utime + stime (clock ticks, every thread, the exited ones included)
 /// from the text of /proc/PID/stat. The command name (field 2) is in
 /// parentheses and may hold spaces and ')', so fields are counted after
 /// the last ')': state is field 3, utime 14, stime 15.
+#[cfg(unix)]
 pub fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
     let rest = &stat[stat.rfind(')')? + 1..];
     let mut fields = rest.split_whitespace().skip(14 - 3);
@@ -18,6 +23,7 @@ pub fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
 }
 
 /// A number from a `Key:\tvalue [kB]` line of /proc/PID/status.
+#[cfg(unix)]
 pub fn parse_status_field(status: &str, key: &str) -> Option<u64> {
     status.lines().find_map(|l| {
         let (k, v) = l.split_once(':')?;
@@ -28,27 +34,32 @@ pub fn parse_status_field(status: &str, key: &str) -> Option<u64> {
     })
 }
 
+#[cfg(unix)]
 pub fn cpu_ticks(pid: u32) -> io::Result<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
     parse_stat_cpu_ticks(&stat).ok_or_else(|| io::Error::other(format!("cannot parse {stat:?}")))
 }
 
+#[cfg(unix)]
 fn status_field(pid: u32, key: &str) -> Option<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     parse_status_field(&status, key)
 }
 
 /// Threads the process runs now.
+#[cfg(unix)]
 pub fn threads(pid: u32) -> Option<u64> {
     status_field(pid, "Threads")
 }
 
 /// The process's peak resident set (KiB).
+#[cfg(unix)]
 pub fn peak_rss_kib(pid: u32) -> Option<u64> {
     status_field(pid, "VmHWM")
 }
 
 /// The CPUs the process may run on, as the kernel lists them ("0", "0-1").
+#[cfg(unix)]
 pub fn cpus_allowed(pid: u32) -> String {
     fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -62,6 +73,7 @@ pub fn cpus_allowed(pid: u32) -> String {
 
 /// Sockets the process holds open. Entries that vanish while the
 /// directory is read (a descriptor closed meanwhile) are not errors.
+#[cfg(unix)]
 pub fn socket_count(pid: u32) -> io::Result<usize> {
     let mut n = 0;
     for e in fs::read_dir(format!("/proc/{pid}/fd"))? {
@@ -150,6 +162,7 @@ pub fn parse_libc_path(maps: &str) -> Option<&str> {
 }
 
 /// The CPU model, from /proc/cpuinfo's first `model name`.
+#[cfg(unix)]
 pub fn cpu_model() -> String {
     fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -162,7 +175,7 @@ pub fn cpu_model() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
 

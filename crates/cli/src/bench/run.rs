@@ -11,6 +11,11 @@
 //! that perf's tracepoints do not slow the server while its CPU time is
 //! taken. In a costs run, perf counts over the whole period instead,
 //! switched on and off at its ends (costs.rs).
+//!
+//! On Windows the same schedule holds, with Windows' own readers
+//! (winproc.rs): the load's connections are seen in the TCP table, CPU
+//! time, threads and peak memory come from the process APIs, and there is
+//! no perf, so no system call is counted (and no costs run is made).
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
@@ -22,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use super::child::{self, read_into, Captured, Proc};
 use super::costs::{Counter, Gate};
+use super::os;
 use super::output::{first_line, parse_listening, parse_load_json, shown};
 use super::plan::{Cell, Window};
 use super::proc;
@@ -101,7 +107,7 @@ struct Samples {
 
 impl Samples {
     fn threads(&mut self, pid: u32) {
-        if let Some(n) = proc::threads(pid) {
+        if let Some(n) = os::threads(pid) {
             self.peak_threads = Some(self.peak_threads.map_or(n, |p| p.max(n)));
         }
     }
@@ -238,7 +244,7 @@ fn start_server(
         "server first line: {}\nserver pid {} on CPUs {}",
         listening.unwrap_or_default(),
         srv.pid,
-        proc::cpus_allowed(srv.pid)
+        os::cpus_allowed(srv.pid)
     );
     Ok(Started {
         srv,
@@ -301,18 +307,27 @@ fn measure(setup: &Setup, server: Server, kind: Kind, log: &mut String, row: &mu
         log,
         "load pid {} on CPUs {}",
         load.pid,
-        proc::cpus_allowed(load.pid)
+        os::cpus_allowed(load.pid)
     );
 
     // ----- wait for its connections -----
     let started = Instant::now();
     let mut opened = 0;
     let mut failure: Option<String> = None;
+    // The last look, its start and length: the load's clock started about
+    // when what it saw was read, somewhere inside the look. A look at
+    // /proc takes microseconds; at Windows' TCP table, under wine on a
+    // machine with tens of thousands of connections, up to a second (wine
+    // reads and converts every connection of the machine): the middle of
+    // the look places the period best.
+    let mut looked = (started, Duration::ZERO);
     loop {
         if load.try_wait().is_some() {
             break;
         }
-        opened = proc::socket_count(load.pid).unwrap_or(0);
+        let before = Instant::now();
+        opened = connections(&load, &addr).unwrap_or(0);
+        looked = (before, before.elapsed());
         if opened >= cell.conns as usize {
             break;
         }
@@ -327,12 +342,20 @@ fn measure(setup: &Setup, server: Server, kind: Kind, log: &mut String, row: &mu
         samples.threads(srv.pid);
         thread::sleep(Duration::from_millis(5));
     }
-    let t0 = Instant::now();
+    let t0 = looked.0 + looked.1 / 2;
     let _ = writeln!(
         log,
-        "{opened} of {} connections open after {} ms",
+        "{opened} of {} connections open after {} ms{}",
         cell.conns,
-        t0.duration_since(started).as_millis()
+        t0.duration_since(started).as_millis(),
+        if cfg!(windows) {
+            format!(
+                " (seen in the TCP table, read in {} ms)",
+                looked.1.as_millis()
+            )
+        } else {
+            String::new()
+        }
     );
 
     // ----- the measured period -----
@@ -369,10 +392,10 @@ fn measure(setup: &Setup, server: Server, kind: Kind, log: &mut String, row: &mu
         while next < steps.len() && now >= t0 + steps[next].0 {
             match steps[next].1 {
                 Step::CpuFrom => {
-                    samples.cpu[0] = proc::cpu_ticks(srv.pid).ok().map(|c| (c, Instant::now()));
+                    samples.cpu[0] = cpu_sample(srv.pid, log);
                 }
                 Step::PerfFrom => {
-                    samples.cpu[1] = proc::cpu_ticks(srv.pid).ok().map(|c| (c, Instant::now()));
+                    samples.cpu[1] = cpu_sample(srv.pid, log);
                     let window = (t0 + win.perf_to).saturating_duration_since(Instant::now());
                     // The counted window is perf's workload, `sleep`: it
                     // starts once the counters are attached.
@@ -422,7 +445,7 @@ fn measure(setup: &Setup, server: Server, kind: Kind, log: &mut String, row: &mu
     // ----- stop, reap, collect -----
     samples.threads(srv.pid);
     let server_alive = srv.try_wait().is_none();
-    row.peak_rss_kib = proc::peak_rss_kib(srv.pid);
+    row.peak_rss_kib = os::peak_rss_kib(srv.pid);
     row.peak_threads = samples.peak_threads;
     let perf = samples.perf.take().map(|mut p| {
         // Its `sleep` ends at the window's end, or it was told to stop;
@@ -436,6 +459,9 @@ fn measure(setup: &Setup, server: Server, kind: Kind, log: &mut String, row: &mu
         (p.proc.pid, p.window, p.output.join().unwrap_or_default())
     });
     let (srv_status, killed) = srv.stop(STOP_GRACE);
+    if let Some(why) = srv.stop_failure.take() {
+        let _ = writeln!(log, "server not asked to stop ({}): {why}", child::GRACEFUL);
+    }
     let srv_pid = srv.pid;
     let load_pid = load.pid;
     drop(srv);
@@ -455,9 +481,9 @@ fn measure(setup: &Setup, server: Server, kind: Kind, log: &mut String, row: &mu
         "server: {}{}; alive when the load ended: {server_alive}; load: {}",
         status_text(srv_status),
         if killed {
-            " (SIGKILL after SIGTERM)"
+            format!(" ({} after {})", child::FORCED, child::GRACEFUL)
         } else {
-            ""
+            String::new()
         },
         status_text(load_status)
     );
@@ -579,7 +605,7 @@ fn measure(setup: &Setup, server: Server, kind: Kind, log: &mut String, row: &mu
         }
     }
     if killed {
-        notes.push("the server needed SIGKILL to stop".into());
+        notes.push(format!("the server needed {} to stop", child::FORCED));
     }
     if !srv_stderr.trim().is_empty() {
         notes.push(format!("server: {}", first_line(&srv_stderr)));
@@ -599,7 +625,7 @@ fn gate(samples: &mut Samples, cmd: &str) {
         samples.perf_note = Some(e);
         samples.gate = None;
         if let Some(p) = &samples.perf {
-            p.proc.signal(rustix::process::Signal::INT);
+            p.proc.interrupt();
         }
         samples.perf_failed = true;
     }
@@ -611,7 +637,7 @@ fn end_costs(setup: &Setup, samples: &mut Samples) {
     gate(samples, "disable");
     samples.reschedules[1] = setup.counter.as_ref().and_then(Counter::reschedules);
     if let Some(p) = &samples.perf {
-        p.proc.signal(rustix::process::Signal::INT);
+        p.proc.interrupt();
     }
 }
 
@@ -706,8 +732,56 @@ fn join_all(readers: Vec<JoinHandle<()>>) {
     }
 }
 
+/// The server's CPU time, at the middle of its read, or `None` with the
+/// reason in the log. (A read takes microseconds on Linux; on Windows
+/// under wine, on a busy machine, up to hundreds of milliseconds: it is
+/// logged.)
+fn cpu_sample(pid: u32, log: &mut String) -> Option<(u64, Instant)> {
+    let before = Instant::now();
+    match os::cpu_ticks(pid) {
+        Ok(c) => {
+            let took = before.elapsed();
+            if cfg!(windows) {
+                let _ = writeln!(log, "server CPU time read in {} ms", took.as_millis());
+            }
+            Some((c, before + took / 2))
+        }
+        Err(e) => {
+            let _ = writeln!(log, "server CPU time not read: {e}");
+            None
+        }
+    }
+}
+
+/// The load's connections open so far: on Linux its sockets in
+/// /proc/LOAD/fd; on Windows the connections established towards the
+/// server in the TCP table (winproc.rs says why not the load's handles).
+#[cfg(unix)]
+fn connections(load: &Proc, _server: &str) -> std::io::Result<usize> {
+    proc::socket_count(load.pid)
+}
+
+#[cfg(windows)]
+fn connections(_load: &Proc, server: &str) -> std::io::Result<usize> {
+    os::connections_to(server)
+}
+
+/// Why system calls are not counted on Windows.
+#[cfg(windows)]
+pub const NO_SYSCALLS: &str = "not counted on Windows: system calls per message are counted \
+     with Linux's perf (raw_syscalls:sys_enter), and Windows offers no per-process count of \
+     system calls to a program (ETW's kernel tracing needs an administrator and is not a count)";
+
 /// Whether perf can count [`PERF_EVENT`] here: a count of `true`'s system
 /// calls, or why not.
+#[cfg(windows)]
+pub fn probe_perf() -> Result<(), String> {
+    Err(NO_SYSCALLS.into())
+}
+
+/// Whether perf can count [`PERF_EVENT`] here: a count of `true`'s system
+/// calls, or why not.
+#[cfg(unix)]
 pub fn probe_perf() -> Result<(), String> {
     let out = Command::new("perf")
         .args(["stat", "-x,", "-e", PERF_EVENT, "--", "true"])

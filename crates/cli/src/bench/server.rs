@@ -1,6 +1,10 @@
 //! The servers `cport bench` compares: the tutorials' I/O models as `cport
 //! serve --model NAME` runs them (the port model once per backend), and the
 //! peer echo servers of crates/bench that cport is measured against.
+//!
+//! On Windows the port model is one row, port-iocp (the native completion
+//! port, `--backend auto`); the epoll model, the Linux backends, the
+//! shards and the peers are Linux's: [`Server::unavailable`] says why.
 
 use std::path::{Path, PathBuf};
 
@@ -40,6 +44,8 @@ pub enum Server {
     PortUring,
     /// `cport serve --model port --backend epoll`.
     PortEpoll,
+    /// `cport serve --model port` on Windows: the native completion port.
+    PortIocp,
     /// `cport serve --shards N --backend uring`: a port of one thread per
     /// shard, the leanest servers' shape.
     ShardsUring,
@@ -54,13 +60,22 @@ pub enum Server {
 const GROUPS: [&str; 4] = ["models", "port", "shards", "peers"];
 
 impl Server {
-    /// The model rows, in the tutorials' order.
+    /// The port's rows here: one per Linux backend, or Windows' own.
+    pub fn ports() -> Vec<Server> {
+        if cfg!(windows) {
+            vec![Server::PortIocp]
+        } else {
+            vec![Server::PortUring, Server::PortEpoll]
+        }
+    }
+
+    /// The model rows, in the tutorials' order (the unavailable ones
+    /// included: [`Server::unavailable`]).
     pub fn models() -> Vec<Server> {
         let mut v = Vec::new();
         for m in Model::ALL {
             if m == Model::Port {
-                v.push(Server::PortUring);
-                v.push(Server::PortEpoll);
+                v.extend(Server::ports());
             } else {
                 v.push(Server::Model(m));
             }
@@ -83,6 +98,7 @@ impl Server {
             Server::Model(m) => m.name(),
             Server::PortUring => "port-uring",
             Server::PortEpoll => "port-epoll",
+            Server::PortIocp => "port-iocp",
             Server::ShardsUring => "shards-uring",
             Server::ShardsEpoll => "shards-epoll",
             Server::Peer(p) => p.name(),
@@ -91,6 +107,48 @@ impl Server {
 
     pub fn by_name(name: &str) -> Option<Server> {
         Server::all().into_iter().find(|s| s.name() == name)
+    }
+
+    /// A server of another system's list, by name: its own row there, so
+    /// that naming it here says why it cannot run.
+    fn elsewhere(name: &str) -> Option<Server> {
+        [
+            Server::PortUring,
+            Server::PortEpoll,
+            Server::PortIocp,
+            Server::ShardsUring,
+            Server::ShardsEpoll,
+        ]
+        .into_iter()
+        .chain(Peer::ALL.map(Server::Peer))
+        .find(|s| s.name() == name)
+    }
+
+    /// Why this server cannot run on this system, or `None`.
+    pub fn unavailable(self) -> Option<String> {
+        let linux = |what: &str| Some(format!("{} is Linux's: {what}", self.name()));
+        match self {
+            Server::Model(m) => m.unavailable(),
+            Server::PortIocp if cfg!(unix) => Some(
+                "port-iocp is the port on Windows' own completion port: on Linux the port \
+                 runs on io_uring or epoll (port-uring, port-epoll)"
+                    .into(),
+            ),
+            Server::PortUring | Server::PortEpoll if cfg!(windows) => linux(
+                "the port runs on io_uring or epoll there; on Windows it runs on the native \
+                 completion port (port-iocp)",
+            ),
+            Server::ShardsUring | Server::ShardsEpoll if cfg!(windows) => linux(
+                "the shards' listeners share their address through SO_REUSEPORT, which \
+                 Windows lacks",
+            ),
+            Server::Peer(_) if cfg!(windows) => linux(
+                "the peers of crates/bench (tokio-echo, uring-echo, epoll-echo) are built \
+                 beside the Linux cport and measured against it; uring-echo and epoll-echo \
+                 are io_uring and epoll servers",
+            ),
+            _ => None,
+        }
     }
 
     pub fn needs_uring(self) -> bool {
@@ -107,6 +165,7 @@ impl Server {
             self,
             Server::PortUring
                 | Server::PortEpoll
+                | Server::PortIocp
                 | Server::ShardsUring
                 | Server::ShardsEpoll
                 | Server::Peer(_)
@@ -123,9 +182,13 @@ impl Server {
     /// replacement, as bench/serve.sh sized it for one core.
     pub fn command(self, cport: &Path, threads: u32) -> (PathBuf, Vec<String>) {
         let owned = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let port = |backend: &str| {
-            let mut a = owned(&["serve", "--port", "0", "--model", "port", "--backend"]);
-            a.push(backend.into());
+        // Windows' port takes no --backend but auto, its default.
+        let port = |backend: Option<&str>| {
+            let mut a = owned(&["serve", "--port", "0", "--model", "port"]);
+            if let Some(b) = backend {
+                a.push("--backend".into());
+                a.push(b.into());
+            }
             a.extend(owned(&["--no-udp", "--workers"]));
             a.push(threads.max(2).to_string());
             a.push("--concurrency".into());
@@ -140,8 +203,9 @@ impl Server {
             a
         };
         match self {
-            Server::PortUring => (cport.into(), port("uring")),
-            Server::PortEpoll => (cport.into(), port("epoll")),
+            Server::PortUring => (cport.into(), port(Some("uring"))),
+            Server::PortEpoll => (cport.into(), port(Some("epoll"))),
+            Server::PortIocp => (cport.into(), port(None)),
             Server::ShardsUring => (cport.into(), shards("uring")),
             Server::ShardsEpoll => (cport.into(), shards("epoll")),
             Server::Model(Model::Callback) => (
@@ -190,7 +254,9 @@ fn server_names() -> String {
 }
 
 /// `--servers a,b`: the servers named, in the order of [`Server::all`],
-/// each once. Group names stand for their members.
+/// each once. Group names stand for their members. A server named that
+/// cannot run here is refused with the reason; a group's members that
+/// cannot are kept, for the plan to skip with a line saying why.
 pub fn parse_servers(s: &str) -> Result<Vec<Server>, Usage> {
     let mut wanted = Vec::new();
     for name in s.split(',').map(str::trim) {
@@ -203,10 +269,18 @@ pub fn parse_servers(s: &str) -> Result<Vec<Server>, Usage> {
                 )));
             }
             "models" => Server::models(),
-            "port" => vec![Server::PortUring, Server::PortEpoll],
+            "port" => Server::ports(),
             "shards" => vec![Server::ShardsUring, Server::ShardsEpoll],
             "peers" => Peer::ALL.map(Server::Peer).to_vec(),
-            _ => Server::by_name(name).into_iter().collect(),
+            _ => match Server::by_name(name).or_else(|| Server::elsewhere(name)) {
+                Some(server) => {
+                    if let Some(why) = server.unavailable() {
+                        return Err(Usage(format!("--servers {name}: {why}")));
+                    }
+                    vec![server]
+                }
+                None => Vec::new(),
+            },
         };
         if found.is_empty() {
             return Err(Usage(format!(

@@ -1,15 +1,18 @@
 //! summary.md: what a reader needs to trust or redo the record (the exact
 //! command, machine, versions, how the CPUs were shared), the tables, and
-//! how each column was counted.
+//! how each column was counted (on Linux from /proc and perf, on Windows
+//! from its process APIs, and why the system-call column is empty there).
 
 use std::fmt::Write as _;
 use std::fs;
 
-use super::costs::{self, COLUMNS};
+use super::costs;
+#[cfg(unix)]
+use super::costs::COLUMNS;
 use super::plan::Plan;
 use super::report::Row;
 use super::run::{self, Setup};
-use super::{output_of, proc, shell_word};
+use super::{os, output_of, shell_word};
 
 pub struct Info<'a> {
     pub plan: &'a Plan,
@@ -58,6 +61,14 @@ fn parse_locked_versions(lock: &str, names: &[&str]) -> String {
 
 /// The kernel's CPU vulnerability mitigations: they set the price of a
 /// system call, so a record taken under others is not comparable.
+#[cfg(windows)]
+fn mitigations() -> String {
+    "not read on Windows".into()
+}
+
+/// The kernel's CPU vulnerability mitigations: they set the price of a
+/// system call, so a record taken under others is not comparable.
+#[cfg(unix)]
 fn mitigations() -> String {
     let Ok(dir) = fs::read_dir("/sys/devices/system/cpu/vulnerabilities") else {
         return "unknown".into();
@@ -77,6 +88,7 @@ fn mitigations() -> String {
     v.join("; ")
 }
 
+#[cfg(unix)]
 fn first_line_of(path: &str) -> String {
     fs::read_to_string(path).map_or_else(
         |_| "absent".into(),
@@ -93,9 +105,7 @@ pub fn summary(info: &Info, rows: &[Row], tables: &Tables) -> String {
     let commit = output_of("git", &["rev-parse", "--short=12", "HEAD"]);
     let dirty = output_of("git", &["--no-optional-locks", "status", "--porcelain"])
         .map(|s| s.lines().count());
-    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "?".into());
+    let system = system();
     let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
     let servers: Vec<&str> = plan.servers.iter().map(|s| s.name()).collect();
     let cells: Vec<String> = plan.cells.iter().map(|c| c.to_string()).collect();
@@ -116,8 +126,8 @@ pub fn summary(info: &Info, rows: &[Row], tables: &Tables) -> String {
     );
     let _ = writeln!(
         s,
-        "- machine: {nproc} CPUs ({}), Linux {kernel}; load average {} before, {} after",
-        proc::cpu_model(),
+        "- machine: {nproc} CPUs ({}), {system}; load average {} before, {} after",
+        os::cpu_model(),
         info.load_before,
         info.load_after
     );
@@ -147,6 +157,9 @@ pub fn summary(info: &Info, rows: &[Row], tables: &Tables) -> String {
         servers.join(", "),
         plan.reference.name()
     );
+    for (server, why) in &plan.skipped {
+        let _ = writeln!(s, "- skipped: {} ({why})", server.name());
+    }
     let _ = writeln!(
         s,
         "- cells: {}; {} round(s); {:.2} s measured after a {:.2} s warm-up per run",
@@ -164,22 +177,7 @@ pub fn summary(info: &Info, rows: &[Row], tables: &Tables) -> String {
     );
     let _ = writeln!(s, "- CPUs: {}", info.pinning);
     let _ = writeln!(s, "- descriptors: {}", info.nofile_note);
-    let _ = writeln!(
-        s,
-        "- io_uring: {} (kernel.io_uring_disabled: {}); `--backend auto` resolves to {}",
-        match &setup.uring {
-            Ok(()) => "available".to_string(),
-            Err(why) => format!("unavailable ({why}): port-uring and uring-echo skipped"),
-        },
-        first_line_of("/proc/sys/kernel/io_uring_disabled"),
-        setup.auto_backend
-    );
-    let _ = writeln!(
-        s,
-        "- perf: {}; system calls in the rounds: {}",
-        output_of("perf", &["--version"]).unwrap_or_else(|| "not found".into()),
-        info.perf_line
-    );
+    backends_and_perf(&mut s, info);
 
     let _ = writeln!(
         s,
@@ -202,6 +200,12 @@ pub fn summary(info: &Info, rows: &[Row], tables: &Tables) -> String {
         }
         s.push('\n');
     }
+    #[cfg(windows)]
+    let _ = writeln!(
+        s,
+        "## Costs per message\n\nNot counted: {}.\n",
+        costs::UNAVAILABLE
+    );
     let _ = writeln!(s, "## Most connections held\n\n{}", tables.held);
     let _ = writeln!(s, "## Every run\n\n{}", tables.runs);
     let noted: Vec<&Row> = rows.iter().filter(|r| !r.note.is_empty()).collect();
@@ -223,6 +227,69 @@ pub fn summary(info: &Info, rows: &[Row], tables: &Tables) -> String {
         }
         s.push('\n');
     }
+    method(&mut s, plan, setup);
+    s
+}
+
+/// The system the record was taken on.
+#[cfg(unix)]
+fn system() -> String {
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "?".into());
+    format!("Linux {kernel}")
+}
+
+/// The system the record was taken on, and wine when it runs under wine:
+/// then the figures are wine's on Linux, not Windows'.
+#[cfg(windows)]
+fn system() -> String {
+    let ver = output_of("cmd", &["/c", "ver"]).unwrap_or_else(|| "Windows".into());
+    match os::wine_version() {
+        Some(w) => format!("{ver} under wine {w} (the figures are wine's on Linux, not Windows')"),
+        None => ver,
+    }
+}
+
+#[cfg(unix)]
+fn backends_and_perf(s: &mut String, info: &Info) {
+    let setup = info.setup;
+    let _ = writeln!(
+        s,
+        "- io_uring: {} (kernel.io_uring_disabled: {}); `--backend auto` resolves to {}",
+        match &setup.uring {
+            Ok(()) => "available".to_string(),
+            Err(why) => format!("unavailable ({why}): port-uring and uring-echo skipped"),
+        },
+        first_line_of("/proc/sys/kernel/io_uring_disabled"),
+        setup.auto_backend
+    );
+    let _ = writeln!(
+        s,
+        "- perf: {}; system calls in the rounds: {}",
+        output_of("perf", &["--version"]).unwrap_or_else(|| "not found".into()),
+        info.perf_line
+    );
+}
+
+#[cfg(windows)]
+fn backends_and_perf(s: &mut String, info: &Info) {
+    let _ = writeln!(
+        s,
+        "- the port: Windows' own completion port (port-iocp, `--backend auto`, which the \
+         servers' first line names `backend={}`)",
+        info.setup.auto_backend
+    );
+    let _ = writeln!(
+        s,
+        "- perf: none on Windows; system calls per message: {}",
+        info.perf_line
+    );
+}
+
+/// How each column was counted: /proc and perf.
+#[cfg(unix)]
+fn method(s: &mut String, plan: &Plan, setup: &Setup) {
     let cost_columns: Vec<String> = COLUMNS
         .iter()
         .map(|c| {
@@ -296,7 +363,54 @@ first line, the sampled window and every child's stderr: runs.log. Chart: chart.
             ""
         },
     );
-    s
+}
+
+/// How each column was counted: Windows' process APIs.
+#[cfg(windows)]
+fn method(s: &mut String, _plan: &Plan, _setup: &Setup) {
+    let _ = write!(
+        s,
+        "## How each column was counted
+
+Each run starts the server (`cport serve --model NAME --port 0`, the port model with `--no-udp`)
+in a process group of its own and reads its first line, `listening on ADDR ...`. It then starts
+`cport load ADDR --conns N --size S --depth D --threads 1 --json`, which opens every connection
+before its clock starts; the runner sees them in the TCP table (`GetTcpTable`: the connections
+established towards ADDR, an ephemeral port only the load connects to), and from then knows the
+schedule: the warm-up, then the measured period. In a round, inside that period, from 0.1 s after
+its start to 0.15 s before its end (a tenth and 15% of the period if shorter), CPU time is taken
+over the first half of that window. Rounds go cell by cell, the servers taking turns (A B C A B C
+...). Pinned, each process's affinity is set with `SetProcessAffinityMask` right after it starts.
+
+- **backend**: the server's first line (`backend=`); on Windows the port's is `auto`, the
+  native completion port. `-`: the model runs on no port.
+- **msgs/s, MB/s, p50 µs, p99 µs, errors**: `cport load --json` over its measured period only.
+  MB/s counts each direction once. Latency runs from a message's send to the last byte of its
+  echo. Errors count connections that failed, were closed by the server, echoed a wrong byte or
+  left messages unanswered.
+- **CPU µs/msg**, the figure of merit: the server's kernel + user time, read at the first
+  half's start and end, divided by that window's length and by the load's messages/s. Read with
+  {cpu}.
+- **syscalls/msg**: empty, {why}.
+- **costs**: {costs}.
+- **threads**: the most threads the server owned in a `CreateToolhelp32Snapshot
+  (TH32CS_SNAPTHREAD)` walk, sampled every 100 ms from the server's start to the end of the run
+  (connections open). Windows adds threads of its own to a process (the loader's thread pool);
+  they are counted.
+- **peak RSS**: `PeakWorkingSetSize` of `K32GetProcessMemoryInfo` (the most of the server's
+  memory resident at once) just before the server is stopped (Ctrl-Break, TerminateProcess
+  after 10 s, or at once when the bench shares no console with the server to send Ctrl-Break
+  through, as under wine without a terminal: runs.log says so).
+- **most conns held**: per server, the largest connection count of the matrix at which a run
+  was measured with 0 errors (at any size and round).
+
+Raw rows: raw.csv (one per run and round); per run the commands, pids, the server's first line,
+the sampled window and every child's stderr: runs.log. Chart: chart.svg.
+",
+        cpu = os::cpu_source(),
+        why = run::NO_SYSCALLS,
+        costs = costs::UNAVAILABLE,
+    );
 }
 
 #[cfg(test)]
