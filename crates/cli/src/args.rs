@@ -335,8 +335,9 @@ pub struct LoadArgs {
 pub struct BenchArgs {
     /// Servers to run, separated by commas: blocking, nonblocking, select,
     /// poll, epoll, message, event, overlapped, callback, port-uring,
-    /// port-epoll (the models, as `cport serve --model` runs them),
-    /// tokio-echo, uring-echo, epoll-echo (the peers of crates/bench, found
+    /// port-epoll (the models, as `cport serve --model` runs them; on
+    /// Windows the port is port-iocp and epoll is not there), tokio-echo,
+    /// uring-echo, epoll-echo (the peers of crates/bench, Linux only, found
     /// beside this executable), or the groups models, port, peers (default:
     /// models).
     #[arg(long, alias = "models", value_name = "LIST")]
