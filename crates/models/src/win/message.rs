@@ -46,6 +46,21 @@
 //! All accepts, reads and writes of every connection run on the one
 //! thread: its single-loop cost is what this model shows.
 //!
+//! FD_ACCEPT is re-armed with another `WSAAsyncSelect(listener, hwnd,
+//! WM_SOCKET, FD_ACCEPT)` after each drain of the listener. Windows needs
+//! no such call: any `accept`, even one that fails with WSAEWOULDBLOCK,
+//! re-enables FD_ACCEPT. Wine 8 re-enables it only on a successful accept
+//! (server/sock.c, `accept_socket`), and its server can, it seems, post
+//! an FD_ACCEPT for a connection an accept already took (a readiness
+//! event it polled before handling that accept): the `accept` that message
+//! leads to fails with WSAEWOULDBLOCK, FD_ACCEPT stays "reported", and no
+//! later connection is ever announced. Seen under wine as servers whose
+//! listener held 129 connections and no message queued (a test's 200
+//! clients timed out in about one run in five). Re-selecting resets
+//! wine's record; on Windows it costs one call per FD_ACCEPT message, and
+//! at most an extra message (whose `accept` would block) when a
+//! connection arrives meanwhile.
+//!
 //! Under wine a message-only window needs no display: wine's user driver
 //! falls back to a null driver without an X server, and its
 //! `nodrv_CreateWindow` accepts a window whose parent is the message
@@ -135,6 +150,9 @@ pub fn serve(listener: TcpListener, stop: Stop, stats: Arc<Stats>) -> io::Result
                 // SAFETY: as for the stop's post; this thread owns the
                 // window, alive until this function's end.
                 unsafe { PostMessageW(hwnd, WM_SOCKET, ls as WPARAM, FD_ACCEPT as LPARAM) };
+            } else if let Err(e) = async_select(ls, hwnd, FD_ACCEPT) {
+                // Re-armed for wine: see the module docs.
+                break Err(e);
             }
             continue;
         }
