@@ -631,8 +631,19 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
         // cancellations here and drop what was in flight now, values and
         // buffers, not when the last clone of the port goes (Q6).
         let deadline = Instant::now() + DRAIN;
+        let reaped = lock(&self.state).ops.len() > 0;
         while lock(&self.state).ops.len() > 0 && Instant::now() < deadline {
             self.reap(Some(CLOSE_POLL), &mut dropped);
+        }
+        if reaped {
+            // This thread's reaping may have taken the wake-up posted above:
+            // a leader that was about to wait, not yet in
+            // GetQueuedCompletionStatusEx when it was posted, would then
+            // wait with nothing to end it. Another one, now that nobody
+            // else reaps, is there for it. (Seen as a waiter of Q6's test
+            // not woken within 10 s under wine on a busy machine; not
+            // reproduced on demand.)
+            self.wake();
         }
         // Outside the lock; every value is dropped even if one's Drop
         // panics, and the first panic goes on to the port, which logs it.
