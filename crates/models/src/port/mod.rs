@@ -5,24 +5,18 @@
 //! with one thread that issues and dequeues everything.
 //!
 //! The tutorials' shape, kept: worker threads (2 × CPUs) dequeue
-//! completions, and a receive completion issues the send of the buffer it
-//! filled; 0 bytes closes. What the tutorials leave out and a deployed
-//! server needs:
+//! completions, a receive completion issues a send of the same buffer and
+//! the send completion issues the next receive; 0 bytes closes. What the
+//! tutorials leave out and a deployed server needs:
 //!
-//! * **One receive for the connection's life** (SEMANTICS O9): a
-//!   multishot receive yields a completion per arrival, so no request and
-//!   no poll is armed per message. Workers take a connection's arrivals at
-//!   once; each is numbered (`Completion::seq`) and sent under the
-//!   connection's lock in that order, an arrival taken before its turn
-//!   waiting for the worker that holds the earlier one. The bytes are
-//!   echoed in order however the workers interleave.
-//! * **Backpressure**: a client that does not read its echoes has its
-//!   receive cancelled once 32 sends wait, and armed again when half of
-//!   them are done, so its data waits in the kernel under TCP's flow
-//!   control and the server's memory stays bounded.
-//! * **No buffer pinned while idle** (SEMANTICS O6): the receive takes a
-//!   pool buffer only when data is there; the buffer is sent and then
-//!   recycled.
+//! * **One message in flight per connection.** A connection always has
+//!   exactly one operation in the port, a receive or a send, never both.
+//!   A client that never reads therefore stops being read from as soon as
+//!   its echo cannot be sent (backpressure without a counter), and the
+//!   connection's state needs no lock on the echo path except the one that
+//!   lets a timer or the shutdown find the pending receive.
+//! * **No buffer pinned while idle** (SEMANTICS O6): receives are
+//!   `recv_pooled`; the buffer that comes back is sent and then recycled.
 //! * **Accept never spins** (SEMANTICS R2, LESSONS 6): descriptor
 //!   exhaustion ends the multishot accept with an error, and the serving
 //!   thread re-arms it 50 ms later.
@@ -61,8 +55,12 @@ use self::run::{Counters, Events};
 use self::tcp::Conn;
 use self::udp::UdpState;
 
-/// Receive buffers in a port's pool, by the backend it runs on (the port
-/// server's and each shard's).
+/// Receive buffers in the port's pool. On io_uring they form the
+/// provided-buffer ring and go back to it as soon as their bytes are copied
+/// out, so this bounds bursts, not connections.
+const POOL_BUFFERS: u16 = 256;
+
+/// Receive buffers in each shard's pool, by the backend it runs on.
 ///
 /// On io_uring they are the provided-buffer ring, and an arrival holds its
 /// buffer until its echo is sent: the ring must cover the messages in
@@ -326,17 +324,10 @@ impl Server {
                 "neither a TCP listener nor a UDP socket to serve",
             ));
         }
-        // The backend `Auto` picks decides the pool: asked of a port made
-        // and dropped first.
-        let backend = cport::Builder::new()
-            .backend(options.backend)
-            .build::<()>()
-            .map_err(|e| context(e, "cannot create the completion port"))?
-            .backend();
         let port: CompletionPort<Tag> = cport::Builder::new()
             .concurrency(options.concurrency)
-            .backend(backend)
-            .pool(pool_buffers(backend), options.buffer_size)
+            .backend(options.backend)
+            .pool(POOL_BUFFERS, options.buffer_size)
             // Every handler issues its next operation and returns at once,
             // so batching their submissions costs no latency and saves
             // system calls.
@@ -495,13 +486,12 @@ impl Inner {
         self.counters.add(1, 0, 0);
         let kind = c.kind;
         let more = c.more;
-        let seq = c.seq;
         let result = c.result;
         let payload = c.payload;
         match c.value {
             Tag::Accept(epoch) => self.on_accept(port, epoch, result, payload, more),
             Tag::Tcp(conn) => match kind {
-                OpKind::RecvMulti => self.on_recv(port, conn, more, seq, result, payload),
+                OpKind::RecvPooled => self.on_recv(port, conn, result, payload),
                 OpKind::Send => self.on_sent(port, conn, result, payload),
                 other => warn!("unexpected {other:?} completion on a connection"),
             },

@@ -5,7 +5,7 @@ use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cport::{is_aborted, CompletionPort, Handle, OpId, Payload};
@@ -27,42 +27,13 @@ pub(super) struct Conn {
     ended: AtomicBool,
 }
 
-/// Sends a connection may have in flight before its receive is cancelled
-/// (a client that does not read its echoes); it is armed again once half
-/// of them are done.
-const MAX_SENDS: u32 = 32;
-
-/// A connection's echo state, behind its lock: the multishot receive, the
-/// order its arrivals are sent in, and why it should end. Sends are issued
-/// under the lock, in arrival order, whichever worker took each arrival.
+/// What a timer or the shutdown needs to reach a connection: its pending
+/// receive (to cancel it) and the reason it should end. Held while a
+/// receive is issued, so a canceller never misses one that is being issued.
 #[derive(Default)]
 pub(super) struct ConnIo {
-    /// The multishot receive, while armed (a timer or the shutdown
-    /// cancels it).
     pub(super) recv_op: Option<OpId>,
-    /// Why a timer or the shutdown wants the connection to end.
     pub(super) ending: Option<Reason>,
-    /// The next arrival of the receive to send (`Completion::seq`).
-    next: u64,
-    /// Arrivals taken by a worker before an earlier one was sent.
-    early: Vec<(u64, Vec<u8>)>,
-    /// The receive's final completion came, numbered this: the arrivals
-    /// before it are all there will be.
-    last: Option<u64>,
-    /// The peer finished sending (or the shutdown stopped the receive):
-    /// the connection ends once every arrival is echoed.
-    eof: bool,
-    /// Sends in flight.
-    sends: u32,
-    /// The receive was cancelled for [`MAX_SENDS`].
-    paused: bool,
-}
-
-impl ConnIo {
-    /// Every arrival of the ended receive has been sent.
-    fn all_sent(&self) -> bool {
-        self.last == Some(self.next)
-    }
 }
 
 /// Why a connection ended, for the disconnect line.
@@ -232,121 +203,50 @@ impl Inner {
             drop(io);
             return self.end(port, &conn, reason);
         }
-        if let Err(reason) = self.arm(port, &conn, &mut io) {
-            drop(io);
-            self.end(port, &conn, reason);
-        }
-    }
-
-    /// Arms the connection's multishot receive (SEMANTICS O9): a
-    /// completion per arrival, each numbered from 0.
-    fn arm(
-        &self,
-        port: &CompletionPort<Tag>,
-        conn: &Arc<Conn>,
-        io: &mut ConnIo,
-    ) -> Result<(), Reason> {
-        match port.recv_multi(conn.handle, Tag::Tcp(conn.clone())) {
-            Ok(op) => {
-                io.recv_op = Some(op);
-                io.next = 0;
-                io.last = None;
-                Ok(())
+        match port.recv_pooled(conn.handle, Tag::Tcp(conn.clone())) {
+            Ok(op) => io.recv_op = Some(op),
+            Err(r) => {
+                drop(io);
+                let reason = self.reason(&conn, r.error);
+                self.end(port, &conn, reason);
             }
-            Err(r) => Err(Reason::of(r.error)),
         }
     }
 
-    /// A completion of the multishot receive: an arrival (`more`), or its
-    /// end. Arrivals are sent in their order under the connection's lock;
-    /// one taken before its turn waits in `early` for the worker holding
-    /// the earlier one.
     pub(super) fn on_recv(
         &self,
         port: &CompletionPort<Tag>,
         conn: Arc<Conn>,
-        more: bool,
-        seq: u64,
         result: io::Result<usize>,
         payload: Payload,
     ) {
-        if more {
-            let Some(buf) = payload.into_buf() else {
-                warn!("an arrival came without its buffer");
-                return self.end(port, &conn, Reason::Failed(io::ErrorKind::Other.into()));
-            };
-            if conn.ended.load(Ordering::Acquire) {
-                return port.recycle(buf);
-            }
-            self.counters.add(0, buf.len() as u64, 0);
-            self.touch(&conn);
-            if let Some(on_data) = &self.on_data {
-                on_data(Protocol::Tcp, conn.peer, &buf);
-            }
-            let mut io = lock(&conn.io);
-            if seq != io.next {
-                io.early.push((seq, buf));
-                return;
-            }
-            let mut buf = Some(buf);
-            while let Some(b) = buf.take() {
-                if let Err(reason) = self.send(port, &conn, &mut io, b) {
-                    drop(io);
-                    return self.end(port, &conn, reason);
-                }
-                let next = io.next;
-                if let Some(i) = io.early.iter().position(|&(s, _)| s == next) {
-                    buf = Some(io.early.swap_remove(i).1);
-                }
-            }
-            if io.sends >= MAX_SENDS && !io.paused {
-                // The client does not read its echoes: stop reading it.
-                io.paused = true;
-                if let Some(op) = io.recv_op {
-                    let _ = port.cancel(op);
-                }
-            }
-            return;
-        }
-        let mut io = lock(&conn.io);
-        io.recv_op = None;
-        io.last = Some(seq);
+        lock(&conn.io).recv_op = None;
         match result {
-            Ok(_) => io.eof = true,
-            // Cancelled by the shutdown: what came is echoed, then the end.
-            Err(e) if is_aborted(&e) && matches!(io.ending, Some(Reason::Shutdown)) => {
-                io.eof = true
-            }
-            // Cancelled for backpressure: armed again as sends finish.
-            Err(e) if is_aborted(&e) && io.paused && io.ending.is_none() => {}
-            Err(e) => {
-                let reason = io.ending.take().unwrap_or_else(|| self.reason_of(e));
-                drop(io);
-                return self.end(port, &conn, reason);
-            }
-        }
-        self.go_on(port, &conn, io);
-    }
-
-    /// Sends one arrival, the next in order.
-    fn send(
-        &self,
-        port: &CompletionPort<Tag>,
-        conn: &Arc<Conn>,
-        io: &mut ConnIo,
-        buf: Vec<u8>,
-    ) -> Result<(), Reason> {
-        io.next += 1;
-        match port.send(conn.handle, buf, Tag::Tcp(conn.clone())) {
-            Ok(_) => {
-                io.sends += 1;
-                Ok(())
-            }
-            Err(r) => {
-                if let Some(b) = r.payload.into_buf() {
-                    port.recycle(b);
+            Ok(0) => self.end(port, &conn, Reason::PeerClosed),
+            Ok(n) => {
+                let Some(buf) = payload.into_buf() else {
+                    warn!("a receive completed without its buffer");
+                    return self.end(port, &conn, Reason::Failed(io::ErrorKind::Other.into()));
+                };
+                self.counters.add(0, n as u64, 0);
+                self.touch(&conn);
+                if let Some(on_data) = &self.on_data {
+                    on_data(Protocol::Tcp, conn.peer, &buf);
                 }
-                Err(io.ending.take().unwrap_or_else(|| self.reason_of(r.error)))
+                let handle = conn.handle;
+                if let Err(r) = port.send(handle, buf, Tag::Tcp(conn)) {
+                    if let Some(b) = r.payload.into_buf() {
+                        port.recycle(b);
+                    }
+                    if let Tag::Tcp(conn) = r.value {
+                        let reason = self.reason(&conn, r.error);
+                        self.end(port, &conn, reason);
+                    }
+                }
+            }
+            Err(e) => {
+                let reason = self.reason(&conn, e);
+                self.end(port, &conn, reason);
             }
         }
     }
@@ -366,9 +266,7 @@ impl Inner {
                 self.counters.add(0, 0, n as u64);
                 conn.echoed.fetch_add(n as u64, Ordering::Relaxed);
                 self.touch(&conn);
-                let mut io = lock(&conn.io);
-                io.sends -= 1;
-                self.go_on(port, &conn, io);
+                self.issue_recv(port, conn);
             }
             Err(e) => {
                 let reason = self.reason(&conn, e);
@@ -377,52 +275,13 @@ impl Inner {
         }
     }
 
-    /// After a send or the receive's end: arms the receive again once a
-    /// client that did not read has caught up, or ends the connection once
-    /// its peer (or the shutdown) stopped it and every echo is done.
-    fn go_on(&self, port: &CompletionPort<Tag>, conn: &Arc<Conn>, mut io: MutexGuard<'_, ConnIo>) {
-        if io.recv_op.is_some() || !io.all_sent() {
-            return;
-        }
-        if matches!(io.ending, Some(Reason::Shutdown)) {
-            // The shutdown found the receive paused: no more receiving;
-            // the echoes in flight finish, then the end.
-            io.eof = true;
-        }
-        if io.eof {
-            if io.sends == 0 {
-                let reason = io.ending.take().unwrap_or(Reason::PeerClosed);
-                drop(io);
-                self.end(port, conn, reason);
-            }
-            return;
-        }
-        if io.paused && io.sends <= MAX_SENDS / 2 {
-            io.paused = false;
-            if let Some(reason) = io.ending.take() {
-                drop(io);
-                return self.end(port, conn, reason);
-            }
-            if let Err(reason) = self.arm(port, conn, &mut io) {
-                drop(io);
-                self.end(port, conn, reason);
-            }
-        }
-    }
-
     /// Why an operation failed: the reason a timer or the shutdown gave when
     /// it cancelled or closed the connection, else the error itself.
     fn reason(&self, conn: &Conn, e: io::Error) -> Reason {
-        let ending = lock(&conn.io).ending.take();
-        ending.unwrap_or_else(|| self.reason_of(e))
-    }
-
-    /// Why an operation failed when no timer or shutdown gave a reason.
-    fn reason_of(&self, e: io::Error) -> Reason {
-        if is_aborted(&e) && self.draining.load(Ordering::Acquire) {
-            Reason::Shutdown
-        } else {
-            Reason::of(e)
+        match lock(&conn.io).ending.take() {
+            Some(r) => r,
+            None if is_aborted(&e) && self.draining.load(Ordering::Acquire) => Reason::Shutdown,
+            None => Reason::of(e),
         }
     }
 
