@@ -40,7 +40,7 @@ use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::Duration;
@@ -492,6 +492,28 @@ where
         let _count = count;
         f()
     })
+}
+
+/// The index of the first group with room (fewer than `limit` sockets, by
+/// its `count`), starting another with `start` when all are full: the
+/// thread per group of sockets of the select, event and overlapped models.
+pub(crate) fn group_with_room<G>(
+    groups: &mut Vec<G>,
+    threads: &mut Vec<thread::JoinHandle<()>>,
+    limit: usize,
+    count: impl Fn(&G) -> &AtomicUsize,
+    start: impl FnOnce() -> io::Result<(G, thread::JoinHandle<()>)>,
+) -> io::Result<usize> {
+    if let Some(i) = groups
+        .iter()
+        .position(|g| count(g).load(Ordering::Acquire) < limit)
+    {
+        return Ok(i);
+    }
+    let (g, t) = start()?;
+    threads.push(t);
+    groups.push(g);
+    Ok(groups.len() - 1)
 }
 
 /// Joins `threads`, turning a panic into an error.

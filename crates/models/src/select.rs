@@ -62,19 +62,15 @@ pub fn serve(listener: TcpListener, stop: Stop, stats: Arc<Stats>) -> io::Result
             continue;
         };
         stats.opened();
-        let group = match groups
-            .iter()
-            .position(|g| g.count.load(Ordering::Acquire) < GROUP)
-        {
-            Some(i) => &groups[i],
-            None => match start_group(&stop, &stats) {
-                Ok((g, t)) => {
-                    threads.push(t);
-                    groups.push(g);
-                    &groups[groups.len() - 1]
-                }
-                Err(e) => break Err(e),
-            },
+        let group = match crate::group_with_room(
+            &mut groups,
+            &mut threads,
+            GROUP,
+            |g| &g.count,
+            || start_group(&stop, &stats),
+        ) {
+            Ok(i) => &groups[i],
+            Err(e) => break Err(e),
         };
         group.count.fetch_add(1, Ordering::AcqRel);
         if group.tx.send(echo).is_err() {

@@ -95,23 +95,19 @@ pub fn serve(listener: TcpListener, stop: Stop, stats: Arc<Stats>) -> io::Result
             continue;
         };
         stats.opened();
-        let i = match groups
-            .iter()
-            .position(|g| g.count.load(Ordering::Acquire) < GROUP)
-        {
-            Some(i) => i,
-            None => match start_group(&stop, &stats) {
-                Ok((g, t)) => {
-                    threads.push(t);
-                    groups.push(g);
-                    groups.len() - 1
-                }
-                Err(e) => {
-                    drop(conn);
-                    stats.ended(true);
-                    break Err(e);
-                }
-            },
+        let i = match crate::group_with_room(
+            &mut groups,
+            &mut threads,
+            GROUP,
+            |g| &g.count,
+            || start_group(&stop, &stats),
+        ) {
+            Ok(i) => i,
+            Err(e) => {
+                drop(conn);
+                stats.ended(true);
+                break Err(e);
+            }
         };
         let g = &groups[i];
         g.count.fetch_add(1, Ordering::AcqRel);

@@ -134,19 +134,15 @@ pub fn serve(listener: TcpListener, stop: Stop, stats: Arc<Stats>) -> io::Result
         stats.opened();
         // Hand it to the first group with room, or to a new group.
         let handed = loop {
-            let i = match groups
-                .iter()
-                .position(|g| g.count.load(Ordering::Acquire) < GROUP)
-            {
-                Some(i) => i,
-                None => match start_group(&stop, &stats) {
-                    Ok((g, t)) => {
-                        threads.push(t);
-                        groups.push(g);
-                        groups.len() - 1
-                    }
-                    Err(e) => break Err(e),
-                },
+            let i = match crate::group_with_room(
+                &mut groups,
+                &mut threads,
+                GROUP,
+                |g| &g.count,
+                || start_group(&stop, &stats),
+            ) {
+                Ok(i) => i,
+                Err(e) => break Err(e),
             };
             let g = &groups[i];
             g.count.fetch_add(1, Ordering::AcqRel);
