@@ -204,9 +204,30 @@ impl Shards {
 fn port(backend: Backend, buffer_size: usize) -> io::Result<LocalPort<Tag>> {
     Builder::new()
         .backend(backend)
-        .pool(super::pool_buffers(backend), buffer_size)
+        .pool(pool_buffers(backend), buffer_size)
         .build_local()
         .map_err(|e| io::Error::new(e.kind(), format!("cannot create a shard's port: {e}")))
+}
+
+/// Receive buffers in a shard's pool, by the backend it runs on.
+///
+/// On io_uring they are the provided-buffer ring, and an arrival holds its
+/// buffer until its echo is sent: the ring must cover the messages in
+/// flight, or receives meet it empty and are armed again, a request each
+/// (with 512, at 500 connections × 16 messages of 4 KiB, about one per
+/// echoed message; with 2048, none). 2048 buffers of 16 KiB are 32 MiB at
+/// most, resident only once the kernel has written into them.
+///
+/// On epoll the pool never runs dry (a buffer is made when none is free);
+/// its count bounds only the filled buffers waiting to be dequeued, that
+/// is what one burst from one client can make the server hold before its
+/// receive is cancelled: kept at 512 (8 MiB), as a client that never
+/// reads is held back within that (crates/cli/tests/robustness.rs).
+fn pool_buffers(backend: Backend) -> u16 {
+    match backend {
+        Backend::Epoll => 512,
+        _ => 2048,
+    }
 }
 
 /// One connection of a shard.
