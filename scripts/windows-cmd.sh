@@ -16,9 +16,15 @@
 # that compiler. The libraries they link with (libLLVM, libgit2, ...) are
 # installed with apt: they replace nothing.
 #
-# Usage: scripts/windows-cmd.sh [build|test|models [test args...]]
+# Usage: scripts/windows-cmd.sh [build|workspace|test|models [test args...]]
 #   build (default): builds target/windows-web/target/x86_64-pc-windows-gnu/
 #                    <profile>/cport.exe
+#   workspace:       builds every crate of the workspace with all its targets
+#                    (libraries, binaries, tests, benches, examples) for
+#                    Windows, as `cargo build --workspace --all-targets` on
+#                    Windows would; runs nothing. The Linux-only parts (the
+#                    io_uring and epoll peers, the command's /proc-based
+#                    tests) build to a stub or to nothing there.
 #   models:          builds crates/models' tests for Windows and runs them
 #                    under wine (the Winsock models' echo tests); further
 #                    arguments go to every test binary (a filter, flags).
@@ -45,9 +51,9 @@ set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 mode=${1:-build}
 case "$mode" in
-    build|test) ;;
+    build|workspace|test) ;;
     models) shift ;;
-    *) echo "usage: $0 [build|test|models [test args...]]" >&2; exit 2 ;;
+    *) echo "usage: $0 [build|workspace|test|models [test args...]]" >&2; exit 2 ;;
 esac
 target=x86_64-pc-windows-gnu
 out=${CARGO_TARGET_DIR:-$top/target}
@@ -63,13 +69,17 @@ step "toolchain"
 apt_updated=0
 apt_update() { [ $apt_updated = 1 ] || { apt-get update -qq; apt_updated=1; }; }
 candidate() { apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/ {print $2}'; }
+# minor VERSION: 96 of 1.96.0+dfsg..., 0 for none.
+minor() { local m; m=$(echo "${1%%+*}" | cut -d. -f2); echo "${m:-0}" | tr -cd 0-9; }
 ver=$(candidate rustc-web)
-if [ -z "$ver" ] || [ "$ver" = "(none)" ]; then
+if [ -z "$ver" ] || [ "$ver" = "(none)" ] || [ "$(minor "$ver")" -lt 95 ]; then
+    # Missing, or only an older one in stale package lists (a fresh
+    # machine's image): ask the archive for the current one.
     apt_update
     ver=$(candidate rustc-web)
 fi
 upstream=${ver%%+*}                      # 1.96.0
-minor=$(echo "$upstream" | cut -d. -f2)
+minor=$(minor "$ver")
 if [ -z "$ver" ] || [ "$ver" = "(none)" ] || [ "${minor:-0}" -lt 95 ]; then
     echo "rustc-web ${ver:-missing} is older than the command's Rust 1.95: its current" >&2
     echo "version comes from bookworm-security; add that suite to the apt sources" >&2
@@ -99,7 +109,7 @@ for d in $deps; do
     dpkg -s "$d" >/dev/null 2>&1 || need+=("$d")
 done
 command -v x86_64-w64-mingw32-gcc >/dev/null || need+=(gcc-mingw-w64-x86-64)
-if [ "$mode" != build ]; then
+if [ "$mode" = test ] || [ "$mode" = models ]; then
     command -v wine >/dev/null || need+=(wine64 wine)
     command -v python3 >/dev/null || need+=(python3)
 fi
@@ -121,7 +131,12 @@ cd "$top"
 build_dir=${WINDOWS_TARGET_DIR:-$web/target}
 mkdir -p "$build_dir"
 build_std=(-Zbuild-std=std,panic_unwind --target $target)
-if [ "$mode" = models ]; then
+if [ "$mode" = workspace ]; then
+    CARGO_TARGET_DIR=$build_dir "$cargo" build --locked --profile "$profile" \
+        "${build_std[@]}" --workspace --all-targets
+    step "the whole workspace built for $target"
+    exit 0
+elif [ "$mode" = models ]; then
     # The test binaries' paths, from cargo's JSON messages.
     CARGO_TARGET_DIR=$build_dir "$cargo" test --locked --profile "$profile" \
         "${build_std[@]}" -p cport-models --tests --no-run --message-format=json-render-diagnostics \

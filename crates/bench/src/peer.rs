@@ -39,13 +39,21 @@ pub struct PeerArgs {
 /// `n` listeners on one address. With more than one, each has
 /// SO_REUSEPORT and the kernel spreads new connections over them, so that
 /// `n` threads can each own a listener and share nothing. The first binds
-/// the port asked for (0: any); the others bind the port it got.
+/// the port asked for (0: any); the others bind the port it got. Windows
+/// has no SO_REUSEPORT: there, more than one is refused.
 pub fn listeners(bind: IpAddr, port: u16, n: u32) -> io::Result<Vec<TcpListener>> {
+    if n > 1 && cfg!(not(unix)) {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "several listeners on one port need SO_REUSEPORT, which this system lacks",
+        ));
+    }
     let mut out: Vec<TcpListener> = Vec::new();
     let mut addr = SocketAddr::new(bind, port);
     for _ in 0..n.max(1) {
         let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
         s.set_reuse_address(true)?;
+        #[cfg(unix)]
         if n > 1 {
             s.set_reuse_port(true)?;
         }
@@ -72,6 +80,7 @@ pub fn announce(addr: SocketAddr, backend: &str, threads: u32) -> io::Result<()>
 /// On SIGTERM or SIGINT the process exits with 0 at once. A peer keeps no
 /// state worth a graceful end, and its threads may be blocked in the
 /// kernel (io_uring_enter, epoll_wait), where a flag would not reach them.
+#[cfg(unix)]
 pub fn exit_on_signal() -> io::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
@@ -83,6 +92,21 @@ pub fn exit_on_signal() -> io::Result<()> {
             }
         })?;
     Ok(())
+}
+
+/// Elsewhere (Windows) Ctrl-C and Ctrl-Break already end the process, and
+/// `cport bench` stops a peer with `TerminateProcess`: nothing to set up.
+#[cfg(not(unix))]
+pub fn exit_on_signal() -> io::Result<()> {
+    Ok(())
+}
+
+/// The `main` of a Linux-only peer built for another system: says so on
+/// stderr and fails (exit code 1), as `cport bench` expects of a server
+/// that cannot start.
+pub fn linux_only(name: &str) -> std::process::ExitCode {
+    eprintln!("{name}: this peer runs on Linux only (it is written on Linux's own calls)");
+    std::process::ExitCode::FAILURE
 }
 
 /// A panic in any thread ends the process (after the usual message), so
@@ -100,6 +124,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg(unix)]
     fn listeners_share_one_port() {
         let ls = listeners(IpAddr::V4(Ipv4Addr::LOCALHOST), 0, 3).unwrap();
         assert_eq!(ls.len(), 3);

@@ -5,6 +5,8 @@
 //! thread or two; each binds loopback unless told otherwise and exits 0 on
 //! SIGTERM and SIGINT.
 
+#![cfg(target_os = "linux")]
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};

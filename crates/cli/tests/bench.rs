@@ -4,6 +4,9 @@
 //! message, or left empty with the reason where perf is missing; bad usage
 //! is one line and exit 2; Ctrl-C kills the children and exits 1.
 
+// Linux only, as tests/common is (see there).
+#![cfg(target_os = "linux")]
+
 mod common;
 
 use std::fs;

@@ -1,6 +1,9 @@
 //! Echo correctness of `cport serve` over loopback, on each backend: every
 //! byte, in order, for messages of 0 bytes to 4 MiB written back to back.
 
+// Linux only, as tests/common is (see there).
+#![cfg(target_os = "linux")]
+
 mod common;
 
 use std::io::{Read, Write};

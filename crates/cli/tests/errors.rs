@@ -2,6 +2,9 @@
 //! that is not there. One clear line each, exit code 2 for usage and 1 for
 //! a failure while running.
 
+// Linux only, as tests/common is (see there).
+#![cfg(target_os = "linux")]
+
 mod common;
 
 use std::net::{TcpListener, UdpSocket};

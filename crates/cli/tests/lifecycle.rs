@@ -2,6 +2,9 @@
 //! idle timeout, the connection limit, SIGTERM, and the log lines that say
 //! why a connection ended.
 
+// Linux only, as tests/common is (see there).
+#![cfg(target_os = "linux")]
+
 mod common;
 
 use std::io::{ErrorKind, Read, Write};

@@ -1,6 +1,9 @@
 //! `cport load` against `cport serve`, on each backend: the report is
 //! well-formed JSON with messages counted and no error.
 
+// Linux only, as tests/common is (see there).
+#![cfg(target_os = "linux")]
+
 mod common;
 
 use std::time::Duration;

@@ -2,6 +2,9 @@
 //! behaviour the other test files cover) serves TCP echo from the real
 //! binary, says it serves TCP only, and stops on SIGTERM in bounded time.
 
+// Linux only, as tests/common is (see there).
+#![cfg(target_os = "linux")]
+
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -4,6 +4,9 @@
 //! `client` dies of the signal; `load` interrupted reports what it measured
 //! and exits 128 + the signal.
 
+// Linux only, as tests/common is (see there).
+#![cfg(target_os = "linux")]
+
 mod common;
 
 use std::io::{Read, Write};

@@ -8,6 +8,9 @@
 //! the port it got. `cport bench` lines are only parsed (`--help` added):
 //! a whole matrix takes many minutes, and tests/bench.rs runs bench.
 
+// Linux only, as tests/common is (see there).
+#![cfg(target_os = "linux")]
+
 mod common;
 
 use std::process::{Command, Stdio};

@@ -3,6 +3,9 @@
 //! and descriptor exhaustion on accept (SEMANTICS R2: no busy loop, and
 //! service resumes when descriptors free up).
 
+// Linux only, as tests/common is (see there).
+#![cfg(target_os = "linux")]
+
 mod common;
 
 use std::io::{ErrorKind, Read, Write};

@@ -2,6 +2,9 @@
 //! backend: leak descriptors with resets and connect/close storms, or grow
 //! the server's memory by sending without reading.
 
+// Linux only, as tests/common is (see there).
+#![cfg(target_os = "linux")]
+
 mod common;
 
 use std::io::{Read, Write};

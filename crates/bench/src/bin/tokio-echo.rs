@@ -77,7 +77,15 @@ async fn accept_loop(
     buffer_size: usize,
 ) -> io::Result<()> {
     let listener = TcpListener::from_std(listener)?;
-    peer::announce(listener.local_addr()?, "epoll", threads)?;
+    // What tokio (mio) waits with here.
+    let backend = if cfg!(windows) {
+        "iocp"
+    } else if cfg!(target_os = "linux") {
+        "epoll"
+    } else {
+        "kqueue"
+    };
+    peer::announce(listener.local_addr()?, backend, threads)?;
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {

@@ -1,6 +1,12 @@
 //! Drives the real `cport` binary: starts `cport serve` on an ephemeral
 //! port, reads the address it prints, and watches its output, descriptors
 //! and memory through /proc.
+//!
+//! The tests built on it are Linux's (they read /proc, send Unix signals
+//! and run each case on io_uring and on epoll): on Windows they compile to
+//! nothing. The Windows build of the command is checked under wine by
+//! scripts/windows-cmd.sh (`test`: serve, client, load, bench; `models`:
+//! the Winsock models' echo tests).
 
 #![allow(dead_code)]
 

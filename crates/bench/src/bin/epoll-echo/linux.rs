@@ -55,7 +55,7 @@ const LISTENER: u64 = u64::MAX;
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 const EVENTS: usize = 1024;
 
-fn main() -> ExitCode {
+pub fn main() -> ExitCode {
     let args = Args::parse();
     match serve(&args.peer) {
         Ok(()) => ExitCode::SUCCESS,

@@ -81,7 +81,7 @@ const KIND: u64 = 0xff << 56;
 /// No buffer: the end of a connection's queue.
 const NONE: u16 = u16::MAX;
 
-fn main() -> ExitCode {
+pub fn main() -> ExitCode {
     let args = Args::parse();
     match serve(&args) {
         Ok(()) => ExitCode::SUCCESS,
