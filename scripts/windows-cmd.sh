@@ -70,7 +70,7 @@ apt_updated=0
 apt_update() { [ $apt_updated = 1 ] || { apt-get update -qq; apt_updated=1; }; }
 candidate() { apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/ {print $2}'; }
 # minor VERSION: 96 of 1.96.0+dfsg..., 0 for none.
-minor() { local m; m=$(echo "${1%%+*}" | cut -d. -f2); echo "${m:-0}" | tr -cd 0-9; }
+minor() { local m; m=$(echo "${1%%+*}" | cut -d. -f2 | tr -cd 0-9); echo "${m:-0}"; }
 ver=$(candidate rustc-web)
 if [ -z "$ver" ] || [ "$ver" = "(none)" ] || [ "$(minor "$ver")" -lt 95 ]; then
     # Missing, or only an older one in stale package lists (a fresh
