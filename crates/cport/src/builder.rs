@@ -128,13 +128,9 @@ impl Builder {
             single_issuer: local,
         };
         let driver = sys::open::<T>(self.backend, &config)?;
-        let queue = if local {
-            // One thread: nobody else can post, so spinning for a post
-            // would only burn the thread's time.
-            Queue::new(1).without_spinning()
-        } else {
-            Queue::new(concurrency)
-        };
+        // A local port's thread dequeues through a queue of its own; the
+        // shared one only carries other threads' posts (`local.rs`).
+        let queue = Queue::new(if local { 1 } else { concurrency });
         Ok(CompletionPort::from_parts(
             config.port_id,
             queue,

@@ -196,6 +196,7 @@
 mod builder;
 mod completion;
 mod config;
+mod issue;
 mod local;
 mod pool;
 mod port;

@@ -11,9 +11,10 @@ use std::time::Duration;
 use crate::builder::Builder;
 use crate::completion::{Completion, GetError, Handle, OpId, OpKind, Payload, Rejected};
 use crate::config::Backend;
-use crate::queue::{Batch, Queue, QueueStats, Seat};
-use crate::sys::error::{self, no_room, port_closed};
-use crate::sys::{Driver, Op, Opts, Ready, Source, SourceInner};
+use crate::issue::{Ops, Via};
+use crate::queue::{Queue, QueueStats, Seat};
+use crate::sys::error::port_closed;
+use crate::sys::{Driver, Ready, Source};
 
 /// A completion port: the queue that overlapped operations complete into,
 /// and that worker threads dequeue from.
@@ -170,6 +171,37 @@ impl<E> Extend<E> for One<E> {
     }
 }
 
+/// The shared queue. From a running thread no waiter is released for what
+/// a call made at once: the thread comes back to `get` and takes it itself
+/// (C2), which spares a context switch per operation that completes at
+/// once (the common case of a send on epoll).
+pub(crate) struct Shared;
+
+impl<T: Send + 'static> Via<T> for Shared {
+    fn running(&self, port: &CompletionPort<T>) -> bool {
+        port.running_here()
+    }
+
+    fn queue(&self, port: &CompletionPort<T>, ready: &mut Ready<T>, running: bool) {
+        port.inner.queue.push(&*port.inner.driver, ready, !running);
+    }
+}
+
+/// A posted packet (PostQueuedCompletionStatus).
+pub(crate) fn packet<T>(key: u64, bytes: usize, value: T) -> Completion<T> {
+    Completion {
+        key,
+        kind: OpKind::Post,
+        op: None,
+        handle: None,
+        result: Ok(bytes),
+        value,
+        payload: Payload::None,
+        more: false,
+        seq: 0,
+    }
+}
+
 impl<T: Send + 'static> CompletionPort<T> {
     /// A port with concurrency `concurrency` (0: number of CPUs) on the
     /// default backend. See [`Builder::build`].
@@ -211,10 +243,7 @@ impl<T: Send + 'static> CompletionPort<T> {
     /// then the descriptor is closed, so the peer sees the connection end
     /// (SEMANTICS X2). The handle is invalid from now on.
     pub fn close(&self, handle: Handle) -> io::Result<()> {
-        let mut ready = Batch::new();
-        let r = self.inner.driver.close(handle, &mut ready);
-        self.queue_ready(&mut ready);
-        r
+        self.ops().close(handle)
     }
 
     /// shutdown(2) on a socket handle: `Write` sends FIN after what was
@@ -239,7 +268,7 @@ impl<T: Send + 'static> CompletionPort<T> {
     /// on readiness). Completes with [`Payload::Accepted`]: the new stream
     /// (not associated) and the peer address.
     pub fn accept(&self, listener: Handle, value: T) -> Result<OpId, Rejected<T>> {
-        self.issue(listener, Op::Accept, value, None)
+        self.ops().accept(listener, value)
     }
 
     /// Accepts connections until cancelled or failed: one completion per
@@ -251,7 +280,7 @@ impl<T: Send + 'static> CompletionPort<T> {
     where
         T: Clone,
     {
-        self.issue(listener, Op::Accept, value, Some(T::clone))
+        self.ops().accept_multi(listener, value)
     }
 
     /// Creates a TCP socket, associates it under `key` and connects it to
@@ -264,25 +293,7 @@ impl<T: Send + 'static> CompletionPort<T> {
         key: u64,
         value: T,
     ) -> Result<(Handle, OpId), Rejected<T>> {
-        let socket = match socket2::Socket::new(
-            socket2::Domain::for_address(addr),
-            socket2::Type::STREAM,
-            Some(socket2::Protocol::TCP),
-        ) {
-            Ok(s) => s,
-            Err(e) => return Err(Rejected::new(e, value, Payload::None)),
-        };
-        let handle = match self.associate(Source(SourceInner::TcpSocket(socket)), key) {
-            Ok(h) => h,
-            Err(e) => return Err(Rejected::new(e, value, Payload::None)),
-        };
-        match self.issue(handle, Op::Connect(addr), value, None) {
-            Ok(op) => Ok((handle, op)),
-            Err(r) => {
-                let _ = self.close(handle);
-                Err(r)
-            }
-        }
+        self.ops().connect(addr, key, value)
     }
 
     /// Receives into the spare capacity of `buf` (WSARecv with one WSABUF;
@@ -290,10 +301,7 @@ impl<T: Send + 'static> CompletionPort<T> {
     /// appended to `buf`, or **0 bytes when the peer closed** (SEMANTICS
     /// O5); a reset is an error. A `buf` with no spare capacity is refused.
     pub fn recv(&self, handle: Handle, buf: Vec<u8>, value: T) -> Result<OpId, Rejected<T>> {
-        if buf.capacity() == buf.len() {
-            return Err(no_room("recv", Payload::Buf(buf), value));
-        }
-        self.issue(handle, Op::Recv(buf), value, None)
+        self.ops().recv(handle, buf, value)
     }
 
     /// Scatter receive: fills the spare capacity of each buffer in order
@@ -304,10 +312,7 @@ impl<T: Send + 'static> CompletionPort<T> {
         bufs: Vec<Vec<u8>>,
         value: T,
     ) -> Result<OpId, Rejected<T>> {
-        if bufs.iter().all(|b| b.capacity() == b.len()) {
-            return Err(no_room("recv_vectored", Payload::Bufs(bufs), value));
-        }
-        self.issue(handle, Op::RecvVectored(bufs), value, None)
+        self.ops().recv_vectored(handle, bufs, value)
     }
 
     /// A receive that pins no buffer while the connection is idle: Linux's
@@ -319,7 +324,7 @@ impl<T: Send + 'static> CompletionPort<T> {
     /// zero-byte receive cannot wait for a datagram without losing it
     /// (use [`recv_from`](Self::recv_from)).
     pub fn recv_pooled(&self, handle: Handle, value: T) -> Result<OpId, Rejected<T>> {
-        self.issue(handle, Op::RecvPooled, value, None)
+        self.ops().recv_pooled(handle, value)
     }
 
     /// Receives on a TCP stream until it ends (a UDP socket is refused:
@@ -347,14 +352,14 @@ impl<T: Send + 'static> CompletionPort<T> {
     where
         T: Clone,
     {
-        self.issue(handle, Op::RecvMulti, value, Some(T::clone))
+        self.ops().recv_multi(handle, value)
     }
 
     /// Sends all of `buf` (WSASend; `IORING_OP_SEND`; `send(2)` on
     /// readiness). Completes only when every byte was taken by the kernel
     /// (SEMANTICS O4): short writes are continued inside the port.
     pub fn send(&self, handle: Handle, buf: Vec<u8>, value: T) -> Result<OpId, Rejected<T>> {
-        self.issue(handle, Op::Send(buf), value, None)
+        self.ops().send(handle, buf, value)
     }
 
     /// Gather send: all bytes of every buffer, in order (WSASend with several
@@ -365,7 +370,7 @@ impl<T: Send + 'static> CompletionPort<T> {
         bufs: Vec<Vec<u8>>,
         value: T,
     ) -> Result<OpId, Rejected<T>> {
-        self.issue(handle, Op::SendVectored(bufs), value, None)
+        self.ops().send_vectored(handle, bufs, value)
     }
 
     /// Receives one datagram into the spare capacity of `buf`
@@ -373,10 +378,7 @@ impl<T: Send + 'static> CompletionPort<T> {
     /// [`Payload::Datagram`]. A datagram larger than the room is an
     /// `EMSGSIZE` error with the part that fit in the buffer (SEMANTICS O7).
     pub fn recv_from(&self, handle: Handle, buf: Vec<u8>, value: T) -> Result<OpId, Rejected<T>> {
-        if buf.capacity() == buf.len() {
-            return Err(no_room("recv_from", Payload::Buf(buf), value));
-        }
-        self.issue(handle, Op::RecvFrom(buf), value, None)
+        self.ops().recv_from(handle, buf, value)
     }
 
     /// Sends `buf` as one datagram to `addr` (WSASendTo; `IORING_OP_SENDMSG`;
@@ -388,7 +390,7 @@ impl<T: Send + 'static> CompletionPort<T> {
         addr: SocketAddr,
         value: T,
     ) -> Result<OpId, Rejected<T>> {
-        self.issue(handle, Op::SendTo(buf, addr), value, None)
+        self.ops().send_to(handle, buf, addr, value)
     }
 
     /// Reads into the spare capacity of `buf` from `offset` of a file
@@ -403,10 +405,7 @@ impl<T: Send + 'static> CompletionPort<T> {
         offset: u64,
         value: T,
     ) -> Result<OpId, Rejected<T>> {
-        if buf.capacity() == buf.len() {
-            return Err(no_room("read_at", Payload::Buf(buf), value));
-        }
-        self.issue(handle, Op::ReadAt(buf, offset), value, None)
+        self.ops().read_at(handle, buf, offset, value)
     }
 
     /// Vectored [`read_at`](Self::read_at) (`IORING_OP_READV`; `preadv(2)`).
@@ -417,10 +416,7 @@ impl<T: Send + 'static> CompletionPort<T> {
         offset: u64,
         value: T,
     ) -> Result<OpId, Rejected<T>> {
-        if bufs.iter().all(|b| b.capacity() == b.len()) {
-            return Err(no_room("read_vectored_at", Payload::Bufs(bufs), value));
-        }
-        self.issue(handle, Op::ReadVectoredAt(bufs, offset), value, None)
+        self.ops().read_vectored_at(handle, bufs, offset, value)
     }
 
     /// Writes all of `buf` at `offset` of a file (WriteFile with an offset;
@@ -432,7 +428,7 @@ impl<T: Send + 'static> CompletionPort<T> {
         offset: u64,
         value: T,
     ) -> Result<OpId, Rejected<T>> {
-        self.issue(handle, Op::WriteAt(buf, offset), value, None)
+        self.ops().write_at(handle, buf, offset, value)
     }
 
     /// Vectored [`write_at`](Self::write_at) (`IORING_OP_WRITEV`; `pwritev(2)`).
@@ -443,7 +439,7 @@ impl<T: Send + 'static> CompletionPort<T> {
         offset: u64,
         value: T,
     ) -> Result<OpId, Rejected<T>> {
-        self.issue(handle, Op::WriteVectoredAt(bufs, offset), value, None)
+        self.ops().write_vectored_at(handle, bufs, offset, value)
     }
 
     /// Requests cancellation of one operation (CancelIoEx with its
@@ -452,20 +448,14 @@ impl<T: Send + 'static> CompletionPort<T> {
     /// race, otherwise an aborted error (SEMANTICS X1). `NotFound` if the
     /// operation is no longer in flight.
     pub fn cancel(&self, op: OpId) -> io::Result<()> {
-        let mut ready = Batch::new();
-        let r = self.inner.driver.cancel(op, &mut ready);
-        self.queue_ready(&mut ready);
-        r
+        self.ops().cancel(op)
     }
 
     /// Requests cancellation of every operation on `handle` (CancelIoEx
     /// with no OVERLAPPED); returns how many were in flight. `NotFound` when
     /// none was.
     pub fn cancel_handle(&self, handle: Handle) -> io::Result<usize> {
-        let mut ready = Batch::new();
-        let r = self.inner.driver.cancel_handle(handle, &mut ready);
-        self.queue_ready(&mut ready);
-        r
+        self.ops().cancel_handle(handle)
     }
 
     /// Gives a buffer back to the pool behind [`recv_pooled`](Self::recv_pooled).
@@ -486,17 +476,7 @@ impl<T: Send + 'static> CompletionPort<T> {
     /// accepted and then dropped with everything else the close finds
     /// queued.
     pub fn post(&self, key: u64, bytes: usize, value: T) -> Result<(), Rejected<T>> {
-        let post = Completion {
-            key,
-            kind: OpKind::Post,
-            op: None,
-            handle: None,
-            result: Ok(bytes),
-            value,
-            payload: Payload::None,
-            more: false,
-            seq: 0,
-        };
+        let post = packet(key, bytes, value);
         // A post from a running thread releases a waiter too: unlike an
         // operation's own completion, a post is how threads hand work to
         // each other.
@@ -529,9 +509,7 @@ impl<T: Send + 'static> CompletionPort<T> {
         let mut one = One(None);
         self.dequeue(1, timeout, epoch, &mut one)?;
         let c = one.0.expect("queue returned Ok with no item");
-        if holds_pool_buffer(&c) {
-            self.inner.driver.delivered(1);
-        }
+        self.delivered(Some(&c));
         Ok(c)
     }
 
@@ -555,13 +533,7 @@ impl<T: Send + 'static> CompletionPort<T> {
         }
         let before = out.len();
         self.dequeue(max, timeout, None, out)?;
-        let pooled = out[before..]
-            .iter()
-            .filter(|c| holds_pool_buffer(c))
-            .count();
-        if pooled > 0 {
-            self.inner.driver.delivered(pooled);
-        }
+        self.delivered(&out[before..]);
         Ok(out.len() - before)
     }
 
@@ -631,52 +603,49 @@ impl<T: Send + 'static> CompletionPort<T> {
 
     // ----- internals -----------------------------------------------------
 
-    fn issue(
+    /// The calls that issue, through the shared queue.
+    fn ops(&self) -> Ops<'_, T, Shared> {
+        Ops {
+            port: self,
+            via: Shared,
+        }
+    }
+
+    pub(crate) fn driver(&self) -> &dyn Driver<T> {
+        &*self.inner.driver
+    }
+
+    /// [`Builder::batch_submissions`].
+    pub(crate) fn batches(&self) -> bool {
+        self.inner.batch
+    }
+
+    /// [`Queue::poll_local`], for a `LocalPort`'s thread.
+    pub(crate) fn poll_local(
         &self,
-        handle: Handle,
-        op: Op,
-        value: T,
-        multishot: Option<fn(&T) -> T>,
-    ) -> Result<OpId, Rejected<T>> {
-        if self.inner.queue.is_closed() {
-            return Err(Rejected::new(port_closed(), value, op.into_payload()));
-        }
-        if op.offset().map_or(false, |o| o > i64::MAX as u64) {
-            // Both kernels take a signed offset; refuse here so that every
-            // backend refuses alike instead of failing in its own way.
-            let e = error::offset_too_large(op.name());
-            return Err(Rejected::new(e, value, op.into_payload()));
-        }
-        let running = self.running_here();
-        let mut ready = Batch::new();
-        let r = self.inner.driver.submit(
-            handle,
-            op,
-            value,
-            Opts {
-                defer: running && self.inner.batch,
-                multishot,
-            },
-            &mut ready,
-        );
-        self.queue_ready_from(&mut ready, running);
-        r
+        timeout: Option<Duration>,
+        out: &mut Ready<T>,
+    ) -> Result<(), GetError> {
+        self.inner
+            .queue
+            .poll_local(&*self.inner.driver, timeout, out)
     }
 
-    fn queue_ready(&self, ready: &mut Ready<T>) {
-        let running = self.running_here();
-        self.queue_ready_from(ready, running);
+    /// [`Queue::take_posted`], for a `LocalPort`'s thread.
+    pub(crate) fn take_posted(&self, out: &mut Ready<T>) {
+        self.inner.queue.take_posted(out);
     }
 
-    /// Queues completions produced inside a call. From a running thread no
-    /// waiter is released for them: the thread comes back to `get` and takes
-    /// them itself (C2), which spares a context switch per operation that
-    /// completes at once (the common case of a send on epoll). A panic of
-    /// user code the call ran (a multishot value's `Clone`) is resumed
-    /// only then, so that it loses nothing else (LESSONS 12).
-    fn queue_ready_from(&self, ready: &mut Ready<T>, running: bool) {
-        self.inner.queue.push(&*self.inner.driver, ready, !running);
-        ready.resume_panic();
+    /// Tells the backend how many dequeued completions among `got` hand
+    /// the user a buffer of the port's pool (`Driver::delivered`).
+    pub(crate) fn delivered<'c>(&self, got: impl IntoIterator<Item = &'c Completion<T>>)
+    where
+        T: 'c,
+    {
+        let n = got.into_iter().filter(|c| holds_pool_buffer(c)).count();
+        if n > 0 {
+            self.inner.driver.delivered(n);
+        }
     }
 
     /// Whether this thread holds a running slot of this port: it took a

@@ -148,6 +148,78 @@ backends! {
         }
     }
 
+    // The thread's own posts and other threads' posts leave in the order
+    // they were queued (Q3): a post from a thread that has finished comes
+    // before anything this thread queues later, though the two are kept
+    // in different queues until the thread looks.
+    fn q3_posts_from_this_thread_and_others_keep_their_order(backend: Backend) {
+        let port = local(backend);
+        let post_from_another_thread = |value: u64| {
+            let poster = port.poster();
+            thread::spawn(move || poster.post(0, 0, value).unwrap()).join().unwrap();
+        };
+        post_from_another_thread(10);
+        port.post(0, 0, 1).unwrap();
+        post_from_another_thread(11);
+        port.post(0, 0, 2).unwrap();
+        post_from_another_thread(12);
+        port.post(0, 0, 3).unwrap();
+        let got: Vec<u64> = (0..6)
+            .map(|_| port.get(common::LONG).expect("a post").value)
+            .collect();
+        assert_eq!(got, vec![10, 1, 11, 2, 12, 3]);
+        assert!(matches!(port.get(Some(Duration::ZERO)), Err(cport::GetError::Timeout)));
+    }
+
+    // A post from another thread ends a `get` waiting in the kernel, however
+    // the two meet: before the wait, while the thread enters it, or inside.
+    // A lost wake-up leaves the `get` to its 10 s bound and fails the round.
+    fn pq1_every_post_ends_a_get_waiting_in_the_kernel(backend: Backend) {
+        let port = local(backend);
+        let poster = port.poster();
+        let (go, rounds) = std::sync::mpsc::channel::<u64>();
+        let other = thread::spawn(move || {
+            for round in rounds {
+                poster.post(1, 0, round).unwrap();
+            }
+        });
+        for round in 0..300u64 {
+            go.send(round).unwrap();
+            let c = port.get(common::LONG).unwrap_or_else(|e| panic!("round {round}: {e}"));
+            assert_eq!((c.kind, c.value), (OpKind::Post, round));
+        }
+        drop(go);
+        other.join().unwrap();
+    }
+
+    // A thread that always has a post of its own queued (a task that
+    // re-posts itself) still sees what the kernel finished: its queue never
+    // runs empty, so the port must look at the kernel anyway.
+    fn pq2_own_posts_do_not_starve_io_completions(backend: Backend) {
+        let port = local(backend);
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut peer = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let h = port.associate(l.accept().unwrap().0, 3).unwrap();
+        port.recv(h, Vec::with_capacity(8), 7).unwrap();
+        peer.write_all(b"x").unwrap();
+        port.post(0, 0, 0).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut posts = 0u64;
+        loop {
+            let c = port.get(common::LONG).expect("a completion");
+            if c.kind == OpKind::Recv {
+                assert_eq!(c.payload.into_buf().unwrap(), b"x");
+                break;
+            }
+            posts += 1;
+            assert!(
+                Instant::now() < deadline,
+                "a finished receive did not come out while {posts} posts did"
+            );
+            port.post(0, 0, 0).unwrap();
+        }
+    }
+
     // Another thread posts to the port's thread, which wakes in `get`;
     // once the port is dropped, posts are refused and the poster says so.
     fn pq1_a_poster_reaches_the_port_from_another_thread(backend: Backend) {

@@ -9,14 +9,17 @@
 
 mod common;
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{self, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use cport::{Completion, CompletionPort, GetError, OpKind, Payload};
+use cport::{
+    Builder, Completion, CompletionPort, GetError, Handle, LocalPort, OpId, OpKind, Payload,
+    Rejected, Source,
+};
 
 /// A per-operation value whose `n`th clone (counted across all clones of
 /// it) panics, once.
@@ -58,6 +61,51 @@ impl Clone for Bomb {
     }
 }
 
+/// The calls these tests make, on a shared port and on a thread's own
+/// (whose `get` reaps into a queue of its own: a panic there must lose
+/// nothing either).
+trait Port {
+    fn associate(&self, source: impl Into<Source>, key: u64) -> io::Result<Handle>;
+    fn local_addr(&self, handle: Handle) -> io::Result<SocketAddr>;
+    fn accept_multi(&self, listener: Handle, value: Bomb) -> Result<OpId, Rejected<Bomb>>;
+    fn recv(&self, handle: Handle, buf: Vec<u8>, value: Bomb) -> Result<OpId, Rejected<Bomb>>;
+    fn cancel(&self, op: OpId) -> io::Result<()>;
+    fn get(&self, timeout: Option<Duration>) -> Result<Completion<Bomb>, GetError>;
+}
+
+macro_rules! port {
+    ($ty:ty) => {
+        impl Port for $ty {
+            fn associate(&self, source: impl Into<Source>, key: u64) -> io::Result<Handle> {
+                <$ty>::associate(self, source, key)
+            }
+            fn local_addr(&self, handle: Handle) -> io::Result<SocketAddr> {
+                <$ty>::local_addr(self, handle)
+            }
+            fn accept_multi(&self, listener: Handle, value: Bomb) -> Result<OpId, Rejected<Bomb>> {
+                <$ty>::accept_multi(self, listener, value)
+            }
+            fn recv(
+                &self,
+                handle: Handle,
+                buf: Vec<u8>,
+                value: Bomb,
+            ) -> Result<OpId, Rejected<Bomb>> {
+                <$ty>::recv(self, handle, buf, value)
+            }
+            fn cancel(&self, op: OpId) -> io::Result<()> {
+                <$ty>::cancel(self, op)
+            }
+            fn get(&self, timeout: Option<Duration>) -> Result<Completion<Bomb>, GetError> {
+                <$ty>::get(self, timeout)
+            }
+        }
+    };
+}
+
+port!(CompletionPort<Bomb>);
+port!(LocalPort<Bomb>);
+
 /// Calls `f`, telling a panic apart from its result.
 fn catching<R>(f: impl FnOnce() -> R) -> Result<R, ()> {
     panic::catch_unwind(AssertUnwindSafe(f)).map_err(|_| ())
@@ -67,7 +115,7 @@ fn catching<R>(f: impl FnOnce() -> R) -> Result<R, ()> {
 /// Fails the test if nothing comes within the bound.
 #[track_caller]
 fn drain(
-    port: &CompletionPort<Bomb>,
+    port: &impl Port,
     mut done: impl FnMut(&[Completion<Bomb>]) -> bool,
 ) -> (Vec<Completion<Bomb>>, usize) {
     let deadline = Instant::now() + common::LONG.unwrap();
@@ -115,69 +163,95 @@ fn connect(addr: SocketAddr) -> TcpStream {
     s
 }
 
-backends! {
-    // 32 receives pending and a multishot accept whose first clone panics;
-    // data and a connection arrive before anyone calls `get`, in both
-    // orders. Every receive completes, whichever the kernel reports first.
-    fn o1_a_clone_that_panics_mid_reap_loses_no_other_completion(backend: Backend) {
-        for connect_first in [false, true] {
-            let port = common::port::<Bomb>(backend, 1);
-            let listener = port
-                .associate(TcpListener::bind("127.0.0.1:0").unwrap(), 1000)
+/// 32 receives pending and a multishot accept whose first clone panics;
+/// data and a connection arrive before anyone calls `get`, in both
+/// orders. Every receive completes, whichever the kernel reports first.
+fn clone_panics_mid_reap<P: Port>(make: impl Fn() -> P) {
+    for connect_first in [false, true] {
+        let port = make();
+        let listener = port
+            .associate(TcpListener::bind("127.0.0.1:0").unwrap(), 1000)
+            .unwrap();
+        let addr = port.local_addr(listener).unwrap();
+        let accept = port.accept_multi(listener, Bomb::new(1000, 1)).unwrap();
+        let mut peers = Vec::new();
+        for i in 0..32u32 {
+            let (h, peer) = pair(&port, u64::from(i));
+            port.recv(h, Vec::with_capacity(64), Bomb::inert(i))
                 .unwrap();
-            let addr = port.local_addr(listener).unwrap();
-            let accept = port.accept_multi(listener, Bomb::new(1000, 1)).unwrap();
-            let mut peers = Vec::new();
-            for i in 0..32u32 {
-                let (h, peer) = common::pair(&port, u64::from(i));
-                port.recv(h, Vec::with_capacity(64), Bomb::inert(i)).unwrap();
-                peers.push(peer);
-            }
-            let mut client = None;
-            if connect_first {
-                client = Some(connect(addr));
-            }
-            for (i, peer) in peers.iter_mut().enumerate() {
-                peer.write_all(format!("data {i}").as_bytes()).unwrap();
-            }
-            if !connect_first {
-                client = Some(connect(addr));
-            }
-            let mut client = client.unwrap();
-
-            let recvs = |got: &[Completion<Bomb>]| {
-                got.iter().filter(|c| c.kind == OpKind::Recv).count()
-            };
-            let (got, panics) = drain(&port, |got| recvs(got) == 32);
-            assert_eq!(panics, 1, "the one panicking clone comes out of one get");
-            let mut seen = [false; 32];
-            for c in got.into_iter().filter(|c| c.kind == OpKind::Recv) {
-                let n = c.result.expect("the receive succeeded");
-                let i = c.value.id as usize;
-                assert_eq!(c.key, i as u64);
-                let buf = c.payload.into_buf().unwrap();
-                assert_eq!(&buf[..n], format!("data {i}").as_bytes());
-                assert!(!seen[i], "receive {i} completed twice");
-                seen[i] = true;
-            }
-            assert!(seen.iter().all(|s| *s), "every receive completed");
-            // What the panicking clone was made for is lost: the accepted
-            // connection was closed.
-            assert!(closed_by_server(&mut client), "the lost connection is closed");
-
-            // The accept goes on, and still ends with its own value.
-            let _again = connect(addr);
-            let (got, panics) = drain(&port, |got| !got.is_empty());
-            assert_eq!(panics, 0);
-            let c = &got[0];
-            assert_eq!((c.kind, c.more, c.value.id, c.value.clone), (OpKind::Accept, true, 1000, true));
-            assert!(matches!(c.payload, Payload::Accepted { .. }));
-            port.cancel(accept).unwrap();
-            let (got, _) = drain(&port, |got| got.iter().any(|c| !c.more));
-            let last = got.iter().find(|c| !c.more).unwrap();
-            assert_eq!((last.value.id, last.value.clone), (1000, false));
-            assert!(matches!(port.get(Some(std::time::Duration::ZERO)), Err(GetError::Timeout)));
+            peers.push(peer);
         }
+        let mut client = None;
+        if connect_first {
+            client = Some(connect(addr));
+        }
+        for (i, peer) in peers.iter_mut().enumerate() {
+            peer.write_all(format!("data {i}").as_bytes()).unwrap();
+        }
+        if !connect_first {
+            client = Some(connect(addr));
+        }
+        let mut client = client.unwrap();
+
+        let recvs =
+            |got: &[Completion<Bomb>]| got.iter().filter(|c| c.kind == OpKind::Recv).count();
+        let (got, panics) = drain(&port, |got| recvs(got) == 32);
+        assert_eq!(panics, 1, "the one panicking clone comes out of one get");
+        let mut seen = [false; 32];
+        for c in got.into_iter().filter(|c| c.kind == OpKind::Recv) {
+            let n = c.result.expect("the receive succeeded");
+            let i = c.value.id as usize;
+            assert_eq!(c.key, i as u64);
+            let buf = c.payload.into_buf().unwrap();
+            assert_eq!(&buf[..n], format!("data {i}").as_bytes());
+            assert!(!seen[i], "receive {i} completed twice");
+            seen[i] = true;
+        }
+        assert!(seen.iter().all(|s| *s), "every receive completed");
+        // What the panicking clone was made for is lost: the accepted
+        // connection was closed.
+        assert!(
+            closed_by_server(&mut client),
+            "the lost connection is closed"
+        );
+
+        // The accept goes on, and still ends with its own value.
+        let _again = connect(addr);
+        let (got, panics) = drain(&port, |got| !got.is_empty());
+        assert_eq!(panics, 0);
+        let c = &got[0];
+        assert_eq!(
+            (c.kind, c.more, c.value.id, c.value.clone),
+            (OpKind::Accept, true, 1000, true)
+        );
+        assert!(matches!(c.payload, Payload::Accepted { .. }));
+        port.cancel(accept).unwrap();
+        let (got, _) = drain(&port, |got| got.iter().any(|c| !c.more));
+        let last = got.iter().find(|c| !c.more).unwrap();
+        assert_eq!((last.value.id, last.value.clone), (1000, false));
+        assert!(matches!(
+            port.get(Some(std::time::Duration::ZERO)),
+            Err(GetError::Timeout)
+        ));
+    }
+}
+
+/// A connected pair: one end associated with `port` under `key`.
+fn pair(port: &impl Port, key: u64) -> (Handle, TcpStream) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (b, _) = l.accept().unwrap();
+    b.set_read_timeout(common::LONG).unwrap();
+    (port.associate(a, key).unwrap(), b)
+}
+
+backends! {
+    fn o1_a_clone_that_panics_mid_reap_loses_no_other_completion(backend: Backend) {
+        clone_panics_mid_reap(|| common::port::<Bomb>(backend, 1));
+    }
+
+    fn o1_a_clone_that_panics_in_a_local_ports_reap_loses_nothing(backend: Backend) {
+        clone_panics_mid_reap(|| Builder::new().backend(backend).build_local::<Bomb>().unwrap());
     }
 
     // Three connections wait before the multishot accept is issued, and

@@ -2,6 +2,7 @@
 //! panic of user code it caught on the way.
 
 use std::any::Any;
+use std::collections::VecDeque;
 use std::panic::{self, AssertUnwindSafe};
 
 /// A caught panic's payload.
@@ -17,12 +18,15 @@ pub(crate) type Panic = Box<dyn Any + Send + 'static>;
 ///
 /// The first item is held inline: an issuing call makes one completion at
 /// most in the common case (a send done at once on epoll), and a batch of
-/// one must not cost an allocation per message.
+/// one must not cost an allocation per message. A batch is also a queue
+/// ([`pop_front`](Batch::pop_front)): a `LocalPort` reaps into one and
+/// hands its completions out of it, each moved once on the way.
 #[derive(Debug)]
 pub(crate) struct Batch<E> {
-    /// The oldest item; `None` only when the batch is empty.
+    /// The oldest item, when it is held inline; when `None`, every item is
+    /// in `rest`.
     first: Option<E>,
-    rest: Vec<E>,
+    rest: VecDeque<E>,
     panic: Option<Panic>,
 }
 
@@ -36,21 +40,45 @@ impl<E> Batch<E> {
     pub(crate) fn new() -> Self {
         Batch {
             first: None,
-            rest: Vec::new(),
+            rest: VecDeque::new(),
             panic: None,
         }
     }
 
     pub(crate) fn push(&mut self, e: E) {
-        if self.first.is_none() {
+        if self.first.is_none() && self.rest.is_empty() {
             self.first = Some(e);
         } else {
-            self.rest.push(e);
+            self.rest.push_back(e);
+        }
+    }
+
+    /// Takes the oldest item out.
+    pub(crate) fn pop_front(&mut self) -> Option<E> {
+        match self.first.take() {
+            Some(e) => Some(e),
+            None => self.rest.pop_front(),
         }
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.first.is_none()
+        self.first.is_none() && self.rest.is_empty()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.rest.len()
+    }
+
+    /// Moves the items of `other` behind these, and its caught panic here
+    /// if this batch holds none.
+    pub(crate) fn append(&mut self, other: &mut Batch<E>) {
+        if self.is_empty() {
+            self.first = other.first.take();
+        }
+        self.rest.extend(other.drain());
+        if self.panic.is_none() {
+            self.panic = other.panic.take();
+        }
     }
 
     /// Takes the items out, oldest first, leaving a caught panic where it
@@ -93,11 +121,20 @@ impl<E> Batch<E> {
     }
 }
 
+impl<E> Extend<E> for Batch<E> {
+    fn extend<I: IntoIterator<Item = E>>(&mut self, iter: I) {
+        for e in iter {
+            self.push(e);
+        }
+    }
+}
+
 /// The items, for a caller that drops them one by one; a caught panic is
 /// not carried over, so take it first.
 impl<E> IntoIterator for Batch<E> {
     type Item = E;
-    type IntoIter = std::iter::Chain<std::option::IntoIter<E>, std::vec::IntoIter<E>>;
+    type IntoIter =
+        std::iter::Chain<std::option::IntoIter<E>, std::collections::vec_deque::IntoIter<E>>;
 
     fn into_iter(self) -> Self::IntoIter {
         self.first.into_iter().chain(self.rest)

@@ -177,8 +177,6 @@ pub(super) struct Spin {
     seen: std::sync::atomic::AtomicUsize,
     /// Decisions in a row that saw no new post.
     idle: std::sync::atomic::AtomicUsize,
-    /// Never spin (`Queue::without_spinning`).
-    pub(super) never: std::sync::atomic::AtomicBool,
     /// Under loom, whether to spin (a model sets it to explore the hand-off
     /// through the mailbox; the default rule depends on timing loom cannot
     /// model).
@@ -193,9 +191,6 @@ impl Spin {
         use std::sync::atomic::Ordering::Relaxed;
         if cfg!(loom) {
             return self.forced();
-        }
-        if self.never.load(Relaxed) {
-            return false;
         }
         let posts = posts.load(Relaxed);
         if self.seen.swap(posts, Relaxed) != posts {

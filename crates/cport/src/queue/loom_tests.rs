@@ -368,3 +368,23 @@ fn loom_an_interrupt_ends_a_get_waiting_on_its_epoch() {
         assert_eq!(q.0.stats().running, 0);
     });
 }
+
+/// A `LocalPort`'s thread polling the kernel with no timeout, and a post
+/// from another thread: however they interleave, the post ends the poll
+/// (or is found before it) and is handed over. A lost wake-up deadlocks
+/// the model.
+#[test]
+fn loom_post_ends_a_local_poll() {
+    model(3, || {
+        let q: Shared = Arc::new((Queue::new(1), Kernel::default()));
+        let q2 = q.clone();
+        let poster = thread::spawn(move || q2.0.push_one(&q2.1, 7).unwrap());
+        let mut out = Batch::new();
+        while out.is_empty() {
+            q.0.poll_local(&q.1, None, &mut out).unwrap();
+        }
+        poster.join().unwrap();
+        assert_eq!(out.pop_front(), Some(7));
+        assert!(out.is_empty());
+    });
+}

@@ -86,7 +86,7 @@ pub(crate) trait Reactor<E> {
 /// While the queue never runs empty nobody polls the kernel; after this
 /// many items are taken, the next taker looks first (tokio's event
 /// interval has the same purpose and size).
-const POLL_EVERY: usize = 61;
+pub(crate) const POLL_EVERY: usize = 61;
 
 /// One thread blocked (or about to block) as a follower.
 struct Waiter {
@@ -177,6 +177,11 @@ pub(crate) struct Queue<E> {
     spin: Spin,
     /// The one-item hand-off from a post to a spinning running thread.
     mailbox: Mailbox<E>,
+    /// Set, under the state lock, when items are queued; cleared when a
+    /// `LocalPort`'s thread takes them ([`poll_local`](Queue::poll_local),
+    /// [`take_posted`](Queue::take_posted)). Only that thread reads it: one
+    /// load tells it whether another thread posted.
+    posted: AtomicBool,
 }
 
 /// How a follower's wait ended.
@@ -227,16 +232,8 @@ impl<E> Queue<E> {
                 posts: std::sync::atomic::AtomicUsize::new(0),
                 slot: Mutex::new(None),
             },
+            posted: AtomicBool::new(false),
         }
-    }
-
-    /// The same queue, whose threads never spin before they sleep (a port
-    /// of one thread: no other thread can post meanwhile).
-    pub(crate) fn without_spinning(self) -> Self {
-        self.spin
-            .never
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-        self
     }
 
     pub(crate) fn concurrency(&self) -> usize {
@@ -572,6 +569,64 @@ impl<E> Queue<E> {
         }
     }
 
+    /// The one thread of a `LocalPort` looks for completions: what other
+    /// threads posted is moved into `out`, then the kernel is polled, with
+    /// `out` as the reap's batch, for at most `timeout` — not at all if
+    /// posts were found. A post meanwhile ends the poll (it is bound to the
+    /// polling thread, as to any leader) and is moved into `out` too.
+    ///
+    /// Nothing else of the protocol is used: the thread is the only one
+    /// that dequeues, so it keeps no running count and no waiter ever
+    /// blocks here; `State::running` stays 0, which lets every post be
+    /// bound to the poll. A panic of user code caught in the reap stays
+    /// in `out` for the caller to resume once it has kept the items.
+    pub(crate) fn poll_local<R: Reactor<E> + ?Sized>(
+        &self,
+        reactor: &R,
+        timeout: Option<Duration>,
+        out: &mut Batch<E>,
+    ) -> Result<(), GetError> {
+        let mut st = sync::lock(&self.state);
+        if st.closed {
+            return Err(GetError::Closed);
+        }
+        self.posted.store(false, Ordering::Relaxed);
+        let timeout = if st.items.is_empty() {
+            timeout
+        } else {
+            out.extend(st.items.drain(..));
+            Some(Duration::ZERO)
+        };
+        st.leader = if timeout == Some(Duration::ZERO) {
+            Leader::Looking
+        } else {
+            Leader::Polling
+        };
+        drop(st);
+        let lead = Lead(self);
+        reactor.wait(timeout, out);
+        mem::forget(lead);
+        let mut st = sync::lock(&self.state);
+        st.leader = Leader::Idle;
+        self.posted.store(false, Ordering::Relaxed);
+        out.extend(st.leader_item.take());
+        out.extend(st.items.drain(..));
+        Ok(())
+    }
+
+    /// For the one thread of a `LocalPort`, about to queue something of its
+    /// own: moves what other threads posted into `out` first, so that its
+    /// queue keeps the order things were queued in (Q3). One load when
+    /// nothing was posted.
+    pub(crate) fn take_posted(&self, out: &mut Batch<E>) {
+        if !self.posted.load(Ordering::Acquire) {
+            return;
+        }
+        let mut st = sync::lock(&self.state);
+        self.posted.store(false, Ordering::Relaxed);
+        out.extend(st.items.drain(..));
+    }
+
     /// Returns from `get` with nothing dequeued; keeps the leader role
     /// covered first, since this thread may have been the one to take it.
     fn leave_empty<R: Reactor<E> + ?Sized>(
@@ -615,6 +670,7 @@ impl<E> Queue<E> {
         }
         self.mailbox.revoke();
         st.items.extend(batch.drain());
+        self.posted.store(true, Ordering::Release);
         let wake = release && self.rebalance(&mut st);
         drop(st);
         if wake {
@@ -641,6 +697,7 @@ impl<E> Queue<E> {
         }
         self.mailbox.revoke();
         st.items.push_back(item);
+        self.posted.store(true, Ordering::Release);
         let wake = self.rebalance(&mut st);
         drop(st);
         if wake {
