@@ -35,7 +35,6 @@ mod shard;
 mod tcp;
 mod udp;
 
-use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
@@ -45,6 +44,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use cport::{Backend, Completion, CompletionPort, Handle, OpKind, Workers};
+use rustc_hash::FxHashMap;
 use tracing::warn;
 
 use crate::{Stats, Stop, ECHO_BUFFER};
@@ -220,7 +220,7 @@ struct Inner {
     dequeue: Dequeue,
     listener: Option<Handle>,
     udp: Option<UdpState>,
-    conns: Mutex<HashMap<u64, Arc<Conn>>>,
+    conns: Mutex<FxHashMap<u64, Arc<Conn>>>,
     /// Connections admitted and not ended (a place is taken before the
     /// connection enters the table, so that `max_conns` holds).
     open: AtomicU64,
@@ -331,7 +331,7 @@ impl Server {
             dequeue,
             listener,
             udp,
-            conns: Mutex::new(HashMap::new()),
+            conns: Mutex::new(FxHashMap::default()),
             open: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
             max_conns: options.max_conns,

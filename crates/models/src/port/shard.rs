@@ -19,7 +19,6 @@
 //! ends every connection whose echoes have all been sent, closing what is
 //! left after `shutdown_timeout`.
 
-use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +27,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use cport::{is_aborted, Backend, Builder, Handle, LocalPort, OpId, OpKind, Payload};
+use rustc_hash::FxHashMap;
 use tracing::{info, warn};
 
 use super::{Totals, ACCEPT_BACKOFF};
@@ -180,7 +180,7 @@ impl Shards {
                             port: port(backend, buffer_size)?,
                             counts: &counts[i],
                             stats: &stats,
-                            conns: HashMap::new(),
+                            conns: FxHashMap::default(),
                             next_id: 1,
                             draining: false,
                         };
@@ -267,7 +267,7 @@ struct Shard<'a> {
     port: LocalPort<Tag>,
     counts: &'a Counts,
     stats: &'a Stats,
-    conns: HashMap<u64, Conn>,
+    conns: FxHashMap<u64, Conn>,
     next_id: u64,
     /// A stop came: connections end as their echoes finish.
     draining: bool,
