@@ -70,4 +70,8 @@ pub(crate) struct Config {
     /// io_uring backend only.
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     pub(crate) single_issuer: bool,
+    /// Slots of io_uring's table of registered files
+    /// (`Builder::registered_files`). Read by the io_uring backend only.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    pub(crate) registered_files: u32,
 }

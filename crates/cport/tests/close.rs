@@ -9,7 +9,7 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::thread;
 
 use common::{assert_empty, next, pair, pattern, wait_until, LONG};
-use cport::{is_aborted, CompletionPort, Handle, OpKind, Payload};
+use cport::{is_aborted, Builder, CompletionPort, Handle, OpKind, Payload};
 
 /// Reads until the end of the stream or a reset, bounded by the stream's
 /// read timeout; returns the bytes read and how it ended.
@@ -130,6 +130,59 @@ backends! {
         let (rest, how) = read_until_end(&mut peer);
         assert!(rest.is_empty());
         assert_eq!(how, "FIN", "{backend}: the peer saw {how}");
+    }
+
+    /// closesocket with nothing pending closes the descriptor at once: the
+    /// peer sees the end, and a closed listener refuses connections. On
+    /// io_uring each descriptor also sits in the ring's table of registered
+    /// files, which by itself holds the file open, so closing must empty
+    /// the slot too. Run with the default table, with none, and with one
+    /// slot (the listener gets it; the stream names its descriptor).
+    fn x2_close_with_nothing_pending_ends_connection_and_listener(backend: Backend) {
+        for slots in [16384, 0, 1] {
+            let port = Builder::new()
+                .backend(backend)
+                .concurrency(1)
+                .registered_files(slots)
+                .build::<u32>()
+                .unwrap();
+            let listener = port.associate(TcpListener::bind("127.0.0.1:0").unwrap(), 9).unwrap();
+            let addr = port.local_addr(listener).unwrap();
+            let (h, mut peer) = pair(&port, 1);
+            // A request each way through the handle first, by its slot
+            // where it has one.
+            port.send(h, b"ping".to_vec(), 1).unwrap();
+            let c = next(&port);
+            assert_eq!((c.kind, c.result.unwrap()), (OpKind::Send, 4));
+            let mut got = [0u8; 4];
+            peer.read_exact(&mut got).unwrap();
+            assert_eq!(&got, b"ping");
+            port.recv(h, Vec::with_capacity(8), 2).unwrap();
+            peer.write_all(b"pong").unwrap();
+            let c = next(&port);
+            assert_eq!(c.kind, OpKind::Recv);
+            assert_eq!(c.payload.into_buf().unwrap(), b"pong");
+
+            port.close(h).unwrap();
+            let (rest, how) = read_until_end(&mut peer);
+            assert!(rest.is_empty());
+            assert_eq!(how, "FIN", "{backend}, {slots} slots: the peer saw {how}");
+            // The next handle takes the closed one's place (and slot): its
+            // requests reach its own descriptor.
+            let (h2, mut peer2) = pair(&port, 3);
+            port.recv(h2, Vec::with_capacity(8), 4).unwrap();
+            peer2.write_all(b"next").unwrap();
+            let c = next(&port);
+            assert_eq!((c.key, c.kind), (3, OpKind::Recv));
+            assert_eq!(c.payload.into_buf().unwrap(), b"next");
+            port.close(h2).unwrap();
+            port.close(listener).unwrap();
+            match TcpStream::connect(addr) {
+                Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{e}"),
+                Ok(_) => panic!("{backend}, {slots} slots: a closed listener took a connection"),
+            }
+            assert_empty(&port);
+        }
     }
 
     /// close with a 32 MiB send under way (the peer reads only some):

@@ -497,6 +497,7 @@ mod tests {
             pool_buffers: 1,
             pool_buffer_size: 1,
             single_issuer: false,
+            registered_files: 0,
         };
         let refused = |_: &Config| -> io::Result<Box<dyn Driver<()>>> {
             Err(io::Error::from_raw_os_error(libc::EPERM))
@@ -529,6 +530,7 @@ mod tests {
             pool_buffers: 1,
             pool_buffer_size: 1,
             single_issuer: false,
+            registered_files: 0,
         };
         match uring::Driver::<()>::new(&config) {
             Ok(_) => {

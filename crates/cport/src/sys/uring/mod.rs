@@ -150,7 +150,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::mem::{self, ManuallyDrop};
 use std::net::{Shutdown, SocketAddr};
-use std::os::unix::io::{AsRawFd, OwnedFd};
+use std::os::unix::io::{AsRawFd, OwnedFd, RawFd};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -202,6 +202,9 @@ const CLOSE_BOUND: Duration = Duration::from_secs(1);
 /// A handle: the descriptor it owns and its pending operations.
 struct HandleEntry {
     fd: OwnedFd,
+    /// The descriptor is in the ring's table of registered files, at the
+    /// handle's slab index: requests name it by that slot.
+    fixed: bool,
     key: u64,
     kind: SourceKind,
     /// Operations of this handle, in the kernel or parked (usually one to
@@ -292,6 +295,9 @@ pub(crate) struct Driver<T> {
     /// The ring runs DEFER_TASKRUN: completions are posted only in an enter
     /// that asks for events, so even a look may need one.
     deferred_taskrun: bool,
+    /// Slots in the ring's table of registered files (`setup::files`); a
+    /// handle whose index is below this is registered there.
+    files: u32,
 }
 
 impl<T: Send + 'static> Driver<T> {
@@ -320,6 +326,7 @@ impl<T: Send + 'static> Driver<T> {
             io::Error::new(e.kind(), format!("{why} ({e})"))
         })?;
         setup::probe_cancel_any(&mut ring)?;
+        let files = setup::files(&ring, config.registered_files);
 
         let wake_fd = EventFd::new(false)?;
         let wake_sqe = setup::wake_read(&wake_fd, &wake_buf);
@@ -360,6 +367,7 @@ impl<T: Send + 'static> Driver<T> {
             starved: AtomicBool::new(false),
             multishot_recv: AtomicBool::new(true),
             deferred_taskrun: ring_defers,
+            files,
         })
     }
 }
@@ -405,6 +413,39 @@ impl<T> Driver<T> {
             }
             None => false,
         }
+    }
+
+    /// Puts a handle's descriptor in its slot of the table of registered
+    /// files, if the handle has one. Under the state lock, as is `bury`: a
+    /// slot changes hands only with its slab index.
+    fn register(&self, index: u32, fd: RawFd) -> bool {
+        if index >= self.files {
+            return false;
+        }
+        match self.ring.submitter().register_files_update(index, &[fd]) {
+            Ok(_) => true,
+            Err(e) => {
+                log::debug!(target: "cport", "io_uring: handle {index} not registered ({e}): its requests name its descriptor");
+                false
+            }
+        }
+    }
+
+    /// Ends a handle removed from the slab (closed, its last operation
+    /// over): empties its slot of the table of registered files, which holds
+    /// the file open (a socket's peer would see no end), and leaves its
+    /// descriptor to [`unlock`](Self::unlock) to close. Requests still in
+    /// the kernel keep the file they took from the slot.
+    fn bury(&self, st: &mut State<T>, index: u32, entry: HandleEntry) {
+        if entry.fixed {
+            if let Err(e) = self.ring.submitter().register_files_update(index, &[-1]) {
+                // Only possible off the ring's thread (SINGLE_ISSUER): the
+                // file then stays open until the slot is reused or the ring
+                // closes.
+                log::warn!(target: "cport", "io_uring: could not empty the file slot of a closed handle ({e})");
+            }
+        }
+        st.dead.push(entry.fd);
     }
 
     /// Unlocks, then closes the descriptors of handles that finished
@@ -506,8 +547,10 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
         if st.closed {
             return Err(port_closed());
         }
+        let raw = fd.as_raw_fd();
         let (index, gen) = st.handles.insert(HandleEntry {
             fd,
+            fixed: false,
             key,
             kind,
             ops: Vec::new(),
@@ -515,6 +558,11 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
             closing: false,
             broken: Broken::default(),
         });
+        if self.register(index, raw) {
+            if let Some(e) = st.handles.get_mut(index, gen) {
+                e.fixed = true;
+            }
+        }
         Ok(Handle {
             port: self.port_id,
             index,
@@ -535,8 +583,13 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
         if st.closed {
             return Err(Rejected::new(port_closed(), value, op.into_payload()));
         }
-        let (fd, kind, key) = match self.live(&mut st, handle) {
-            Some(e) => (e.fd.as_raw_fd(), e.kind, e.key),
+        let (fd, fixed, kind, key) = match self.live(&mut st, handle) {
+            Some(e) => (
+                e.fd.as_raw_fd(),
+                e.fixed.then_some(handle.index),
+                e.kind,
+                e.key,
+            ),
             None => return Err(Rejected::new(bad_handle(name), value, op.into_payload())),
         };
         if let Some(e) = op.misfit(kind) {
@@ -552,6 +605,7 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
         let (index, gen) = st.ops.insert(OpState {
             handle,
             fd,
+            fixed,
             key,
             kind: op_kind,
             value,
@@ -591,8 +645,10 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
             // - the operation was just made: no request of it is in flight;
             // - the entry points into the operation, which stays in the
             //   slab until its final CQE.
-            Some(o) => unsafe { o.io.sqe(fd, self.pool_buffer_size, self.recv_multishot()) }
-                .user_data(user_data(id)),
+            Some(o) => unsafe {
+                o.io.sqe(fd, fixed, self.pool_buffer_size, self.recv_multishot())
+            }
+            .user_data(user_data(id)),
             None => unreachable!("an operation just inserted"),
         };
         self.push(&mut st, sqe);
@@ -643,7 +699,7 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
         };
         if !pending {
             if let Some(entry) = st.handles.remove(handle.index, handle.gen) {
-                st.dead.push(entry.fd);
+                self.bury(&mut st, handle.index, entry);
             }
             self.unlock(st);
             return Ok(());

@@ -169,6 +169,9 @@ pub(super) struct OpState<T> {
     /// The handle's descriptor, kept open by the handle entry for as long
     /// as an operation of the handle exists.
     pub(super) fd: RawFd,
+    /// The handle's slot in the ring's table of registered files, if it
+    /// has one: requests name the file by it.
+    pub(super) fixed: Option<u32>,
     pub(super) key: u64,
     pub(super) kind: OpKind,
     pub(super) value: T,
@@ -291,6 +294,8 @@ impl Io {
     /// submission, or its previous CQE was reaped without `F_MORE`. The
     /// returned entry points into `self`, which must then stay alive (in
     /// the slab, or leaked) until the request's last CQE.
+    /// `fixed` is the file's slot in the ring's table of registered files,
+    /// if it has one (`fd` is then only a fallback nobody uses).
     /// `pool_buffer_size` is the length of a buffer-select receive;
     /// `recv_multishot` says the kernel has IORING_RECV_MULTISHOT (Linux
     /// 6.0): without it a multishot receive is a single-shot one, issued
@@ -298,10 +303,35 @@ impl Io {
     pub(super) unsafe fn sqe(
         &mut self,
         fd: RawFd,
+        fixed: Option<u32>,
         pool_buffer_size: usize,
         recv_multishot: bool,
     ) -> squeue::Entry {
-        let fd = Fd(fd);
+        // A registered file is named by its slot and IOSQE_FIXED_FILE (what
+        // io-uring's `types::Fixed` does; its trait is sealed, so the slot
+        // goes where the descriptor would and the flag is added after).
+        match fixed {
+            Some(slot) => {
+                // SAFETY: the caller's contract, passed on.
+                unsafe { self.entry(Fd(slot as RawFd), pool_buffer_size, recv_multishot) }
+                    .flags(squeue::Flags::FIXED_FILE)
+            }
+            // SAFETY: the caller's contract, passed on.
+            None => unsafe { self.entry(Fd(fd), pool_buffer_size, recv_multishot) },
+        }
+    }
+
+    /// [`sqe`](Io::sqe) for the file `fd` names, by descriptor or by slot.
+    ///
+    /// # Safety
+    ///
+    /// As for `sqe`.
+    unsafe fn entry(
+        &mut self,
+        fd: Fd,
+        pool_buffer_size: usize,
+        recv_multishot: bool,
+    ) -> squeue::Entry {
         match self {
             Io::Accept(m) => {
                 // SAFETY:

@@ -248,8 +248,12 @@ impl<T> Driver<T> {
         // - the entry points into the operation, which stays in the slab
         //   until its final CQE.
         let sqe = unsafe {
-            op.io
-                .sqe(op.fd, self.pool_buffer_size, self.recv_multishot())
+            op.io.sqe(
+                op.fd,
+                op.fixed,
+                self.pool_buffer_size,
+                self.recv_multishot(),
+            )
         }
         .user_data(user_data(id));
         self.push(st, sqe);
@@ -303,7 +307,7 @@ impl<T> Driver<T> {
             }
             if h.closing && h.ops.is_empty() {
                 if let Some(h) = st.handles.remove(handle.index, handle.gen) {
-                    st.dead.push(h.fd);
+                    self.bury(st, handle.index, h);
                 }
             }
         }
