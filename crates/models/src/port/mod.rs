@@ -57,8 +57,15 @@ use self::udp::UdpState;
 
 /// Receive buffers in the port's pool. On io_uring they form the
 /// provided-buffer ring and go back to it as soon as their bytes are copied
-/// out, so this bounds bursts, not connections.
-const POOL_BUFFERS: u16 = 256;
+/// out, so this bounds bursts, not connections: but a burst is one arrival
+/// per connection whose receive the kernel completes between two reap
+/// passes, and a receive that meets the ring empty is submitted again. With
+/// 256, at 500 connections × 128 B, that was 0.9 more requests per echoed
+/// message (2.9 against 2.0 with 512). More buffers than that cost CPU at
+/// 500 × 4 KiB × 16 in flight (2048: 2.87 µs per message against 2.62): the
+/// ring hands them out in turn, so the more there are, the colder each is
+/// when its turn comes. bench/runs/2026-12-05/port-pool/.
+const POOL_BUFFERS: u16 = 512;
 
 /// Pause before re-arming an accept that failed (EMFILE, ENFILE, ENOBUFS…):
 /// the listener stays readable while descriptors are exhausted, so an
