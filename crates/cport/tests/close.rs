@@ -136,10 +136,11 @@ backends! {
     /// peer sees the end, and a closed listener refuses connections. On
     /// io_uring each descriptor also sits in the ring's table of registered
     /// files, which by itself holds the file open, so closing must empty
-    /// the slot too. Run with the default table, with none, and with one
-    /// slot (the listener gets it; the stream names its descriptor).
+    /// the slot too. Run with the default table, with none, with one slot
+    /// (the listener gets it; the stream names its descriptor), and with
+    /// more than the kernel allows (the port still builds and serves).
     fn x2_close_with_nothing_pending_ends_connection_and_listener(backend: Backend) {
-        for slots in [16384, 0, 1] {
+        for slots in [16384, 0, 1, u32::MAX] {
             let port = Builder::new()
                 .backend(backend)
                 .concurrency(1)
