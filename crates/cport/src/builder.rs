@@ -66,10 +66,12 @@ impl Builder {
     /// spares each of their requests the kernel's lookup and reference
     /// count of the descriptor (default 16384, never more than the process
     /// may hold descriptors, `RLIMIT_NOFILE`; 0: no table). Each slot costs
-    /// the kernel 8 bytes; handles beyond the table, and every handle on a
-    /// kernel without sparse tables (before Linux 5.19), name their
-    /// descriptor. Associating and closing a handle with a slot costs one
-    /// more system call each. Ignored by the other backends.
+    /// the kernel 8 bytes. A handle takes its slot at its 32nd operation
+    /// (taking it and giving it back at close cost a system call each,
+    /// which a handle of a few operations would not earn back); handles
+    /// beyond the table, and every handle on a kernel without sparse tables
+    /// (before Linux 5.19), name their descriptor. Ignored by the other
+    /// backends.
     pub fn registered_files(mut self, n: u32) -> Builder {
         self.registered_files = n;
         self

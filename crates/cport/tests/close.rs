@@ -60,6 +60,27 @@ fn assert_refused<T: Send + 'static + std::fmt::Debug>(
     assert!(port.local_addr(h).is_err(), "local_addr of a closed handle");
 }
 
+/// Issues 40 one-byte sends and then a receive on `h` (keyed `key`),
+/// checking each against `peer`: more operations than a handle makes before
+/// io_uring names its descriptor by a slot of the table of registered
+/// files, so the last ones go by the slot where the table has one.
+fn exchange(port: &CompletionPort<u32>, h: Handle, peer: &mut TcpStream, key: u64) {
+    for i in 0..40u8 {
+        port.send(h, vec![i], u32::from(i)).unwrap();
+        let c = next(port);
+        assert_eq!((c.key, c.kind, c.value), (key, OpKind::Send, u32::from(i)));
+        assert_eq!(c.result.unwrap(), 1);
+        let mut got = [0u8; 1];
+        peer.read_exact(&mut got).unwrap();
+        assert_eq!(got[0], i);
+    }
+    port.recv(h, Vec::with_capacity(8), 99).unwrap();
+    peer.write_all(b"pong").unwrap();
+    let c = next(port);
+    assert_eq!((c.key, c.kind), (key, OpKind::Recv));
+    assert_eq!(c.payload.into_buf().unwrap(), b"pong");
+}
+
 backends! {
     /// close with a receive pending, while a worker waits in `get` (as a
     /// server's would): the receive completes aborted with its buffer, the
@@ -134,11 +155,13 @@ backends! {
 
     /// closesocket with nothing pending closes the descriptor at once: the
     /// peer sees the end, and a closed listener refuses connections. On
-    /// io_uring each descriptor also sits in the ring's table of registered
-    /// files, which by itself holds the file open, so closing must empty
-    /// the slot too. Run with the default table, with none, with one slot
-    /// (the listener gets it; the stream names its descriptor), and with
-    /// more than the kernel allows (the port still builds and serves).
+    /// io_uring a handle's descriptor goes into the ring's table of
+    /// registered files once the handle has issued a few dozen operations,
+    /// and a slot by itself holds the file open, so closing must empty the
+    /// slot too. Run with the default table, with none, with one slot (the
+    /// listener's index, which issues too little to take it: the stream's
+    /// index is beyond the table), and with more than the kernel allows
+    /// (the port still builds and serves).
     fn x2_close_with_nothing_pending_ends_connection_and_listener(backend: Backend) {
         for slots in [16384, 0, 1, u32::MAX] {
             let port = Builder::new()
@@ -150,20 +173,7 @@ backends! {
             let listener = port.associate(TcpListener::bind("127.0.0.1:0").unwrap(), 9).unwrap();
             let addr = port.local_addr(listener).unwrap();
             let (h, mut peer) = pair(&port, 1);
-            // A request each way through the handle first, by its slot
-            // where it has one.
-            port.send(h, b"ping".to_vec(), 1).unwrap();
-            let c = next(&port);
-            assert_eq!((c.kind, c.result.unwrap()), (OpKind::Send, 4));
-            let mut got = [0u8; 4];
-            peer.read_exact(&mut got).unwrap();
-            assert_eq!(&got, b"ping");
-            port.recv(h, Vec::with_capacity(8), 2).unwrap();
-            peer.write_all(b"pong").unwrap();
-            let c = next(&port);
-            assert_eq!(c.kind, OpKind::Recv);
-            assert_eq!(c.payload.into_buf().unwrap(), b"pong");
-
+            exchange(&port, h, &mut peer, 1);
             port.close(h).unwrap();
             let (rest, how) = read_until_end(&mut peer);
             assert!(rest.is_empty());
@@ -171,12 +181,11 @@ backends! {
             // The next handle takes the closed one's place (and slot): its
             // requests reach its own descriptor.
             let (h2, mut peer2) = pair(&port, 3);
-            port.recv(h2, Vec::with_capacity(8), 4).unwrap();
-            peer2.write_all(b"next").unwrap();
-            let c = next(&port);
-            assert_eq!((c.key, c.kind), (3, OpKind::Recv));
-            assert_eq!(c.payload.into_buf().unwrap(), b"next");
+            exchange(&port, h2, &mut peer2, 3);
             port.close(h2).unwrap();
+            let (rest, how) = read_until_end(&mut peer2);
+            assert!(rest.is_empty());
+            assert_eq!(how, "FIN", "{backend}, {slots} slots: the second peer saw {how}");
             port.close(listener).unwrap();
             match TcpStream::connect(addr) {
                 Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{e}"),

@@ -200,6 +200,16 @@ fn op_id(port: u32, user_data: u64) -> OpId {
     }
 }
 
+/// The operation of a handle at whose issue its descriptor goes into the
+/// table of registered files. Registering and emptying the slot cost two
+/// system calls (0.3–0.7 µs in all, measured on this machine), and a
+/// request by slot saves the kernel's fget and fput of the descriptor
+/// (about 45 ns): a handle must make 7–15 requests to pay for its slot.
+/// One that has made 32 is likely a long-lived connection; a short-lived
+/// one (a request or two, then close) never pays
+/// (bench/runs/2026-12-05/registered-files).
+const REGISTER_AT: u32 = 32;
+
 /// How long `Drop` waits for cancelled operations before leaking them.
 const DROP_BOUND: Duration = Duration::from_secs(5);
 /// How long `close_port` reaps the operations it cancelled.
@@ -211,6 +221,8 @@ struct HandleEntry {
     /// The descriptor is in the ring's table of registered files, at the
     /// handle's slab index: requests name it by that slot.
     fixed: bool,
+    /// Operations issued on the handle, counted up to [`REGISTER_AT`].
+    issued: u32,
     key: u64,
     kind: SourceKind,
     /// Operations of this handle, in the kernel or parked (usually one to
@@ -422,8 +434,10 @@ impl<T> Driver<T> {
     }
 
     /// Puts a handle's descriptor in its slot of the table of registered
-    /// files, if the handle has one. Under the state lock, as is `bury`: a
-    /// slot changes hands only with its slab index.
+    /// files, if the handle has one (at its [`REGISTER_AT`]th operation).
+    /// Under the state lock, as is `bury`: a slot changes hands only with
+    /// its slab index. Operations issued before name the descriptor, and
+    /// keep naming it when re-armed (`OpState::fixed`).
     fn register(&self, index: u32, fd: RawFd) -> bool {
         if index >= self.files {
             return false;
@@ -553,10 +567,10 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
         if st.closed {
             return Err(port_closed());
         }
-        let raw = fd.as_raw_fd();
         let (index, gen) = st.handles.insert(HandleEntry {
             fd,
             fixed: false,
+            issued: 0,
             key,
             kind,
             ops: Vec::new(),
@@ -564,11 +578,6 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
             closing: false,
             broken: Broken::default(),
         });
-        if self.register(index, raw) {
-            if let Some(e) = st.handles.get_mut(index, gen) {
-                e.fixed = true;
-            }
-        }
         Ok(Handle {
             port: self.port_id,
             index,
@@ -590,12 +599,18 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
             return Err(Rejected::new(port_closed(), value, op.into_payload()));
         }
         let (fd, fixed, kind, key) = match self.live(&mut st, handle) {
-            Some(e) => (
-                e.fd.as_raw_fd(),
-                e.fixed.then_some(handle.index),
-                e.kind,
-                e.key,
-            ),
+            Some(e) => {
+                e.issued = e.issued.saturating_add(1);
+                if e.issued == REGISTER_AT {
+                    e.fixed = self.register(handle.index, e.fd.as_raw_fd());
+                }
+                (
+                    e.fd.as_raw_fd(),
+                    e.fixed.then_some(handle.index),
+                    e.kind,
+                    e.key,
+                )
+            }
             None => return Err(Rejected::new(bad_handle(name), value, op.into_payload())),
         };
         if let Some(e) = op.misfit(kind) {

@@ -16,11 +16,12 @@ use crate::sys::unix::EventFd;
 /// Registers an empty (sparse) table of `want` files with the ring, fewer
 /// if the process may hold fewer descriptors, and returns its size. A
 /// handle whose slab index is below the size names its file by slot
-/// (`IOSQE_FIXED_FILE`), which spares each of its requests the kernel's
-/// fget and fput of the descriptor: atomic operations on the file's count,
-/// 1–1.5 % of a loopback echo server's CPU (`fget` in the profiles of
-/// bench/runs/2026-12-05). 0 when the kernel refuses (sparse tables are
-/// Linux 5.19): every request then names its descriptor.
+/// (`IOSQE_FIXED_FILE`) once it has issued `REGISTER_AT` operations, which
+/// spares each of its requests the kernel's fget and fput of the
+/// descriptor: atomic operations on the file's count, 1.15 % of the
+/// single-issuer echo server's CPU (bench/runs/2026-12-05/registered-files).
+/// 0 when the kernel refuses (sparse tables are Linux 5.19): every request
+/// then names its descriptor.
 pub(super) fn files(ring: &IoUring, want: u32) -> u32 {
     let mut rl = libc::rlimit {
         rlim_cur: 0,
