@@ -81,6 +81,45 @@ backends! {
         assert_eq!(c.result.unwrap_err().kind(), ErrorKind::ConnectionReset);
     }
 
+    /// On io_uring a handle names its descriptor by a slot of the ring's
+    /// table of registered files from its 32nd operation on; a multishot
+    /// receive issued before goes on naming the descriptor, re-arms
+    /// included. Both kinds of request on one stream: arrivals, sends and
+    /// the close all still work (on epoll the same steps check nothing
+    /// slot-specific).
+    fn o9_recv_multi_from_before_the_handle_takes_its_file_slot(backend: Backend) {
+        let port = common::port::<Tagged>(backend, 1);
+        let (h, mut peer) = pair(&port, 7);
+        let op = port.recv_multi(h, original(1)).unwrap();
+        for i in 0..40u8 {
+            port.send(h, vec![i], original(100 + u32::from(i))).unwrap();
+            let c = next(&port);
+            assert_eq!((c.kind, c.value.id), (OpKind::Send, 100 + u32::from(i)));
+            assert_eq!(c.result.unwrap(), 1);
+            let mut got = [0u8; 1];
+            peer.read_exact(&mut got).unwrap();
+            assert_eq!(got[0], i);
+        }
+        peer.write_all(b"after").unwrap();
+        let mut got = Vec::new();
+        while got.len() < 5 {
+            let c = next(&port);
+            assert_eq!((c.key, c.op), (7, Some(op)));
+            got.extend(bytes_of(&port, c));
+        }
+        assert_eq!(got, b"after");
+        port.close(h).unwrap();
+        let last = next(&port);
+        assert_eq!((last.more, last.value.id, last.value.clone), (false, 1, false));
+        assert!(is_aborted(last.result.as_ref().unwrap_err()), "{:?}", last.result);
+        common::assert_empty(&port);
+        let mut rest = Vec::new();
+        match peer.read_to_end(&mut rest) {
+            Ok(_) => assert!(rest.is_empty()),
+            Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionReset),
+        }
+    }
+
     fn o9_cancel_or_close_ends_recv_multi_with_one_aborted_completion(backend: Backend) {
         let port = common::port::<Tagged>(backend, 1);
         let (h, mut peer) = pair(&port, 7);
