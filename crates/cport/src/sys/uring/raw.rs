@@ -119,17 +119,30 @@ impl Drop for Mmap {
 // contents is synchronised by the owner (the driver's state lock).
 unsafe impl Send for Mmap {}
 
-/// RLIMIT_MEMLOCK, for error messages.
-pub(super) fn memlock_limit() -> String {
+/// getrlimit's resource argument: glibc names its own type, other C
+/// libraries take an int.
+#[cfg(target_env = "gnu")]
+type Resource = libc::__rlimit_resource_t;
+#[cfg(not(target_env = "gnu"))]
+type Resource = libc::c_int;
+
+/// The soft limit of `resource` (`RLIM_INFINITY` when there is none).
+pub(super) fn soft_limit(resource: Resource) -> io::Result<libc::rlim_t> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY:
     // - `lim` is a live, writable `rlimit`.
-    match cvt(unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) }) {
-        Ok(_) if lim.rlim_cur == libc::RLIM_INFINITY => "unlimited".to_string(),
-        Ok(_) => format!("{} KiB", lim.rlim_cur / 1024),
+    cvt(unsafe { libc::getrlimit(resource, &mut lim) })?;
+    Ok(lim.rlim_cur)
+}
+
+/// RLIMIT_MEMLOCK, for error messages.
+pub(super) fn memlock_limit() -> String {
+    match soft_limit(libc::RLIMIT_MEMLOCK) {
+        Ok(libc::RLIM_INFINITY) => "unlimited".to_string(),
+        Ok(n) => format!("{} KiB", n / 1024),
         Err(e) => format!("unknown ({e})"),
     }
 }

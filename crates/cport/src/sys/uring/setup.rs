@@ -23,18 +23,8 @@ use crate::sys::unix::EventFd;
 /// 0 when the kernel refuses (sparse tables are Linux 5.19): every request
 /// then names its descriptor.
 pub(super) fn files(ring: &IoUring, want: u32) -> u32 {
-    let mut rl = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY:
-    // - getrlimit writes one `rlimit` into `rl`, which outlives the call.
-    let limit = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } == 0 {
-        rl.rlim_cur
-    } else {
-        0
-    };
     // The kernel refuses a table larger than RLIMIT_NOFILE.
+    let limit = raw::soft_limit(libc::RLIMIT_NOFILE).unwrap_or(0);
     let n = u32::try_from(limit.min(u64::from(want))).unwrap_or(0);
     if n == 0 {
         return 0;
