@@ -5,9 +5,11 @@
 mod common;
 
 use std::io::Read;
+use std::sync::mpsc;
+use std::thread;
 use std::time::Duration;
 
-use cport::{Builder, OpKind};
+use cport::{Builder, Completion, OpKind};
 
 backends! {
     fn o1_batched_operations_start_when_the_thread_comes_back(backend: Backend) {
@@ -40,5 +42,58 @@ backends! {
         assert_eq!((c.kind, c.value), (OpKind::Recv, 100));
         assert_eq!(c.payload.into_buf().unwrap(), b"ok");
         assert!(port.get(Some(Duration::ZERO)).is_err(), "nothing more");
+    }
+
+    fn o1_a_batch_left_to_the_leader_starts(backend: Backend) {
+        // A thread coming back with a batch while another leads (waiting in
+        // the kernel, with no timeout near) may leave the batch to the
+        // leader (io_uring does, so that one thread runs the ring's kernel
+        // work). The leader must then be woken to submit it: otherwise the
+        // send below never starts and both threads wait out their 10 s.
+        // Rounds, for the interleavings; the leader is started first and
+        // has usually entered the kernel by the time the batch comes back.
+        const SEND: u32 = 5;
+        const STOP: u32 = 6;
+        for round in 0..20 {
+            let port = Builder::new()
+                .backend(backend)
+                .concurrency(2)
+                .batch_submissions(true)
+                .build::<u32>()
+                .unwrap();
+            let (h, mut peer) = common::pair(&port, 1);
+            port.post(0, 0, 0).unwrap();
+            assert_eq!(common::next(&port).kind, OpKind::Post);
+            // Whichever thread gets the send's completion releases the other.
+            let get = move |port: &cport::CompletionPort<u32>| -> Option<(OpKind, u32)> {
+                let c: Completion<u32> = port.get(Some(Duration::from_secs(10))).ok()?;
+                if c.kind == OpKind::Send {
+                    assert_eq!(c.result.as_ref().ok(), Some(&10), "round {round}");
+                    port.post(0, 0, STOP).unwrap();
+                }
+                Some((c.kind, c.value))
+            };
+            let (started, up) = mpsc::channel();
+            let leader = {
+                let port = port.clone();
+                thread::spawn(move || {
+                    started.send(()).unwrap();
+                    get(&port)
+                })
+            };
+            up.recv().unwrap();
+            // This thread runs a completion: the send is batched.
+            port.send(h, vec![7; 10], SEND).unwrap();
+            let mut got = vec![get(&port), leader.join().unwrap()];
+            got.sort_by_key(|g| g.map(|(_, v)| v));
+            assert_eq!(
+                got,
+                [Some((OpKind::Send, SEND)), Some((OpKind::Post, STOP))],
+                "round {round}: the send completes, the other thread is released"
+            );
+            let mut bytes = [0u8; 10];
+            peer.read_exact(&mut bytes).unwrap();
+            assert_eq!(bytes, [7; 10]);
+        }
     }
 }

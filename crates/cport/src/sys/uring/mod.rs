@@ -32,9 +32,14 @@
 //!   completion and will come back to `get` only pushes; an atomic counts
 //!   unsubmitted SQEs, and `Reactor::flush` (called by the queue before a
 //!   thread sleeps or stops running) or the leader's next `wait` submits
-//!   them in one enter. Otherwise `submit` enters the kernel before
-//!   returning, because the leader may be blocked in the kernel and nobody
-//!   else would submit.
+//!   them in one enter. A flush while a leader is in `wait` leaves them to
+//!   the leader (woken if it sleeps), so that the ring's kernel work, which
+//!   runs under its `uring_lock` on the submitting thread, stays on one
+//!   thread: two workers on two cores spent 15 % of their time spinning on
+//!   that lock when each submitted its own, and 21 % less CPU per message
+//!   once they did not (`bench/runs/2026-12-06/leader-submits`). Otherwise
+//!   `submit` enters the kernel before returning, because the leader may be
+//!   blocked in the kernel and nobody else would submit.
 //! * **Reaping.** The queue lets one thread at a time, the leader, call
 //!   `Reactor::wait`: it enters the kernel with the state lock released
 //!   (submitting what is pending and waiting for one CQE, with a timeout),
@@ -299,6 +304,9 @@ pub(crate) struct Driver<T> {
     /// SQEs pushed (or backlogged) and not yet handed to the kernel.
     unsubmitted: AtomicUsize,
     backlogged: AtomicBool,
+    /// A leader is in `wait`, between its enter and its last look at
+    /// `unsubmitted`: a flush may leave its SQEs to it (see `flush_inner`).
+    leading: AtomicBool,
     port_id: u32,
     pool_buffer_size: usize,
     /// Completions with a pool buffer dequeued since the last refill: how
@@ -379,6 +387,7 @@ impl<T: Send + 'static> Driver<T> {
             wake_pending: AtomicBool::new(false),
             unsubmitted: AtomicUsize::new(0),
             backlogged: AtomicBool::new(false),
+            leading: AtomicBool::new(false),
             port_id: config.port_id,
             pool_buffer_size: config.pool_buffer_size,
             credit: AtomicUsize::new(0),

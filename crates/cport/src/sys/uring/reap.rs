@@ -353,6 +353,9 @@ impl<T> Driver<T> {
     }
 
     pub(super) fn wait_inner(&self, timeout: Option<Duration>, out: &mut Ready<T>) {
+        // From here to the last `submit_pending` below, a flushing thread
+        // leaves its SQEs to this one (see `flush_inner`).
+        self.leading.store(true, Ordering::SeqCst);
         if self.backlogged.load(Ordering::Acquire) {
             let mut st = self.lock();
             self.drain_backlog(&mut st);
@@ -386,8 +389,12 @@ impl<T> Driver<T> {
         let mut st = self.lock();
         self.reap(&mut st, out);
         self.unlock(st);
-        // Continuations and re-arms pushed while reaping go now: the leader
-        // may run a completion for a long time before it enters again.
+        // Continuations and re-arms pushed while reaping go now, with what
+        // other threads left to this one: the leader may run a completion
+        // for a long time before it enters again. The store comes first
+        // (SeqCst, against `flush_inner`'s push-then-load): a flush that
+        // saw `leading` has its count taken by the swap that follows.
+        self.leading.store(false, Ordering::SeqCst);
         self.submit_pending();
     }
 }

@@ -27,7 +27,7 @@ impl<T> Driver<T> {
         // (acquire) then enters with the SQE visible in the tail. Counting
         // first would let it enter without the SQE while the pusher's own
         // swap finds 0 and skips the submit, stranding the SQE.
-        self.unsubmitted.fetch_add(1, Ordering::Release);
+        self.unsubmitted.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Queues `sqe`; the next `io_uring_enter` of any kind takes it.
@@ -65,7 +65,7 @@ impl<T> Driver<T> {
 
     /// Hands everything pushed so far to the kernel, if anything was.
     pub(super) fn submit_pending(&self) {
-        if self.unsubmitted.swap(0, Ordering::AcqRel) == 0 {
+        if self.unsubmitted.swap(0, Ordering::SeqCst) == 0 {
             // Nothing, or another thread's enter took it (an enter submits
             // every published SQE, ours included).
             return;
@@ -91,6 +91,17 @@ impl<T> Driver<T> {
         self.push(st, sqe);
     }
 
+    /// Hands what was deferred to the kernel, or to a leader that will.
+    ///
+    /// A request's task work runs on the thread that submitted it, under
+    /// the ring's `uring_lock`, as does every submission. With several
+    /// threads submitting, they spin on that lock in the kernel (15 % of
+    /// the samples of two workers on two cores, `bench/runs/2026-12-05/
+    /// profile-two-core`). So while a leader is in `wait`, the SQEs are
+    /// left to it: it is woken if it sleeps, and its last look at
+    /// `unsubmitted` submits them. The kernel work then stays on one
+    /// thread at a time. Otherwise this thread submits them itself, since
+    /// nobody else may enter soon.
     pub(super) fn flush_inner(&self) {
         if self.unsubmitted.load(Ordering::Acquire) == 0 {
             return;
@@ -99,6 +110,13 @@ impl<T> Driver<T> {
             let mut st = self.lock();
             self.drain_backlog(&mut st);
         }
-        self.submit_pending();
+        // SeqCst, against the leader's store-then-swap in `wait_inner`
+        // (this thread's push counted with SeqCst came before): either the
+        // leader's swap takes the count, or this load sees `false`.
+        if self.leading.load(Ordering::SeqCst) {
+            self.wake_inner();
+        } else {
+            self.submit_pending();
+        }
     }
 }
