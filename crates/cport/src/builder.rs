@@ -94,7 +94,10 @@ impl Builder {
     /// at once but together with the others that thread issues, when it
     /// comes back to [`get`](CompletionPort::get), enters
     /// [`blocking`](CompletionPort::blocking), or exits — one
-    /// `io_uring_enter` for many operations instead of one each.
+    /// `io_uring_enter` for many operations instead of one each. If another
+    /// thread is then waiting on the kernel for the port, that thread
+    /// submits them (woken if it sleeps): one thread at a time doing the
+    /// ring's kernel work is cheaper than several contending for it.
     ///
     /// The price: until then such an operation has not started. A handler
     /// that issues a send and then waits, outside the port and outside
