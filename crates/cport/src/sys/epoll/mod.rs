@@ -347,7 +347,10 @@ impl<T> Socket<T> {
             match op::attempt(head, fd, pool) {
                 Step::Wait => break,
                 Step::Paused => {
-                    pool.pause(at.handle);
+                    if pool.pause(at.handle) {
+                        // Buffers were dequeued since the attempt looked.
+                        continue;
+                    }
                     break;
                 }
                 Step::More(clone, r, extra, drained) => {

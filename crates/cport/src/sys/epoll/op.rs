@@ -4,7 +4,7 @@
 use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::io::OwnedFd;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use socket2::SockRef;
@@ -158,6 +158,9 @@ pub(super) struct Pool {
     undelivered: AtomicUsize,
     /// Sockets whose multishot receive stopped for the count (`Paused`).
     paused: Mutex<Vec<Handle>>,
+    /// Whether `paused` may hold a socket: read without its lock on every
+    /// delivery, set under it.
+    any_paused: AtomicBool,
 }
 
 impl Pool {
@@ -167,25 +170,34 @@ impl Pool {
             keep,
             undelivered: AtomicUsize::new(0),
             paused: Mutex::new(Vec::new()),
+            any_paused: AtomicBool::new(false),
         }
     }
 
     /// Remembers that `h`'s multishot receive stopped for the count.
-    pub(super) fn pause(&self, h: Handle) {
+    /// Returns whether buffers were dequeued meanwhile, so that the
+    /// receive may read on at once: a delivery that came before `h` was
+    /// remembered saw nothing to resume. (SeqCst, against `delivered`'s
+    /// decrement-then-load: one of the two sees the other.)
+    pub(super) fn pause(&self, h: Handle) -> bool {
         lock(&self.paused).push(h);
+        self.any_paused.store(true, Ordering::SeqCst);
+        self.undelivered.load(Ordering::SeqCst) < self.keep
     }
 
     /// The paused sockets, once a multishot receive may fill again.
     pub(super) fn resume(&self) -> Vec<Handle> {
-        if !self.may_fill() {
+        if !self.any_paused.load(Ordering::Acquire) || !self.may_fill() {
             return Vec::new();
         }
-        std::mem::take(&mut *lock(&self.paused))
+        let mut paused = lock(&self.paused);
+        self.any_paused.store(false, Ordering::Relaxed);
+        std::mem::take(&mut *paused)
     }
 
-    /// Whether a socket waits for `delivered`.
+    /// Whether a socket may wait for `delivered`.
     pub(super) fn any_paused(&self) -> bool {
-        !lock(&self.paused).is_empty()
+        self.any_paused.load(Ordering::SeqCst)
     }
 
     /// Whether a multishot receive may fill another buffer now.
@@ -197,7 +209,7 @@ impl Pool {
     pub(super) fn delivered(&self, n: usize) {
         let _ = self
             .undelivered
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |u| {
                 Some(u.saturating_sub(n))
             });
     }
