@@ -136,8 +136,6 @@ struct State<E> {
     leader: Leader,
     /// Items taken since the kernel was last polled (see `POLL_EVERY`).
     since_poll: usize,
-    /// [`Queue::interrupt`]s so far.
-    interrupts: usize,
     closed: bool,
     /// The leader's batch, kept to avoid an allocation per poll.
     spare: Batch<E>,
@@ -182,6 +180,10 @@ pub(crate) struct Queue<E> {
     /// [`take_posted`](Queue::take_posted)). Only that thread reads it: one
     /// load tells it whether another thread posted.
     posted: AtomicBool,
+    /// [`Queue::interrupt`]s so far. Moved under the state lock; read
+    /// without it by [`interrupts`](Queue::interrupts), once per `get` of
+    /// a worker pool.
+    interrupts: AtomicUsize,
 }
 
 /// How a follower's wait ended.
@@ -220,7 +222,6 @@ impl<E> Queue<E> {
                 woken: 0,
                 leader: Leader::Idle,
                 since_poll: 0,
-                interrupts: 0,
                 closed: false,
                 spare: Batch::new(),
             }),
@@ -233,6 +234,7 @@ impl<E> Queue<E> {
                 slot: Mutex::new(None),
             },
             posted: AtomicBool::new(false),
+            interrupts: AtomicUsize::new(0),
         }
     }
 
@@ -327,7 +329,10 @@ impl<E> Queue<E> {
             if st.closed {
                 return Err(GetError::Closed);
             }
-            if at.epoch.map_or(false, |e| e != st.interrupts) {
+            if at
+                .epoch
+                .map_or(false, |e| e != self.interrupts.load(Ordering::Relaxed))
+            {
                 return self.leave_empty(st, reactor, GetError::Timeout);
             }
             if st.can_take(self.concurrency) {
@@ -742,7 +747,10 @@ impl<E> Queue<E> {
 
     /// The interrupt count, for [`get_until`](Queue::get_until).
     pub(crate) fn interrupts(&self) -> usize {
-        sync::lock(&self.state).interrupts
+        // Acquire, against the increment's release: a caller that reads the
+        // new count also sees what was written before the interrupt (a
+        // worker pool's stop flag).
+        self.interrupts.load(Ordering::Acquire)
     }
 
     /// Wakes every waiting thread: those in `get_until` whose epoch this
@@ -750,7 +758,7 @@ impl<E> Queue<E> {
     /// or taken, so no completion's order or binding changes.
     pub(crate) fn interrupt<R: Reactor<E> + ?Sized>(&self, reactor: &R) {
         let mut st = sync::lock(&self.state);
-        st.interrupts = st.interrupts.wrapping_add(1);
+        self.interrupts.fetch_add(1, Ordering::Release);
         let waiters = mem::take(&mut st.waiters);
         for w in &waiters {
             w.notified.store(true, Ordering::Release);
