@@ -4,7 +4,7 @@
 
 use std::io;
 use std::mem;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use io_uring::types::{SubmitArgs, Timespec};
@@ -354,15 +354,17 @@ impl<T> Driver<T> {
 
     pub(super) fn wait_inner(&self, timeout: Option<Duration>, out: &mut Ready<T>) {
         // From here to the last `submit_pending` below, a flushing thread
-        // leaves its SQEs to this one (see `flush_inner`).
-        self.leading.store(true, Ordering::SeqCst);
+        // leaves its SQEs to this one (see `flush_inner`). Cleared on the
+        // way out however it ends: left set by an unwinding leader, it
+        // would have flushes leave their SQEs to nobody.
+        let leading = Leading::start(&self.leading);
         if self.backlogged.load(Ordering::Acquire) {
             let mut st = self.lock();
             self.drain_backlog(&mut st);
         }
         // This enter submits every SQE published before the swap (acquire
         // pairs with `push`), so their counts are taken; a push counted after
-        // the swap is submitted by its own thread.
+        // the swap is submitted by its own thread, or by the swap at the end.
         let deferred = self.unsubmitted.swap(0, Ordering::AcqRel);
         let submitter = self.ring.submitter();
         let r = match timeout {
@@ -394,7 +396,23 @@ impl<T> Driver<T> {
         // for a long time before it enters again. The store comes first
         // (SeqCst, against `flush_inner`'s push-then-load): a flush that
         // saw `leading` has its count taken by the swap that follows.
-        self.leading.store(false, Ordering::SeqCst);
+        drop(leading);
         self.submit_pending();
+    }
+}
+
+/// `Driver::leading` for the span of a leader's `wait`.
+struct Leading<'a>(&'a AtomicBool);
+
+impl<'a> Leading<'a> {
+    fn start(flag: &'a AtomicBool) -> Leading<'a> {
+        flag.store(true, Ordering::SeqCst);
+        Leading(flag)
+    }
+}
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
     }
 }
