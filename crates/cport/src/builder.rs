@@ -1,6 +1,7 @@
 //! [`Builder`]: a port's settings, and the opening of its backend.
 
 use std::io;
+use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::config::{Backend, Config};
@@ -142,7 +143,12 @@ impl Builder {
             ));
         }
         let config = Config {
-            port_id: NEXT_PORT.fetch_add(1, Ordering::Relaxed),
+            // 0 is skipped, should the count ever wrap (see `PortId`).
+            port_id: loop {
+                if let Some(id) = NonZeroU32::new(NEXT_PORT.fetch_add(1, Ordering::Relaxed)) {
+                    break id;
+                }
+            },
             entries: self.entries.max(8),
             pool_buffers: self.pool_buffers,
             pool_buffer_size: self.pool_buffer_size,

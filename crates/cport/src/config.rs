@@ -57,7 +57,7 @@ impl std::str::FromStr for Backend {
 #[derive(Clone, Debug)]
 pub(crate) struct Config {
     /// Tells this port's handles and operation ids from other ports'.
-    pub(crate) port_id: u32,
+    pub(crate) port_id: crate::completion::PortId,
     /// Submission queue size. Read by the io_uring backend only; the
     /// others have no submission queue to size.
     #[allow(dead_code)]

@@ -9,7 +9,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use crate::builder::Builder;
-use crate::completion::{Completion, GetError, Handle, OpId, OpKind, Payload, Rejected};
+use crate::completion::{Completion, GetError, Handle, OpId, OpKind, Payload, PortId, Rejected};
 use crate::config::Backend;
 use crate::issue::{Ops, Via};
 use crate::queue::{Queue, QueueStats, Seat};
@@ -31,7 +31,7 @@ pub struct CompletionPort<T = ()> {
 }
 
 struct Inner<T> {
-    id: u32,
+    id: PortId,
     queue: Queue<Completion<T>>,
     /// [`Builder::batch_submissions`].
     batch: bool,
@@ -41,7 +41,7 @@ struct Inner<T> {
 impl<T> CompletionPort<T> {
     /// The port a [`Builder`] opened.
     pub(crate) fn from_parts(
-        id: u32,
+        id: PortId,
         queue: Queue<Completion<T>>,
         batch: bool,
         driver: Box<dyn Driver<T>>,
@@ -114,7 +114,7 @@ impl<T> Drop for Inner<T> {
 /// slot up twice. Dropping the record (the thread exits, or moves to
 /// another port) gives a held slot back.
 struct RunningOn {
-    id: u32,
+    id: PortId,
     port: Weak<dyn Leave>,
     /// Never `None` while stored: a record without a seat is dropped.
     seat: Option<Seat>,

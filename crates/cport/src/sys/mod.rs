@@ -492,7 +492,7 @@ mod tests {
         let _ = log::set_logger(&CAPTURE);
         log::set_max_level(log::LevelFilter::Info);
         let config = Config {
-            port_id: u32::MAX - 1,
+            port_id: crate::completion::PortId::new(u32::MAX - 1).unwrap(),
             entries: 8,
             pool_buffers: 1,
             pool_buffer_size: 1,
@@ -525,7 +525,7 @@ mod tests {
     #[test]
     fn r1_auto_keeps_io_uring_when_it_starts() {
         let config = Config {
-            port_id: u32::MAX - 2,
+            port_id: crate::completion::PortId::new(u32::MAX - 2).unwrap(),
             entries: 8,
             pool_buffers: 1,
             pool_buffer_size: 1,

@@ -138,7 +138,7 @@ use socket2::SockRef;
 
 use self::op::{Extra, Origin, Pending, Pool, Side, Step};
 use self::sys::Epoll;
-use crate::completion::{Completion, Handle, OpId, Rejected};
+use crate::completion::{Completion, Handle, OpId, PortId, Rejected};
 use crate::config::{Backend, Config};
 use crate::queue::Reactor;
 use crate::sync::lock_std as lock;
@@ -173,7 +173,7 @@ fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
 }
 
 pub(crate) struct Driver<T> {
-    port: u32,
+    port: PortId,
     epoll: Epoll,
     waker: EventFd,
     table: RwLock<Table<T>>,
@@ -211,7 +211,7 @@ struct LeaderBufs<T> {
 }
 
 struct Entry<T> {
-    port: u32,
+    port: PortId,
     key: u64,
     kind: SourceKind,
     io: Io<T>,
@@ -253,7 +253,7 @@ impl<T: Send + 'static> Driver<T> {
             // Spread the ports' sequence ranges apart, so that ids of
             // different ports differ even in their own fields (an OpId's
             // port field is what `cancel` checks).
-            next_seq: AtomicU32::new(config.port_id.wrapping_mul(0x9E37_79B9)),
+            next_seq: AtomicU32::new(config.port_id.get().wrapping_mul(0x9E37_79B9)),
             closed: AtomicBool::new(false),
             leader: Mutex::new(LeaderBufs {
                 events: Vec::with_capacity(EVENTS),

@@ -173,7 +173,7 @@ use io_uring::{opcode, squeue, IoUring};
 use self::bufring::BufRing;
 use self::op::{Extra, Io, OpState, Spares};
 use self::raw::Heap;
-use crate::completion::{Completion, Handle, OpId, Rejected};
+use crate::completion::{Completion, Handle, OpId, PortId, Rejected};
 use crate::config::{Backend, Config};
 use crate::queue::Reactor;
 use crate::sync::lock_std as lock;
@@ -197,7 +197,7 @@ fn user_data(id: OpId) -> u64 {
 }
 
 /// The operation a CQE's user_data names.
-fn op_id(port: u32, user_data: u64) -> OpId {
+fn op_id(port: PortId, user_data: u64) -> OpId {
     OpId {
         port,
         index: user_data as u32,
@@ -307,7 +307,7 @@ pub(crate) struct Driver<T> {
     /// A leader is in `wait`, between its enter and its last look at
     /// `unsubmitted`: a flush may leave its SQEs to it (see `flush_inner`).
     leading: AtomicBool,
-    port_id: u32,
+    port_id: PortId,
     pool_buffer_size: usize,
     /// Completions with a pool buffer dequeued since the last refill: how
     /// many emptied ring slots may be refilled (see `bufring`).

@@ -88,7 +88,7 @@ use windows_sys::Win32::System::IO::OVERLAPPED_ENTRY;
 use self::op::{Next, OpBox, Operation, Started};
 use self::pool::Pool;
 use self::port::Iocp;
-use crate::completion::{Completion, Handle, OpId, OpKind, Rejected};
+use crate::completion::{Completion, Handle, OpId, OpKind, PortId, Rejected};
 use crate::config::{Backend, Config};
 use crate::queue::Reactor;
 use crate::sync::lock_std as lock;
@@ -150,7 +150,7 @@ struct State<T> {
 }
 
 pub(crate) struct Driver<T> {
-    port: u32,
+    port: PortId,
     /// Closed by its own `Drop`, after the driver's has drained or leaked
     /// every operation.
     iocp: Iocp,

@@ -70,8 +70,9 @@ fn pool_runs_dry_only_while_buffers_are_in_the_kernel() {
 
 #[test]
 fn x4_a_packets_overlapped_leads_to_its_operation_and_slab_key() {
+    let port = crate::completion::PortId::new(7).unwrap();
     let handle = Handle {
-        port: 7,
+        port,
         index: 1,
         gen: 2,
     };
@@ -86,7 +87,7 @@ fn x4_a_packets_overlapped_leads_to_its_operation_and_slab_key() {
     );
     let mut b = OpBox::new(op);
     let id = OpId {
-        port: 7,
+        port,
         index: 3,
         gen: 4,
     };
