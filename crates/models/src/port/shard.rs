@@ -36,16 +36,19 @@ use crate::{plural, Stats, Stop};
 /// Sends a connection may have queued before its receive is cancelled.
 const MAX_SENDS: u32 = 32;
 
+/// The completion key of the listener: connections are keyed by their id,
+/// which starts at 1.
+const LISTENER_KEY: u64 = 0;
 /// The key of the packet a stop posts.
 const STOP_KEY: u64 = u64::MAX;
 
-/// The per-operation value: what an operation belongs to.
-#[derive(Clone, Copy, Debug)]
-enum Tag {
-    Accept,
-    Conn(u64),
-    Stop,
-}
+/// The per-operation value. The completion key already says what an
+/// operation belongs to (the tutorials' per-handle data: the listener, a
+/// connection's id, the stop packet), so the value carries nothing. It
+/// keeps `Completion<Tag>` at 120 bytes, moved with a few vector stores:
+/// with a 16-byte value it was 136, and every move of one was a call to
+/// `memcpy` (about 2 % of this server's samples).
+type Tag = ();
 
 /// What each shard counts, written by its thread alone.
 #[derive(Default)]
@@ -277,9 +280,9 @@ impl Shard<'_> {
     fn run(mut self, listener: TcpListener, stop: &Stop, shutdown: Duration) -> io::Result<()> {
         let poster = self.port.poster();
         stop.on_stop(move || {
-            let _ = poster.post(STOP_KEY, 0, Tag::Stop);
+            let _ = poster.post(STOP_KEY, 0, ());
         });
-        let listener = self.port.associate(listener, 0)?;
+        let listener = self.port.associate(listener, LISTENER_KEY)?;
         self.accept(listener)?;
         let mut timers = Timers::default();
         loop {
@@ -293,15 +296,15 @@ impl Shard<'_> {
                 Err(e) => return Err(e.into()),
             };
             self.counts.completions.fetch_add(1, Ordering::Relaxed);
-            match c.value {
-                Tag::Stop => {
+            match (c.key, c.kind) {
+                (STOP_KEY, OpKind::Post) => {
                     if timers.deadline.is_none() {
                         timers.deadline = Some(Instant::now() + shutdown);
                         let _ = self.port.close(listener);
                         self.stop_receiving();
                     }
                 }
-                Tag::Accept => {
+                (LISTENER_KEY, OpKind::Accept) => {
                     if let Payload::Accepted { stream, peer } = c.payload {
                         self.admit(stream, peer);
                     }
@@ -312,11 +315,9 @@ impl Shard<'_> {
                         timers.rearm_at = Some(Instant::now() + ACCEPT_BACKOFF);
                     }
                 }
-                Tag::Conn(id) => match c.kind {
-                    OpKind::RecvMulti => self.on_recv(id, c.more, c.result, c.payload),
-                    OpKind::Send => self.on_sent(id, c.result, c.payload),
-                    other => warn!("unexpected {other:?} completion on a connection"),
-                },
+                (id, OpKind::RecvMulti) => self.on_recv(id, c.more, c.result, c.payload),
+                (id, OpKind::Send) => self.on_sent(id, c.result, c.payload),
+                (key, other) => warn!("unexpected {other:?} completion with key {key}"),
             }
         }
     }
@@ -358,7 +359,7 @@ impl Shard<'_> {
 
     fn accept(&self, listener: Handle) -> io::Result<()> {
         self.port
-            .accept_multi(listener, Tag::Accept)
+            .accept_multi(listener, ())
             .map(drop)
             .map_err(|r| io::Error::new(r.error.kind(), format!("cannot accept: {}", r.error)))
     }
@@ -376,7 +377,7 @@ impl Shard<'_> {
                 return;
             }
         };
-        let recv = match self.port.recv_multi(handle, Tag::Conn(id)) {
+        let recv = match self.port.recv_multi(handle, ()) {
             Ok(op) => op,
             Err(r) => {
                 warn!("cannot receive from {peer}: {}", r.error);
@@ -419,7 +420,7 @@ impl Shard<'_> {
             self.counts
                 .bytes_in
                 .fetch_add(buf.len() as u64, Ordering::Relaxed);
-            if let Err(r) = self.port.send(conn.handle, buf, Tag::Conn(id)) {
+            if let Err(r) = self.port.send(conn.handle, buf, ()) {
                 if let Some(b) = r.payload.into_buf() {
                     self.port.recycle(b);
                 }
@@ -462,7 +463,7 @@ impl Shard<'_> {
         }
         if conn.paused && conn.recv.is_none() && conn.sends <= MAX_SENDS / 2 && !conn.eof {
             conn.paused = false;
-            match self.port.recv_multi(conn.handle, Tag::Conn(id)) {
+            match self.port.recv_multi(conn.handle, ()) {
                 Ok(op) => conn.recv = Some(op),
                 Err(r) => return self.end(id, &format!("error: {}", r.error), true),
             }
