@@ -1,14 +1,16 @@
 #!/bin/bash
-# usage: ab4.sh ROUNDS CONNS SIZE DEPTH NAME=CMD... ; unpinned; CMD is a quoted command line (may set env)
+# usage: [PIN=1] ab4.sh ROUNDS CONNS SIZE DEPTH NAME=CMD... ; CMD is a quoted command line (may set env)
+# unpinned, or with PIN=1 the server on CPU 0 and the load on CPU 1
 rounds=$1 conns=$2 size=$3 depth=$4; shift 4
 mkdir -p /tmp/ab
 one() { # name cmd
   out=/tmp/ab/$1
-  bash -c "exec $2" > $out.srv 2>&1 &
+  if [ -n "$PIN" ]; then srv=(taskset -c 0) load=(taskset -c 1); else srv=() load=(); fi
+  "${srv[@]}" bash -c "exec $2" > $out.srv 2>&1 &
   spid=$!
   for i in $(seq 100); do grep -q "listening on" $out.srv 2>/dev/null && break; sleep 0.1; done
   addr=$(grep -m1 -o "listening on [^ ]*" $out.srv | cut -d' ' -f3)
-  /work/main/target/release/cport load $addr -c $conns -s $size -d $depth --duration 6s --warmup 1s --threads 1 --json > $out.load 2>&1 &
+  "${load[@]}" /work/main/target/release/cport load $addr -c $conns -s $size -d $depth --duration 6s --warmup 1s --threads 1 --json > $out.load 2>&1 &
   lpid=$!
   sleep 2
   perf stat -x, -e task-clock,context-switches,io_uring:io_uring_submit_req,io_uring:io_uring_poll_arm -p $spid -o $out.stat -- sleep 4
