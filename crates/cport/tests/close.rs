@@ -60,20 +60,11 @@ fn assert_refused<T: Send + 'static + std::fmt::Debug>(
     assert!(port.local_addr(h).is_err(), "local_addr of a closed handle");
 }
 
-/// Issues 40 one-byte sends and then a receive on `h` (keyed `key`),
-/// checking each against `peer`: more operations than a handle makes before
-/// io_uring names its descriptor by a slot of the table of registered
-/// files, so the last ones go by the slot where the table has one.
+/// Sends on `h` (keyed `key`) until it names its descriptor by its file
+/// slot where the table has one, then receives once, each checked against
+/// `peer`.
 fn exchange(port: &CompletionPort<u32>, h: Handle, peer: &mut TcpStream, key: u64) {
-    for i in 0..40u8 {
-        port.send(h, vec![i], u32::from(i)).unwrap();
-        let c = next(port);
-        assert_eq!((c.key, c.kind, c.value), (key, OpKind::Send, u32::from(i)));
-        assert_eq!(c.result.unwrap(), 1);
-        let mut got = [0u8; 1];
-        peer.read_exact(&mut got).unwrap();
-        assert_eq!(got[0], i);
-    }
+    common::send_past_the_file_slot(port, h, key, peer, |i| i, |v| *v);
     port.recv(h, Vec::with_capacity(8), 99).unwrap();
     peer.write_all(b"pong").unwrap();
     let c = next(port);

@@ -91,15 +91,9 @@ backends! {
         let port = common::port::<Tagged>(backend, 1);
         let (h, mut peer) = pair(&port, 7);
         let op = port.recv_multi(h, original(1)).unwrap();
-        for i in 0..40u8 {
-            port.send(h, vec![i], original(100 + u32::from(i))).unwrap();
-            let c = next(&port);
-            assert_eq!((c.kind, c.value.id), (OpKind::Send, 100 + u32::from(i)));
-            assert_eq!(c.result.unwrap(), 1);
-            let mut got = [0u8; 1];
-            peer.read_exact(&mut got).unwrap();
-            assert_eq!(got[0], i);
-        }
+        common::send_past_the_file_slot(&port, h, 7, &mut peer, |i| original(100 + i), |v| {
+            v.id - 100
+        });
         peer.write_all(b"after").unwrap();
         let mut got = Vec::new();
         while got.len() < 5 {

@@ -184,6 +184,35 @@ pub fn pair<T: Send + 'static>(port: &CompletionPort<T>, key: u64) -> (Handle, T
     (port.associate(a, key).unwrap(), b)
 }
 
+/// Sends 40 one-byte messages on `h` (keyed `key`), one at a time, each
+/// checked at its completion (the value made by `value(i)`, read back by
+/// `id`) and at `peer`: more operations than a handle issues before
+/// io_uring names its descriptor by a slot of the ring's table of
+/// registered files (its 32nd), so the last ones go by the slot where the
+/// table has one.
+pub fn send_past_the_file_slot<T: Send + 'static>(
+    port: &CompletionPort<T>,
+    h: Handle,
+    key: u64,
+    peer: &mut TcpStream,
+    value: impl Fn(u32) -> T,
+    id: impl Fn(&T) -> u32,
+) {
+    use std::io::Read;
+    for i in 0..40u8 {
+        port.send(h, vec![i], value(u32::from(i))).unwrap();
+        let c = next(port);
+        assert_eq!(
+            (c.key, c.kind, id(&c.value)),
+            (key, cport::OpKind::Send, u32::from(i))
+        );
+        assert_eq!(c.result.unwrap(), 1);
+        let mut got = [0u8; 1];
+        peer.read_exact(&mut got).unwrap();
+        assert_eq!(got[0], i);
+    }
+}
+
 /// An address on 127.0.0.1 that nothing listens on (bound, then released).
 pub fn closed_addr() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
