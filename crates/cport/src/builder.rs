@@ -106,6 +106,13 @@ impl Builder {
     /// for handlers that return promptly (an echo server's do). Operations
     /// issued by threads not running on the port always start at once.
     /// The epoll backend performs operations at issue and ignores this.
+    ///
+    /// On io_uring it also spares a thread running a handler the
+    /// interrupt that would post, at once, the completion of an operation
+    /// whose kernel work falls to that thread (it submitted it): the
+    /// completion is posted at the thread's next system call, or its next
+    /// timer tick if the handler computes without one (a few
+    /// milliseconds). A thread that is waiting is woken for it as before.
     pub fn batch_submissions(mut self, on: bool) -> Builder {
         self.batch_submissions = on;
         self
@@ -153,6 +160,7 @@ impl Builder {
             pool_buffers: self.pool_buffers,
             pool_buffer_size: self.pool_buffer_size,
             single_issuer: local,
+            prompt_handlers: self.batch_submissions && !local,
             registered_files: self.registered_files,
         };
         let driver = sys::open::<T>(self.backend, &config)?;

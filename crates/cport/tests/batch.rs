@@ -4,10 +4,11 @@
 
 mod common;
 
-use std::io::Read;
-use std::sync::mpsc;
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cport::{Builder, Completion, OpKind};
 
@@ -95,5 +96,63 @@ backends! {
             peer.read_exact(&mut bytes).unwrap();
             assert_eq!(bytes, [7; 10]);
         }
+    }
+
+    fn o1_a_receive_owed_to_a_computing_thread_still_completes(backend: Backend) {
+        // With batched submissions io_uring runs its ring with COOP_TASKRUN:
+        // the task work of a receive (which posts its completion once data
+        // comes, when the receive had to wait) runs on the thread that
+        // submitted it, and a thread that is computing is not interrupted
+        // for it. It must still run, at the thread's next timer tick, and
+        // the completion reach the thread waiting in `get`, while the
+        // submitter spins without a system call. Without that the spin
+        // below would wait out its 10 s.
+        let port = Builder::new()
+            .backend(backend)
+            .concurrency(2)
+            .batch_submissions(true)
+            .build::<u32>()
+            .unwrap();
+        let (h, mut peer) = common::pair(&port, 1);
+        // Not in a handler: submitted at once, by this thread, before any
+        // data is there.
+        port.recv(h, Vec::with_capacity(16), 1).unwrap();
+        let done = Arc::new(AtomicBool::new(false));
+        let spinning = Arc::new(AtomicBool::new(false));
+        let waiter = {
+            let (port, done) = (port.clone(), done.clone());
+            thread::spawn(move || {
+                let c = port.get(Some(Duration::from_secs(20)));
+                done.store(true, Ordering::SeqCst);
+                c.ok().map(|c| (c.kind, c.value, c.payload.into_buf()))
+            })
+        };
+        // The data comes from another thread once this one spins: written
+        // from here, it would complete the receive on the way out of the
+        // write.
+        let writer = {
+            let spinning = spinning.clone();
+            thread::spawn(move || {
+                while !spinning.load(Ordering::SeqCst) {
+                    std::hint::spin_loop();
+                }
+                peer.write_all(b"hi").unwrap();
+                peer
+            })
+        };
+        spinning.store(true, Ordering::SeqCst);
+        // Instant::now reads the vDSO's clock: no system call.
+        let start = Instant::now();
+        while !done.load(Ordering::SeqCst) && start.elapsed() < Duration::from_secs(10) {
+            std::hint::spin_loop();
+        }
+        assert!(
+            done.load(Ordering::SeqCst),
+            "the receive's completion waited 10 s for its submitter to enter the kernel"
+        );
+        let _peer = writer.join().unwrap();
+        let (kind, value, buf) = waiter.join().unwrap().expect("a completion");
+        assert_eq!((kind, value), (OpKind::Recv, 1));
+        assert_eq!(buf.unwrap(), b"hi");
     }
 }

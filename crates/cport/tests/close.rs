@@ -21,8 +21,8 @@ fn read_until_end(peer: &mut TcpStream) -> (Vec<u8>, &'static str) {
             Ok(0) => return (got, "FIN"),
             Ok(n) => got.extend_from_slice(&buf[..n]),
             // io_uring runs a request's task work on the thread that
-            // submitted it, interrupting a blocking call there (no
-            // COOP_TASKRUN): the read is simply repeated.
+            // submitted it, interrupting a blocking call there: the read
+            // is simply repeated.
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) if e.kind() == ErrorKind::ConnectionReset => return (got, "reset"),
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {

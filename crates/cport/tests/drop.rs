@@ -69,8 +69,8 @@ fn end_of(peer: &mut TcpStream) -> (usize, &'static str) {
             Ok(0) => return (n, "FIN"),
             Ok(k) => n += k,
             // io_uring runs a request's task work on the thread that
-            // submitted it, interrupting a blocking call there (no
-            // COOP_TASKRUN): the read is simply repeated.
+            // submitted it, interrupting a blocking call there: the read
+            // is simply repeated.
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) if e.kind() == ErrorKind::ConnectionReset => return (n, "reset"),
             Err(e) => panic!("the peer did not see its connection end: {e}"),

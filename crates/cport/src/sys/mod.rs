@@ -497,6 +497,7 @@ mod tests {
             pool_buffers: 1,
             pool_buffer_size: 1,
             single_issuer: false,
+            prompt_handlers: false,
             registered_files: 0,
         };
         let refused = |_: &Config| -> io::Result<Box<dyn Driver<()>>> {
@@ -530,6 +531,7 @@ mod tests {
             pool_buffers: 1,
             pool_buffer_size: 1,
             single_issuer: false,
+            prompt_handlers: false,
             registered_files: 0,
         };
         match uring::Driver::<()>::new(&config) {

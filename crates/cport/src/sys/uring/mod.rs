@@ -16,17 +16,25 @@
 //!   the kernel needs no lock: the kernel reads the published SQ tail and
 //!   serialises concurrent enters itself, so a submitter never blocks
 //!   another in the kernel. No SQPOLL, SINGLE_ISSUER or DEFER_TASKRUN: any
-//!   thread submits, and `COOP_TASKRUN` is left off on purpose. A request's
-//!   task work (which posts its CQE) runs on the thread that submitted it.
-//!   If that thread sleeps (on the queue's condvar, or in the kernel), it is
-//!   woken to run the work with or without `COOP_TASKRUN` (the kernel's
-//!   `__set_notify_signal` wakes an interruptible sleeper). If it is running
-//!   a handler, `COOP_TASKRUN` sends it no interrupt: the completion then
-//!   waits for that thread's next system call, or for the next timer tick
-//!   if the handler computes without one (up to 4 ms at HZ=250), while
-//!   other workers may sit idle, where IOCP would hand it to one of them at
-//!   once. A trial with it on 2026-12-05 (two workers, two cores, 50 × 64 B)
-//!   cost about 5 % less CPU per message: not worth that delay.
+//!   thread submits.
+//! * **Task work.** A request's task work (which posts its CQE: a receive
+//!   that found no data runs there once data comes) runs on the thread
+//!   that submitted it. If that thread sleeps (on the queue's condvar, or
+//!   in the kernel), it is woken to run the work. If it is running a
+//!   handler, the kernel interrupts it to run the work at once, unless the
+//!   ring has `COOP_TASKRUN`: then the completion waits for that thread's
+//!   next system call, or for the next timer tick if the handler computes
+//!   without one (up to 4 ms at HZ=250; the kernel's `__set_notify_signal`
+//!   wakes a sleeper either way). The interrupt (a rescheduling IPI)
+//!   costs more than it seems in a virtual machine: the echo server at
+//!   500 connections × 4 KiB × 16 in flight on one core took 0.03 of them
+//!   per message and 2.58 µs of CPU per message, against none and 2.03 µs
+//!   with `COOP_TASKRUN` (medians of 5,
+//!   `bench/runs/2026-12-06/coop-taskrun`). The ring has `COOP_TASKRUN`
+//!   when the port batches submissions (`Builder::batch_submissions`),
+//!   whose contract already is that handlers return promptly, and not
+//!   otherwise, where a handler may compute while other workers sit idle
+//!   and IOCP would hand its completion to one of them at once.
 //! * **Deferred submission** (`Opts::defer`, only with
 //!   `Builder::batch_submissions`, off by default). A thread that runs a
 //!   completion and will come back to `get` only pushes; an atomic counts

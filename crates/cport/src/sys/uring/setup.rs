@@ -38,12 +38,12 @@ pub(super) fn files(ring: &IoUring, want: u32) -> u32 {
     }
 }
 
-/// Names the cause of an io_uring_setup failure (SEMANTICS R1, LESSONS 5, 9).
 /// Makes the ring: any thread submits and reaps (the port's queue orders
-/// them), or, for a port of one thread, SINGLE_ISSUER | DEFER_TASKRUN (Linux
-/// 6.1), where completions are posted only when that thread enters the
-/// kernel for them, with no interrupt of a running thread. Returns the ring
-/// and whether it defers its task work.
+/// them), with COOP_TASKRUN when handlers return promptly, or, for a port of
+/// one thread, SINGLE_ISSUER | DEFER_TASKRUN (Linux 6.1), where completions
+/// are posted only when that thread enters the kernel for them, with no
+/// interrupt of a running thread. Returns the ring and whether it defers its
+/// task work.
 pub(super) fn ring(config: &Config) -> io::Result<(IoUring, bool)> {
     let build = |single: bool| {
         let mut b = IoUring::builder();
@@ -60,6 +60,10 @@ pub(super) fn ring(config: &Config) -> io::Result<(IoUring, bool)> {
             b.setup_single_issuer()
                 .setup_defer_taskrun()
                 .setup_taskrun_flag();
+        } else if config.prompt_handlers {
+            // No interrupt of a thread running a handler to run its task
+            // work: see "Task work" in the module docs.
+            b.setup_coop_taskrun();
         }
         b.build(config.entries)
     };
@@ -77,6 +81,7 @@ pub(super) fn ring(config: &Config) -> io::Result<(IoUring, bool)> {
         .map_err(|e| setup_error(e, config.entries))
 }
 
+/// Names the cause of an io_uring_setup failure (SEMANTICS R1, LESSONS 5, 9).
 pub(super) fn setup_error(e: io::Error, entries: u32) -> io::Error {
     let why = match e.raw_os_error() {
         Some(libc::EPERM) | Some(libc::EACCES) => {
