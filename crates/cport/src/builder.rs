@@ -160,7 +160,10 @@ impl Builder {
             pool_buffers: self.pool_buffers,
             pool_buffer_size: self.pool_buffer_size,
             single_issuer: local,
-            prompt_handlers: self.batch_submissions && !local,
+            // A local port's completions can go to no other thread: one
+            // on a shared ring (no DEFER_TASKRUN here) waits for its thread
+            // to enter the kernel anyway.
+            prompt_handlers: self.batch_submissions || local,
             registered_files: self.registered_files,
         };
         let driver = sys::open::<T>(self.backend, &config)?;

@@ -70,10 +70,10 @@ pub(crate) struct Config {
     /// io_uring backend only.
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     pub(crate) single_issuer: bool,
-    /// Handlers return promptly (`Builder::batch_submissions` on a shared
-    /// port): io_uring then posts a running thread's task work at its next
-    /// system call instead of interrupting it (COOP_TASKRUN). Read by the
-    /// io_uring backend only.
+    /// Handlers return promptly (`Builder::batch_submissions`, or a local
+    /// port): on a shared ring io_uring then posts a running thread's task
+    /// work at its next system call instead of interrupting it
+    /// (COOP_TASKRUN). Read by the io_uring backend only.
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     pub(crate) prompt_handlers: bool,
     /// Slots of io_uring's table of registered files

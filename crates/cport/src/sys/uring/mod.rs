@@ -32,8 +32,9 @@
 //!   with `COOP_TASKRUN` (medians of 5,
 //!   `bench/runs/2026-12-06/coop-taskrun`). The ring has `COOP_TASKRUN`
 //!   when the port batches submissions (`Builder::batch_submissions`),
-//!   whose contract already is that handlers return promptly, and not
-//!   otherwise, where a handler may compute while other workers sit idle
+//!   whose contract already is that handlers return promptly, and when a
+//!   `LocalPort` falls back to a shared ring (its one thread takes every
+//!   completion anyway), and not otherwise, where a handler may compute while other workers sit idle
 //!   and IOCP would hand its completion to one of them at once.
 //! * **Deferred submission** (`Opts::defer`, only with
 //!   `Builder::batch_submissions`, off by default). A thread that runs a
