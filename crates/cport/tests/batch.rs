@@ -10,16 +10,22 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use cport::{Builder, Completion, OpKind};
+use cport::{Backend, Builder, Completion, CompletionPort, OpKind};
+
+/// A port that batches its handlers' submissions, `concurrency` threads
+/// running at most.
+fn batching_port(backend: Backend, concurrency: usize) -> CompletionPort<u32> {
+    Builder::new()
+        .backend(backend)
+        .concurrency(concurrency)
+        .batch_submissions(true)
+        .build()
+        .unwrap()
+}
 
 backends! {
     fn o1_batched_operations_start_when_the_thread_comes_back(backend: Backend) {
-        let port = Builder::new()
-            .backend(backend)
-            .concurrency(1)
-            .batch_submissions(true)
-            .build::<u32>()
-            .unwrap();
+        let port = batching_port(backend, 1);
         let (h, mut peer) = common::pair(&port, 1);
         port.post(9, 0, 0).unwrap();
         // This thread now runs a completion: what it issues is batched.
@@ -56,12 +62,7 @@ backends! {
         const SEND: u32 = 5;
         const STOP: u32 = 6;
         for round in 0..20 {
-            let port = Builder::new()
-                .backend(backend)
-                .concurrency(2)
-                .batch_submissions(true)
-                .build::<u32>()
-                .unwrap();
+            let port = batching_port(backend, 2);
             let (h, mut peer) = common::pair(&port, 1);
             port.post(0, 0, 0).unwrap();
             assert_eq!(common::next(&port).kind, OpKind::Post);
@@ -107,12 +108,7 @@ backends! {
         // the completion reach the thread waiting in `get`, while the
         // submitter spins without a system call. Without that the spin
         // below would wait out its 10 s.
-        let port = Builder::new()
-            .backend(backend)
-            .concurrency(2)
-            .batch_submissions(true)
-            .build::<u32>()
-            .unwrap();
+        let port = batching_port(backend, 2);
         let (h, mut peer) = common::pair(&port, 1);
         // Not in a handler: submitted at once, by this thread, before any
         // data is there.
