@@ -34,8 +34,9 @@
 //!   when the port batches submissions (`Builder::batch_submissions`),
 //!   whose contract already is that handlers return promptly, and when a
 //!   `LocalPort` falls back to a shared ring (its one thread takes every
-//!   completion anyway), and not otherwise, where a handler may compute while other workers sit idle
-//!   and IOCP would hand its completion to one of them at once.
+//!   completion anyway), and not otherwise, where a handler may compute
+//!   while other workers sit idle and IOCP would hand its completion to one
+//!   of them at once.
 //! * **Deferred submission** (`Opts::defer`, only with
 //!   `Builder::batch_submissions`, off by default). A thread that runs a
 //!   completion and will come back to `get` only pushes; an atomic counts
