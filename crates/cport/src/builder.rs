@@ -149,6 +149,11 @@ impl Builder {
                 "the receive pool needs at least one buffer of at least one byte",
             ));
         }
+        // A local port's thread issues and takes everything, so it batches
+        // as a batching port's handlers do; and its completions can go to
+        // no other thread: one on a shared ring (no DEFER_TASKRUN here)
+        // waits for that thread to enter the kernel anyway.
+        let batch = self.batch_submissions || local;
         let config = Config {
             // 0 is skipped, should the count ever wrap (see `PortId`).
             port_id: loop {
@@ -160,10 +165,7 @@ impl Builder {
             pool_buffers: self.pool_buffers,
             pool_buffer_size: self.pool_buffer_size,
             single_issuer: local,
-            // A local port's completions can go to no other thread: one
-            // on a shared ring (no DEFER_TASKRUN here) waits for its thread
-            // to enter the kernel anyway.
-            prompt_handlers: self.batch_submissions || local,
+            prompt_handlers: batch,
             registered_files: self.registered_files,
         };
         let driver = sys::open::<T>(self.backend, &config)?;
@@ -173,7 +175,7 @@ impl Builder {
         Ok(CompletionPort::from_parts(
             config.port_id,
             queue,
-            self.batch_submissions || local,
+            batch,
             driver,
         ))
     }
