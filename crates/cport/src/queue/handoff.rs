@@ -162,20 +162,22 @@ pub(super) enum Handoff {
 /// Decides whether a thread about to sleep spins first. Spinning pays
 /// where threads hand work to each other with posts (a hand-off caught by a
 /// spin costs no system call on either side); on a port fed by the kernel
-/// alone it never finds anything and only burns CPU and `sched_yield`s. So
-/// a thread spins while posts have been arriving: within the last `IDLE`
-/// decisions the post count ([`Mailbox::posts`]) moved. (A rule based on
-/// whether spins hit was tried first: once both sides of a ping-pong slept,
-/// each spin missed a partner that was itself asleep, and spinning never
-/// came back.) Plain atomics, outside loom's model: races only blur the
-/// guess. On a cache line of its own: the deciding thread writes it, and a
-/// post should not have to fetch it.
+/// alone a running thread or the leader never finds anything that way and
+/// only burns CPU and `sched_yield`s. So a thread spins while posts have
+/// been arriving: within the last `IDLE` decisions the post count
+/// ([`Mailbox::posts`]) moved. A second `Spin` follows the items bound to
+/// followers the same way: those are what a spinning follower catches,
+/// posted or reaped. (A rule based on whether spins hit was tried first:
+/// once both sides of a ping-pong slept, each spin missed a partner that
+/// was itself asleep, and spinning never came back.) Plain atomics, outside
+/// loom's model: races only blur the guess. On a cache line of its own: the
+/// deciding thread writes it, and a post should not have to fetch it.
 #[derive(Default)]
 #[repr(align(64))]
 pub(super) struct Spin {
-    /// The post count as the last decision saw it.
+    /// The count as the last decision saw it.
     seen: std::sync::atomic::AtomicUsize,
-    /// Decisions in a row that saw no new post.
+    /// Decisions in a row that saw the count unmoved.
     idle: std::sync::atomic::AtomicUsize,
     /// Under loom, whether to spin (a model sets it to explore the hand-off
     /// through the mailbox; the default rule depends on timing loom cannot
@@ -187,13 +189,14 @@ pub(super) struct Spin {
 impl Spin {
     pub(super) const IDLE: usize = 16;
 
-    pub(super) fn should_spin(&self, posts: &std::sync::atomic::AtomicUsize) -> bool {
+    /// Decides for a thread about to wait, given the count this rule
+    /// follows as it stands now.
+    pub(super) fn should_spin(&self, count: usize) -> bool {
         use std::sync::atomic::Ordering::Relaxed;
         if cfg!(loom) {
             return self.forced();
         }
-        let posts = posts.load(Relaxed);
-        if self.seen.swap(posts, Relaxed) != posts {
+        if self.seen.swap(count, Relaxed) != count {
             self.idle.store(0, Relaxed);
             return true;
         }

@@ -47,7 +47,12 @@
 //!   couple of cache-line transfers and no system call. Any other thread
 //!   about to sleep spins too, as the top waiter of the stack: a post is
 //!   bound to it like to any released waiter, but it sees that without a
-//!   wake-up.
+//!   wake-up. So does a follower while followers have been released for
+//!   items lately: that is a pool whose leader reaps more than it can run
+//!   (two workers and a busy kernel side), and a follower that spins there
+//!   takes the next item bound to it without the futex wake, the idle
+//!   CPU's wake-up and the context switch (about 1 µs of CPU per message
+//!   on two cores, `bench/runs/2026-12-06/follower-spin`).
 //! * **User code never unwinds through a reap** ([`Batch`]). A backend
 //!   runs user code while it reaps (a multishot operation's `Clone` of its
 //!   value); a panic there is caught and held in the batch until what was
@@ -95,6 +100,19 @@ struct Waiter {
     /// with an item bound to it (in `State::bound`), or to take the leader
     /// role, or because the queue closed.
     notified: AtomicBool,
+    /// Set, under the state lock, while the waiter sleeps on `cv`: a
+    /// waiter still spinning sees `notified` without a system call.
+    asleep: AtomicBool,
+}
+
+impl Waiter {
+    /// Releases the waiter; called under the state lock.
+    fn release(&self) {
+        self.notified.store(true, Ordering::Release);
+        if self.asleep.load(Ordering::Relaxed) {
+            self.cv.notify_one();
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -136,6 +154,8 @@ struct State<E> {
     leader: Leader,
     /// Items taken since the kernel was last polled (see `POLL_EVERY`).
     since_poll: usize,
+    /// Items bound to followers so far (see `Queue::follow_spin`).
+    handed: usize,
     closed: bool,
     /// The leader's batch, kept to avoid an allocation per poll.
     spare: Batch<E>,
@@ -184,6 +204,9 @@ pub(crate) struct Queue<E> {
     /// without it by [`interrupts`](Queue::interrupts), once per `get` of
     /// a worker pool.
     interrupts: AtomicUsize,
+    /// Whether spinning before sleeping as a follower has been finding
+    /// items lately: follows `State::handed` as `spin` follows the posts.
+    follow_spin: Spin,
 }
 
 /// How a follower's wait ended.
@@ -222,6 +245,7 @@ impl<E> Queue<E> {
                 woken: 0,
                 leader: Leader::Idle,
                 since_poll: 0,
+                handed: 0,
                 closed: false,
                 spare: Batch::new(),
             }),
@@ -235,6 +259,7 @@ impl<E> Queue<E> {
             },
             posted: AtomicBool::new(false),
             interrupts: AtomicUsize::new(0),
+            follow_spin: Spin::default(),
         }
     }
 
@@ -289,7 +314,7 @@ impl<E> Queue<E> {
             },
             flushed: false,
         };
-        if returning && at.spin.is_none() && self.spin.should_spin(&self.mailbox.posts) {
+        if returning && at.spin.is_none() && self.spin.should_spin(self.posts()) {
             at.spin = Some(false);
             match self.handoff(reactor, max, out) {
                 Handoff::Took => return Ok(()),
@@ -352,7 +377,7 @@ impl<E> Queue<E> {
             }
             let spin = *at
                 .spin
-                .get_or_insert_with(|| self.spin.should_spin(&self.mailbox.posts));
+                .get_or_insert_with(|| self.spin.should_spin(self.posts()));
             if st.items.is_empty() && st.leader == Leader::Idle && spin {
                 // Take the leader role, but watch for a post for a moment
                 // before polling: the post is then bound to this thread
@@ -390,6 +415,7 @@ impl<E> Queue<E> {
                 st = sync::lock(&self.state);
                 continue;
             }
+            let spin = spin || self.follow_spin.should_spin(st.handed);
             let (g, woke) = self.follow(st, spin, at.deadline);
             at.spin = Some(false);
             st = g;
@@ -402,9 +428,10 @@ impl<E> Queue<E> {
     }
 
     /// Waits as a follower: on the stack of waiters, spinning first when
-    /// `spin` (posts have been arriving: one bound to this thread is then
-    /// seen without a wake-up), then asleep on its own condvar until
-    /// released or `deadline`.
+    /// `spin` (posts, or items reaped by the leader, have been bound to
+    /// waiters lately: one bound to this thread is then seen without a
+    /// wake-up, and released without a system call), then asleep on its
+    /// own condvar until released or `deadline`.
     fn follow<'a>(
         &'a self,
         mut st: sync::MutexGuard<'a, State<E>>,
@@ -414,6 +441,7 @@ impl<E> Queue<E> {
         let w = Arc::new(Waiter {
             cv: Condvar::new(),
             notified: AtomicBool::new(false),
+            asleep: AtomicBool::new(false),
         });
         st.waiters.push(w.clone());
         if spin {
@@ -426,7 +454,9 @@ impl<E> Queue<E> {
             st = sync::lock(&self.state);
         }
         if !w.notified.load(Ordering::Relaxed) {
+            w.asleep.store(true, Ordering::Relaxed);
             st = sync::wait(&w.cv, st, remaining(deadline));
+            w.asleep.store(false, Ordering::Relaxed);
         }
         if !w.notified.load(Ordering::Relaxed) {
             // Timed out (or woke spuriously): leave the stack; the loop
@@ -723,8 +753,7 @@ impl<E> Queue<E> {
         self.mailbox.revoke();
         let waiters = mem::take(&mut st.waiters);
         for w in &waiters {
-            w.notified.store(true, Ordering::Release);
-            w.cv.notify_one();
+            w.release();
         }
         st.woken += waiters.len();
         let polling = st.leader != Leader::Idle;
@@ -761,8 +790,7 @@ impl<E> Queue<E> {
         self.interrupts.fetch_add(1, Ordering::Release);
         let waiters = mem::take(&mut st.waiters);
         for w in &waiters {
-            w.notified.store(true, Ordering::Release);
-            w.cv.notify_one();
+            w.release();
         }
         st.woken += waiters.len();
         let wake = st.leader == Leader::Polling;
@@ -774,6 +802,13 @@ impl<E> Queue<E> {
         if wake {
             reactor.wake();
         }
+    }
+
+    /// Posts queued so far, for [`Spin`].
+    fn posts(&self) -> usize {
+        self.mailbox
+            .posts
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -793,9 +828,9 @@ impl<E> Queue<E> {
             if let Some(w) = st.waiters.pop() {
                 if let Some(item) = st.items.pop_front() {
                     st.bound.push((w.clone(), item));
+                    st.handed += 1;
                 }
-                w.notified.store(true, Ordering::Release);
-                w.cv.notify_one();
+                w.release();
             } else if st.leader == Leader::Spinning && st.leader_item.is_none() {
                 // The leader watches for it in user space.
                 st.leader_item = st.items.pop_front();
@@ -817,8 +852,7 @@ impl<E> Queue<E> {
             // Hand the leader role on, or completions would sit in the
             // kernel while a thread that could run them sleeps.
             if let Some(w) = st.waiters.pop() {
-                w.notified.store(true, Ordering::Release);
-                w.cv.notify_one();
+                w.release();
                 st.woken += 1;
             }
         }

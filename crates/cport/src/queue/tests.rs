@@ -3,6 +3,7 @@
 //! blocked (through `stats`) before the next step, so the order under test
 //! is the queue's, not the scheduler's.
 
+use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
@@ -30,6 +31,12 @@ struct Kernel {
 impl MockReactor {
     fn complete(&self, item: u32) {
         self.state.lock().unwrap().done.push(item);
+        self.cv.notify_all();
+    }
+
+    /// Items the next poll reaps together, in one batch.
+    fn complete_all(&self, items: &[u32]) {
+        self.state.lock().unwrap().done.extend_from_slice(items);
         self.cv.notify_all();
     }
 
@@ -430,6 +437,54 @@ fn leader_reaps_and_runs_and_hands_polling_on() {
 }
 
 #[test]
+fn followers_count_what_the_leader_hands_them_and_sleep_when_it_stops() {
+    // Room for every item: the threads here never come back to give their
+    // running slots up.
+    let q = queue(8);
+    let (tx, rx) = mpsc::channel();
+    let handed = || q.0.state.lock().unwrap().handed;
+    let t0 = waiter(&q, 0, &tx);
+    wait_until("thread 0 polls", || q.1.polling() == 1);
+    let t1 = waiter(&q, 1, &tx);
+    // One reap, two items: the leader runs the first and binds the second
+    // to the follower, which counts as handed (what makes followers spin).
+    q.1.complete_all(&[7, 8]);
+    let mut got = [
+        rx.recv_timeout(LIMIT).unwrap(),
+        rx.recv_timeout(LIMIT).unwrap(),
+    ];
+    got.sort_by_key(|&(id, _)| id);
+    assert_eq!(got, [(0, Ok(7)), (1, Ok(8))]);
+    assert_eq!(handed(), 1);
+    t0.join().unwrap();
+    t1.join().unwrap();
+    // A leader that runs what it reaps hands nothing; releasing a follower
+    // to take the leader role over hands nothing either.
+    let t2 = waiter(&q, 2, &tx);
+    wait_until("thread 2 polls", || q.1.polling() == 1);
+    let t3 = waiter(&q, 3, &tx);
+    q.1.complete(9);
+    assert_eq!(rx.recv_timeout(LIMIT).unwrap(), (2, Ok(9)));
+    wait_until("thread 3 polls", || q.1.polling() == 1);
+    assert_eq!(handed(), 1);
+    // A follower that spun and found nothing goes to sleep, and a post
+    // must still wake it: its release skips the futex only while it spins.
+    let t4 = waiter(&q, 4, &tx);
+    wait_until("thread 4 sleeps", || {
+        let st = q.0.state.lock().unwrap();
+        st.waiters.len() == 1 && st.waiters[0].asleep.load(Ordering::Relaxed)
+    });
+    push(&q, 10);
+    assert_eq!(rx.recv_timeout(LIMIT).unwrap(), (4, Ok(10)));
+    assert_eq!(handed(), 2);
+    q.1.complete(11);
+    assert_eq!(rx.recv_timeout(LIMIT).unwrap(), (3, Ok(11)));
+    for t in [t2, t3, t4] {
+        t.join().unwrap();
+    }
+}
+
+#[test]
 fn push_from_running_thread_releases_nobody() {
     let q = queue(2);
     push(&q, 1);
@@ -506,11 +561,13 @@ fn spinning_follows_posts() {
     let spin = super::Spin::default();
     let posts = AtomicUsize::new(0);
     // A port nobody posts to stops spinning after IDLE decisions.
-    let spins = (0..100).filter(|_| spin.should_spin(&posts)).count();
+    let spins = (0..100)
+        .filter(|_| spin.should_spin(posts.load(Ordering::Relaxed)))
+        .count();
     assert_eq!(spins, super::Spin::IDLE);
     // A post brings it back, for as long as posts keep coming.
     for _ in 0..50 {
         posts.fetch_add(1, Ordering::Relaxed);
-        assert!(spin.should_spin(&posts));
+        assert!(spin.should_spin(posts.load(Ordering::Relaxed)));
     }
 }
