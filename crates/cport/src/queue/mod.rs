@@ -51,8 +51,8 @@
 //!   items lately: that is a pool whose leader reaps more than it can run
 //!   (two workers and a busy kernel side), and a follower that spins there
 //!   takes the next item bound to it without the futex wake, the idle
-//!   CPU's wake-up and the context switch (about 1 µs of CPU per message
-//!   on two cores, `bench/runs/2026-12-06/follower-spin`).
+//!   CPU's wake-up and the context switch (0.5 µs of CPU per message on
+//!   two cores, `bench/runs/2026-12-06/follower-spin`).
 //! * **User code never unwinds through a reap** ([`Batch`]). A backend
 //!   runs user code while it reaps (a multishot operation's `Clone` of its
 //!   value); a panic there is caught and held in the batch until what was
