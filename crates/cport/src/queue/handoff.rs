@@ -196,11 +196,20 @@ impl Spin {
         if cfg!(loom) {
             return self.forced();
         }
-        if self.seen.swap(count, Relaxed) != count {
+        // Loads first, and no write once the rule has settled on not
+        // spinning: a server fed by the kernel asks on every `get`, and two
+        // read-modify-writes there were 0.6 % of its samples.
+        if self.seen.load(Relaxed) != count {
+            self.seen.store(count, Relaxed);
             self.idle.store(0, Relaxed);
             return true;
         }
-        self.idle.fetch_add(1, Relaxed) < Self::IDLE
+        let idle = self.idle.load(Relaxed);
+        if idle >= Self::IDLE {
+            return false;
+        }
+        self.idle.store(idle + 1, Relaxed);
+        true
     }
 
     #[cfg(loom)]
