@@ -181,6 +181,39 @@ fn spinning(concurrency: usize) -> Shared {
     q
 }
 
+/// Followers that spin before they sleep, as they do while the leader
+/// hands them items: one released while it spins is told by its flag
+/// alone (no `notify_one`), one released once asleep must still be woken,
+/// and loom explores the release on both sides of the fall asleep.
+#[test]
+fn loom_spinning_followers_are_released_asleep_or_not() {
+    model(3, || {
+        let q: Shared = Arc::new((Queue::new(2), Kernel::default()));
+        q.0.follow_spin
+            .forced
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let workers: Vec<_> = (0..2)
+            .map(|_| {
+                let q = q.clone();
+                thread::spawn(move || get(&q, false))
+            })
+            .collect();
+        // A spinning thread's yields let the others run (loom's reading of
+        // a spin); yielding here too lets the follower's spin run out first
+        // in some schedules, so that it sleeps before the release.
+        for _ in 0..3 {
+            thread::yield_now();
+        }
+        q.0.push(&q.1, &mut Batch::from(vec![1, 2]), true);
+        let mut got: Vec<u32> = workers
+            .into_iter()
+            .map(|t| t.join().unwrap().unwrap())
+            .collect();
+        got.sort_unstable();
+        assert_eq!(got, vec![1, 2]);
+    });
+}
+
 #[test]
 fn loom_handoff_keeps_fifo_with_queued_items() {
     model(3, || {
