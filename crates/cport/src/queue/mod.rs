@@ -828,7 +828,8 @@ impl<E> Queue<E> {
             if let Some(w) = st.waiters.pop() {
                 if let Some(item) = st.items.pop_front() {
                     st.bound.push((w.clone(), item));
-                    st.handed += 1;
+                    // Wraps on 32-bit targets; the rule only compares.
+                    st.handed = st.handed.wrapping_add(1);
                 }
                 w.release();
             } else if st.leader == Leader::Spinning && st.leader_item.is_none() {
