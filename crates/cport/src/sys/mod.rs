@@ -227,17 +227,35 @@ impl FreeList {
             .unwrap_or_else(|| Vec::with_capacity(self.size))
     }
 
+    /// A recycled buffer, if one is kept.
+    #[cfg(target_os = "linux")]
+    pub(crate) fn pop(&mut self) -> Option<Vec<u8>> {
+        self.bufs.pop()
+    }
+
     /// Keeps `buf` for reuse if it is of the pool's size and there is
     /// room; drops it otherwise.
-    pub(crate) fn give(&mut self, mut buf: Vec<u8>) {
-        if buf.capacity() == self.size && self.bufs.len() < self.keep {
-            buf.clear();
-            self.bufs.push(buf);
+    pub(crate) fn give(&mut self, buf: Vec<u8>) {
+        drop(self.offer(buf));
+    }
+
+    /// Keeps `buf` if it is of the pool's size and there is room, and
+    /// drops it if it is of another size; gives it back when there is no
+    /// room (for another list to keep).
+    pub(crate) fn offer(&mut self, mut buf: Vec<u8>) -> Option<Vec<u8>> {
+        if buf.capacity() != self.size {
+            return None;
         }
+        if self.bufs.len() >= self.keep {
+            return Some(buf);
+        }
+        buf.clear();
+        self.bufs.push(buf);
+        None
     }
 
     /// How many buffers are kept.
-    #[cfg(all(test, windows))]
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.bufs.len()
     }

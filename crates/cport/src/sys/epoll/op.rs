@@ -151,9 +151,20 @@ fn payload(op: Op, extra: Extra) -> Payload {
 /// reading (leaving the data in the socket, under TCP's flow control) while
 /// they number `keep`, as io_uring's ring would run dry, so a handler
 /// slower than its peers never grows the queue without bound (O9).
+///
+/// The kept buffers are split over `STRIPES` lists, and a thread takes and
+/// gives at its own first (`stripe`): with one list, two workers on two
+/// CPUs fought over its lock on every receive and every send's return (the
+/// contended lock was 1.2 % of port-epoll's samples at 50 × 64 B on two
+/// cores, `bench/runs/2026-12-06/epoll-pool`). A thread whose list is empty
+/// takes from the others before it allocates, and one whose list is full
+/// gives to the others before it drops, so the stripes neither allocate
+/// per message where one thread receives and another gives back, nor keep
+/// more than the one list did.
 #[derive(Debug)]
 pub(super) struct Pool {
-    free: Mutex<FreeList>,
+    free: [Stripe; STRIPES],
+    size: usize,
     keep: usize,
     undelivered: AtomicUsize,
     /// Sockets whose multishot receive stopped for the count (`Paused`).
@@ -163,10 +174,32 @@ pub(super) struct Pool {
     any_paused: AtomicBool,
 }
 
+/// Lists of kept buffers per pool (see [`Pool`]).
+const STRIPES: usize = 4;
+
+/// One list, on a cache line of its own.
+#[derive(Debug)]
+#[repr(align(64))]
+struct Stripe(Mutex<FreeList>);
+
+/// The calling thread's list: threads are given the stripes in turn, so
+/// the workers of a pool, started together, each have their own.
+fn stripe() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static MINE: usize = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
+    }
+    MINE.with(|m| *m)
+}
+
 impl Pool {
     pub(super) fn new(keep: usize, size: usize) -> Pool {
+        // Each list keeps its share; together at most `keep` (rounded up).
+        let share = (keep + STRIPES - 1) / STRIPES;
+        let list = || Stripe(Mutex::new(FreeList::new(share, size)));
         Pool {
-            free: Mutex::new(FreeList::new(keep, size)),
+            free: [list(), list(), list(), list()],
+            size,
             keep,
             undelivered: AtomicUsize::new(0),
             paused: Mutex::new(Vec::new()),
@@ -234,11 +267,24 @@ impl Pool {
     /// A buffer of `size` bytes' capacity: a recycled one, else a new one,
     /// so a pooled receive never waits for a buffer (no R3 stall on epoll).
     fn take(&self) -> Vec<u8> {
-        lock(&self.free).take()
+        let first = stripe();
+        for k in 0..STRIPES {
+            if let Some(buf) = lock(&self.free[(first + k) % STRIPES].0).pop() {
+                return buf;
+            }
+        }
+        Vec::with_capacity(self.size)
     }
 
     pub(super) fn give(&self, buf: Vec<u8>) {
-        lock(&self.free).give(buf);
+        let first = stripe();
+        let mut buf = buf;
+        for k in 0..STRIPES {
+            match lock(&self.free[(first + k) % STRIPES].0).offer(buf) {
+                Some(back) => buf = back,
+                None => return,
+            }
+        }
     }
 }
 
@@ -428,4 +474,47 @@ fn write_all(
         }
     }
     Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Pool, STRIPES};
+
+    fn kept(pool: &Pool) -> usize {
+        pool.free.iter().map(|s| super::lock(&s.0).len()).sum()
+    }
+
+    #[test]
+    fn a_buffer_given_back_on_one_thread_is_taken_on_another() {
+        let pool = Pool::new(8, 64);
+        let given = Vec::with_capacity(64);
+        let at = given.as_ptr();
+        // Given on a thread of its own, so on another stripe than the
+        // taker's (threads are given the stripes in turn).
+        std::thread::scope(|s| {
+            s.spawn(|| pool.give(given));
+        });
+        let taken = pool.take();
+        assert_eq!(taken.as_ptr(), at, "allocated instead of reusing");
+        assert_eq!(kept(&pool), 0);
+    }
+
+    #[test]
+    fn the_stripes_keep_no_more_than_the_pool_and_only_its_size() {
+        let keep = 2 * STRIPES;
+        let pool = Pool::new(keep, 64);
+        // One thread gives everything back: its stripe fills, then the
+        // others, then buffers are dropped.
+        for _ in 0..keep + 5 {
+            pool.give(Vec::with_capacity(64));
+        }
+        assert_eq!(kept(&pool), keep);
+        pool.give(Vec::with_capacity(32));
+        assert_eq!(kept(&pool), keep);
+        // And every one of them is taken again before anything is
+        // allocated.
+        let taken: Vec<Vec<u8>> = (0..keep).map(|_| pool.take()).collect();
+        assert_eq!(kept(&pool), 0);
+        assert!(taken.iter().all(|b| b.capacity() == 64 && b.is_empty()));
+    }
 }
