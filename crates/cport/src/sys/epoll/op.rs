@@ -198,7 +198,7 @@ impl Pool {
         let share = (keep + STRIPES - 1) / STRIPES;
         let list = || Stripe(Mutex::new(FreeList::new(share, size)));
         Pool {
-            free: [list(), list(), list(), list()],
+            free: std::array::from_fn(|_| list()),
             size,
             keep,
             undelivered: AtomicUsize::new(0),
