@@ -62,9 +62,13 @@ fn pipelined_echo(backend: &str, extra: &[&str]) {
     });
     let mut got = Vec::with_capacity(expected.len());
     let mut reader = stream;
-    reader
-        .read_to_end(&mut got)
-        .expect("echo until the server closes");
+    if let Err(e) = reader.read_to_end(&mut got) {
+        panic!(
+            "echo until the server closes: {e}, after {} of {} bytes",
+            got.len(),
+            expected.len()
+        );
+    }
     sender.join().unwrap();
     assert_eq!(got.len(), expected.len(), "echoed length");
     if let Some(i) = got.iter().zip(&expected).position(|(a, b)| a != b) {
