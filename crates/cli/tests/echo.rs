@@ -79,6 +79,29 @@ fn pipelined_echo(backend: &str, extra: &[&str]) {
     }
 }
 
+/// A shard stops reading a connection while 32 of its echoes are pending
+/// and reads it again at 16. A write of exactly 32 pool buffers arrives as
+/// one batch: 32 arrivals and, on epoll, their 32 sends finished at issue,
+/// the cancelled receive's last completion queued behind them. Each round's
+/// echo must come back, and the next round's too: the connection must not
+/// stay paused once the sends are out.
+fn shards_read_again_after_pausing_for_pending_echoes(backend: &str) {
+    const BUF: usize = 1024;
+    let Some(server) = Server::start(backend, &["--shards", "1", "--buffer-size", "1024"]) else {
+        return;
+    };
+    let mut stream = connect(server.addr);
+    for round in 0..20 {
+        let msg = pattern(round, 32 * BUF);
+        stream.write_all(&msg).unwrap();
+        let mut got = vec![0; msg.len()];
+        if let Err(e) = stream.read_exact(&mut got) {
+            panic!("round {round}: the echo stopped: {e}");
+        }
+        assert!(got == msg, "round {round}: the echo differs");
+    }
+}
+
 /// Several clients at once, each with its own bytes: no echo crosses
 /// connections.
 fn concurrent_clients_each_get_their_own_bytes(backend: &str) {
@@ -251,6 +274,7 @@ per_backend!(
     concurrent_clients_each_get_their_own_bytes,
     shards_echo_0_to_4mib_pipelined_exactly_in_order,
     shards_serve_concurrent_clients_each_their_own_bytes,
+    shards_read_again_after_pausing_for_pending_echoes,
     udp_datagrams_echo_whole,
     either_protocol_can_be_turned_off,
     print_shows_received_data,
