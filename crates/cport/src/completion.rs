@@ -21,7 +21,7 @@ pub struct Handle {
     /// Never 0 (see [`PortId`]).
     pub(crate) port: PortId,
     pub(crate) index: u32,
-    pub(crate) gen: u32,
+    pub(crate) generation: u32,
 }
 
 /// One issued operation, for [`cancel`](crate::CompletionPort::cancel) and
@@ -31,7 +31,7 @@ pub struct Handle {
 pub struct OpId {
     pub(crate) port: PortId,
     pub(crate) index: u32,
-    pub(crate) gen: u32,
+    pub(crate) generation: u32,
 }
 
 /// A port's number, in its handles and operations. Never 0, so that

@@ -13,7 +13,7 @@ pub(crate) struct Slab<V> {
 
 #[derive(Debug)]
 struct Entry<V> {
-    gen: u32,
+    generation: u32,
     slot: Slot<V>,
 }
 
@@ -48,46 +48,46 @@ impl<V> Slab<V> {
                 self.free = next;
             }
             e.slot = Slot::Full(v);
-            (index, e.gen)
+            (index, e.generation)
         } else {
             let index = self.entries.len() as u32;
             assert!(index != NONE, "slab full");
             self.entries.push(Entry {
-                gen: 0,
+                generation: 0,
                 slot: Slot::Full(v),
             });
             (index, 0)
         }
     }
 
-    pub(crate) fn get(&self, index: u32, gen: u32) -> Option<&V> {
+    pub(crate) fn get(&self, index: u32, generation: u32) -> Option<&V> {
         match self.entries.get(index as usize) {
             Some(Entry {
-                gen: g,
+                generation: g,
                 slot: Slot::Full(v),
-            }) if *g == gen => Some(v),
+            }) if *g == generation => Some(v),
             _ => None,
         }
     }
 
-    pub(crate) fn get_mut(&mut self, index: u32, gen: u32) -> Option<&mut V> {
+    pub(crate) fn get_mut(&mut self, index: u32, generation: u32) -> Option<&mut V> {
         match self.entries.get_mut(index as usize) {
             Some(Entry {
-                gen: g,
+                generation: g,
                 slot: Slot::Full(v),
-            }) if *g == gen => Some(v),
+            }) if *g == generation => Some(v),
             _ => None,
         }
     }
 
     /// Removes and returns the value; the slot's generation moves on.
-    pub(crate) fn remove(&mut self, index: u32, gen: u32) -> Option<V> {
+    pub(crate) fn remove(&mut self, index: u32, generation: u32) -> Option<V> {
         let e = self.entries.get_mut(index as usize)?;
-        if e.gen != gen || matches!(e.slot, Slot::Free { .. }) {
+        if e.generation != generation || matches!(e.slot, Slot::Free { .. }) {
             return None;
         }
         let old = std::mem::replace(&mut e.slot, Slot::Free { next: self.free });
-        e.gen = e.gen.wrapping_add(1);
+        e.generation = e.generation.wrapping_add(1);
         self.free = index;
         self.len -= 1;
         match old {
@@ -102,7 +102,7 @@ impl<V> Slab<V> {
             .iter_mut()
             .enumerate()
             .filter_map(|(i, e)| match &mut e.slot {
-                Slot::Full(v) => Some(((i as u32, e.gen), v)),
+                Slot::Full(v) => Some(((i as u32, e.generation), v)),
                 Slot::Free { .. } => None,
             })
     }

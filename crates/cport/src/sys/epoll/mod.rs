@@ -192,13 +192,13 @@ struct Table<T> {
 }
 
 impl<T> Table<T> {
-    fn get(&self, index: u32, gen: u32) -> Option<(Handle, &Arc<Entry<T>>)> {
-        let e = self.slab.get(index, gen)?;
+    fn get(&self, index: u32, generation: u32) -> Option<(Handle, &Arc<Entry<T>>)> {
+        let e = self.slab.get(index, generation)?;
         Some((
             Handle {
                 port: e.port,
                 index,
-                gen,
+                generation,
             },
             e,
         ))
@@ -267,7 +267,7 @@ impl<T: Send + 'static> Driver<T> {
         if h.port != self.port {
             return None;
         }
-        read(&self.table).slab.get(h.index, h.gen).cloned()
+        read(&self.table).slab.get(h.index, h.generation).cloned()
     }
 
     fn origin(entry: &Entry<T>, handle: Handle) -> Origin {
@@ -404,7 +404,7 @@ impl<T> Socket<T> {
     /// Takes out the operation `seq`, if it is still queued.
     fn remove(&mut self, seq: u32) -> Option<Pending<T>> {
         for q in [&mut self.reads, &mut self.writes] {
-            if let Some(i) = q.iter().position(|p| p.id.gen == seq) {
+            if let Some(i) = q.iter().position(|p| p.id.generation == seq) {
                 return q.remove(i);
             }
         }
@@ -458,22 +458,23 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
         });
         // In the table before registering: the registration reports the
         // current readiness at once, and that event must find the handle.
-        let (index, gen) = {
+        let (index, generation) = {
             let mut t = write(&self.table);
-            let (index, gen) = t.slab.insert(entry);
+            let (index, generation) = t.slab.insert(entry);
             let i = index as usize;
             if t.gens.len() <= i {
                 t.gens.resize(i + 1, 0);
             }
-            t.gens[i] = gen;
-            (index, gen)
+            t.gens[i] = generation;
+            (index, generation)
         };
         if socket {
-            if let Err(e) = self
-                .epoll
-                .add(raw, INTEREST, u64::from(index) | u64::from(gen) << 32)
-            {
-                let entry = write(&self.table).slab.remove(index, gen);
+            if let Err(e) = self.epoll.add(
+                raw,
+                INTEREST,
+                u64::from(index) | u64::from(generation) << 32,
+            ) {
+                let entry = write(&self.table).slab.remove(index, generation);
                 drop(entry);
                 return Err(e);
             }
@@ -481,7 +482,7 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
         Ok(Handle {
             port: self.port,
             index,
-            gen,
+            generation,
         })
     }
 
@@ -512,7 +513,7 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
         let id = OpId {
             port: self.port,
             index: handle.index,
-            gen: self.next_seq.fetch_add(1, Ordering::Relaxed),
+            generation: self.next_seq.fetch_add(1, Ordering::Relaxed),
         };
         let at = Self::origin(&entry, handle);
         match &entry.io {
@@ -576,8 +577,9 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
             None
         } else {
             let t = read(&self.table);
-            let gen = t.gens.get(op.index as usize).copied();
-            gen.and_then(|gen| t.get(op.index, gen))
+            let generation = t.gens.get(op.index as usize).copied();
+            generation
+                .and_then(|generation| t.get(op.index, generation))
                 .map(|(h, e)| (h, e.clone()))
         };
         let not_found = || not_in_flight();
@@ -588,7 +590,7 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
         };
         let at = Self::origin(&entry, handle);
         let mut s = lock(m);
-        let p = s.remove(op.gen).ok_or_else(not_found)?;
+        let p = s.remove(op.generation).ok_or_else(not_found)?;
         let was_connect = matches!(p.op, Op::Connect(_));
         ready.push(at.finish(p, Err(aborted()), Extra::None));
         if was_connect {
@@ -618,7 +620,9 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
         if handle.port != self.port {
             return Err(bad_handle("close"));
         }
-        let entry = write(&self.table).slab.remove(handle.index, handle.gen);
+        let entry = write(&self.table)
+            .slab
+            .remove(handle.index, handle.generation);
         let entry = entry.ok_or_else(|| bad_handle("close"))?;
         match &entry.io {
             Io::Socket(m) => {
@@ -673,11 +677,11 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
                 let mut t = write(&self.table);
                 t.slab
                     .iter_mut()
-                    .map(|((index, gen), e)| {
+                    .map(|((index, generation), e)| {
                         let h = Handle {
                             port: self.port,
                             index,
-                            gen,
+                            generation,
                         };
                         (h, e.clone())
                     })

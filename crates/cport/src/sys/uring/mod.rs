@@ -203,7 +203,7 @@ const CANCEL: u64 = u64::MAX - 1;
 /// An operation's user_data: its slab index and generation (the port is
 /// implied by the ring the CQE comes from).
 fn user_data(id: OpId) -> u64 {
-    (u64::from(id.gen) << 32) | u64::from(id.index)
+    (u64::from(id.generation) << 32) | u64::from(id.index)
 }
 
 /// The operation a CQE's user_data names.
@@ -211,7 +211,7 @@ fn op_id(port: PortId, user_data: u64) -> OpId {
     OpId {
         port,
         index: user_data as u32,
-        gen: (user_data >> 32) as u32,
+        generation: (user_data >> 32) as u32,
     }
 }
 
@@ -419,13 +419,15 @@ impl<T> Driver<T> {
         if h.port != self.port_id {
             return None;
         }
-        st.handles.get_mut(h.index, h.gen).filter(|e| !e.closing)
+        st.handles
+            .get_mut(h.index, h.generation)
+            .filter(|e| !e.closing)
     }
 
     /// Cancels every operation of the handle `h` (see `cancel_one`);
     /// returns how many there were and whether a cancel SQE was pushed.
     fn cancel_all_of(&self, st: &mut State<T>, h: Handle, ready: &mut Ready<T>) -> (usize, bool) {
-        let ids = match st.handles.get(h.index, h.gen) {
+        let ids = match st.handles.get(h.index, h.generation) {
             Some(e) => e.ops.clone(),
             None => return (0, false),
         };
@@ -439,7 +441,7 @@ impl<T> Driver<T> {
     /// Ends a parked operation (never issued) aborted, or asks the kernel
     /// to cancel an issued one. Returns whether a cancel SQE was pushed.
     fn cancel_one(&self, st: &mut State<T>, id: OpId, ready: &mut Ready<T>) -> bool {
-        match st.ops.get(id.index, id.gen) {
+        match st.ops.get(id.index, id.generation) {
             Some(op) if op.parked => {
                 self.finish(st, id, Err(aborted()), Extra::None, ready);
                 false
@@ -513,13 +515,13 @@ impl<T> Driver<T> {
         }
         st.closed = true;
         let mut parked = Vec::new();
-        for ((index, gen), op) in st.ops.iter_mut() {
+        for ((index, generation), op) in st.ops.iter_mut() {
             op.cancelled = true;
             if op.parked {
                 parked.push(OpId {
                     port: self.port_id,
                     index,
-                    gen,
+                    generation,
                 });
             }
         }
@@ -586,7 +588,7 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
         if st.closed {
             return Err(port_closed());
         }
-        let (index, gen) = st.handles.insert(HandleEntry {
+        let (index, generation) = st.handles.insert(HandleEntry {
             fd,
             fixed: false,
             issued: 0,
@@ -600,7 +602,7 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
         Ok(Handle {
             port: self.port_id,
             index,
-            gen,
+            generation,
         })
     }
 
@@ -642,7 +644,7 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
             _ => None,
         };
         let io = Io::new(op, multishot.is_some(), &mut st.spares);
-        let (index, gen) = st.ops.insert(OpState {
+        let (index, generation) = st.ops.insert(OpState {
             handle,
             fd,
             fixed,
@@ -659,10 +661,10 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
         let id = OpId {
             port: self.port_id,
             index,
-            gen,
+            generation,
         };
         let mut parked = false;
-        if let Some(e) = st.handles.get_mut(handle.index, handle.gen) {
+        if let Some(e) = st.handles.get_mut(handle.index, handle.generation) {
             e.ops.push(id);
             if let Some(l) = lane {
                 parked = e.lanes[l].busy;
@@ -674,13 +676,13 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
             }
         }
         if parked {
-            if let Some(o) = st.ops.get_mut(index, gen) {
+            if let Some(o) = st.ops.get_mut(index, generation) {
                 o.parked = true;
             }
             // Issued when the operation ahead of it finishes.
             return Ok(id);
         }
-        let sqe = match st.ops.get_mut(index, gen) {
+        let sqe = match st.ops.get_mut(index, generation) {
             // SAFETY:
             // - the operation was just made: no request of it is in flight;
             // - the entry points into the operation, which stays in the
@@ -701,7 +703,7 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
 
     fn cancel(&self, op: OpId, ready: &mut Ready<T>) -> io::Result<()> {
         let mut st = self.lock();
-        if op.port != self.port_id || st.ops.get(op.index, op.gen).is_none() {
+        if op.port != self.port_id || st.ops.get(op.index, op.generation).is_none() {
             return Err(not_in_flight());
         }
         let pushed = self.cancel_one(&mut st, op, ready);
@@ -738,7 +740,7 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
             None => return Err(bad_handle("close")),
         };
         if !pending {
-            if let Some(entry) = st.handles.remove(handle.index, handle.gen) {
+            if let Some(entry) = st.handles.remove(handle.index, handle.generation) {
                 self.bury(&mut st, handle.index, entry);
             }
             self.unlock(st);
@@ -759,7 +761,7 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
         // closesocket (SEMANTICS X2, LESSONS 2). The port owns the socket,
         // so no other owner of it is affected.
         let st = self.lock();
-        if let Some(e) = st.handles.get(handle.index, handle.gen) {
+        if let Some(e) = st.handles.get(handle.index, handle.generation) {
             if matches!(e.kind, SourceKind::TcpStream | SourceKind::TcpSocket) {
                 let _ = socket2::SockRef::from(&e.fd).shutdown(Shutdown::Both);
             }

@@ -96,13 +96,13 @@ impl<T> Driver<T> {
     /// Whether operation `id` was asked to stop (cancelled, its handle
     /// closing, the port closed): its next step is its final completion.
     fn stopping(&self, st: &State<T>, id: OpId) -> bool {
-        let op = match st.ops.get(id.index, id.gen) {
+        let op = match st.ops.get(id.index, id.generation) {
             Some(op) => op,
             None => return false,
         };
         let closing = st
             .handles
-            .get(op.handle.index, op.handle.gen)
+            .get(op.handle.index, op.handle.generation)
             .map_or(true, |h| h.closing);
         op.cancelled || closing || st.closed
     }
@@ -153,7 +153,7 @@ impl<T> Driver<T> {
             bufring,
             ..
         } = st;
-        let op = match ops.get_mut(id.index, id.gen) {
+        let op = match ops.get_mut(id.index, id.generation) {
             Some(op) => op,
             None => {
                 log::error!(target: "cport", "io_uring: CQE for unknown operation {id:?} (res {res})");
@@ -161,7 +161,7 @@ impl<T> Driver<T> {
             }
         };
         let closing = handles
-            .get(op.handle.index, op.handle.gen)
+            .get(op.handle.index, op.handle.generation)
             .map_or(true, |h| h.closing);
         let stop = op.cancelled || closing || closed;
         if res == -libc::ECANCELED && !stop && !io_uring::cqueue::more(flags) {
@@ -237,7 +237,7 @@ impl<T> Driver<T> {
             self.finish(st, id, Err(aborted()), Extra::None, out);
             return;
         }
-        let op = match st.ops.get_mut(id.index, id.gen) {
+        let op = match st.ops.get_mut(id.index, id.generation) {
             Some(op) => op,
             None => return,
         };
@@ -268,7 +268,7 @@ impl<T> Driver<T> {
         extra: Extra,
         out: &mut Ready<T>,
     ) {
-        let op = match st.ops.remove(id.index, id.gen) {
+        let op = match st.ops.remove(id.index, id.generation) {
             Some(op) => op,
             None => return,
         };
@@ -286,7 +286,7 @@ impl<T> Driver<T> {
         let payload = io.into_payload(extra, &mut st.spares);
         let mut result = result;
         let mut next_in = None;
-        if let Some(h) = st.handles.get_mut(handle.index, handle.gen) {
+        if let Some(h) = st.handles.get_mut(handle.index, handle.generation) {
             if lane.is_some() {
                 // A stream operation: after a reset the kernel reads end of
                 // file and fails sends with EPIPE; the port keeps the reset
@@ -306,7 +306,7 @@ impl<T> Driver<T> {
                 }
             }
             if h.closing && h.ops.is_empty() {
-                if let Some(h) = st.handles.remove(handle.index, handle.gen) {
+                if let Some(h) = st.handles.remove(handle.index, handle.generation) {
                     self.bury(st, handle.index, h);
                 }
             }
@@ -335,7 +335,7 @@ impl<T> Driver<T> {
         l: usize,
         out: &mut Ready<T>,
     ) {
-        let id = match st.handles.get_mut(handle.index, handle.gen) {
+        let id = match st.handles.get_mut(handle.index, handle.generation) {
             Some(h) => match h.lanes[l].waiting.pop_front() {
                 Some(id) => {
                     h.lanes[l].busy = true;
@@ -345,7 +345,7 @@ impl<T> Driver<T> {
             },
             None => return,
         };
-        if let Some(op) = st.ops.get_mut(id.index, id.gen) {
+        if let Some(op) = st.ops.get_mut(id.index, id.generation) {
             op.parked = false;
         }
         // Ends it aborted instead if it was asked to stop meanwhile.

@@ -81,7 +81,7 @@ impl<T> Driver<T> {
 
     /// Asks the kernel to cancel `id` (its CQE is ignored).
     pub(super) fn push_cancel(&self, st: &mut State<T>, id: OpId) {
-        if let Some(op) = st.ops.get_mut(id.index, id.gen) {
+        if let Some(op) = st.ops.get_mut(id.index, id.generation) {
             op.cancelled = true;
         }
         let sqe = opcode::AsyncCancel::new(user_data(id))

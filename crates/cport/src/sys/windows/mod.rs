@@ -195,15 +195,18 @@ impl<T: Send + 'static> Driver<T> {
         out: &mut Ready<T>,
     ) {
         loop {
-            let handle = match st.ops.get(id.index, id.gen) {
+            let handle = match st.ops.get(id.index, id.generation) {
                 Some(e) => e.handle,
                 None => return,
             };
-            let (skip, orphan) = match st.handles.get(handle.index, handle.gen) {
+            let (skip, orphan) = match st.handles.get(handle.index, handle.generation) {
                 Some(a) => (a.skip, self.closed.load(Ordering::Acquire)),
                 None => (false, true),
             };
-            let e = st.ops.get_mut(id.index, id.gen).expect("looked up above");
+            let e = st
+                .ops
+                .get_mut(id.index, id.generation)
+                .expect("looked up above");
             if err.is_none() && !orphan {
                 // SAFETY:
                 // - settle is given the outcome of the operation's last
@@ -223,14 +226,17 @@ impl<T: Send + 'static> Driver<T> {
                     Next::Final => {}
                 }
             }
-            let e = st.ops.remove(id.index, id.gen).expect("looked up above");
+            let e = st
+                .ops
+                .remove(id.index, id.generation)
+                .expect("looked up above");
             // SAFETY:
             // - as above, and the slab no longer has it: this is its final
             //   outcome, and nothing starts it again.
             let op = unsafe { e.op.into_inner() };
             let pooled = op.is_pooled();
             let mut c = op.complete(bytes, err, orphan, &self.pool);
-            if let Some(a) = st.handles.get_mut(handle.index, handle.gen) {
+            if let Some(a) = st.handles.get_mut(handle.index, handle.generation) {
                 if matches!(a.kind, SourceKind::TcpStream | SourceKind::TcpSocket) {
                     let receive = match c.kind {
                         OpKind::Recv | OpKind::RecvPooled | OpKind::RecvMulti => Some(true),
@@ -256,12 +262,15 @@ impl<T: Send + 'static> Driver<T> {
     fn unpark(&self, st: &mut State<T>, pick: impl Fn(OpId, Handle) -> bool, out: &mut Ready<T>) {
         let parked = mem::take(&mut st.parked);
         for id in parked {
-            let h = match st.ops.get(id.index, id.gen) {
+            let h = match st.ops.get(id.index, id.generation) {
                 Some(e) => e.handle,
                 None => continue,
             };
             if pick(id, h) {
-                let e = st.ops.remove(id.index, id.gen).expect("looked up above");
+                let e = st
+                    .ops
+                    .remove(id.index, id.generation)
+                    .expect("looked up above");
                 // SAFETY:
                 // - a parked receive has nothing in the kernel.
                 let op = unsafe { e.op.into_inner() };
@@ -281,7 +290,7 @@ impl<T: Send + 'static> Driver<T> {
                 None => return,
             };
             st.parked.remove(0);
-            let handle = match st.ops.get(id.index, id.gen) {
+            let handle = match st.ops.get(id.index, id.generation) {
                 Some(e) => e.handle,
                 None => {
                     let mut pool = lock(&self.pool);
@@ -292,9 +301,12 @@ impl<T: Send + 'static> Driver<T> {
             };
             let skip = st
                 .handles
-                .get(handle.index, handle.gen)
+                .get(handle.index, handle.generation)
                 .map_or(false, |a| a.skip);
-            let e = st.ops.get_mut(id.index, id.gen).expect("looked up above");
+            let e = st
+                .ops
+                .get_mut(id.index, id.generation)
+                .expect("looked up above");
             // SAFETY:
             // - a parked receive has nothing in the kernel.
             if let Started::Done(bytes, err) = unsafe { e.op.resume(buf, skip) } {
@@ -317,7 +329,10 @@ impl<T: Send + 'static> Driver<T> {
                 Some(id) => id,
                 None => continue,
             };
-            let e = st.ops.get_mut(id.index, id.gen).expect("op_of found it");
+            let e = st
+                .ops
+                .get_mut(id.index, id.generation)
+                .expect("op_of found it");
             // SAFETY:
             // - the packet of its last start was just dequeued: the kernel
             //   holds none of it.
@@ -343,16 +358,16 @@ impl<T: Send + 'static> Driver<T> {
         ready: &mut Ready<T>,
     ) -> OpId {
         let handle = op.handle;
-        let (index, gen) = st.ops.insert(Entry {
+        let (index, generation) = st.ops.insert(Entry {
             op: OpBox::new(op),
             handle,
         });
         let id = OpId {
             port: self.port,
             index,
-            gen,
+            generation,
         };
-        let e = st.ops.get_mut(index, gen).expect("just inserted");
+        let e = st.ops.get_mut(index, generation).expect("just inserted");
         // SAFETY:
         // - not started yet: the kernel holds none of it.
         unsafe { e.op.get_mut() }.id = id;
@@ -378,11 +393,11 @@ impl<T: Send + 'static> Driver<T> {
         ready: &mut Ready<T>,
     ) -> OpId {
         let handle = op.handle;
-        let (index, gen) = st.ops.insert(Entry {
+        let (index, generation) = st.ops.insert(Entry {
             op: OpBox::new(op),
             handle,
         });
-        let e = st.ops.remove(index, gen).expect("just inserted");
+        let e = st.ops.remove(index, generation).expect("just inserted");
         // SAFETY:
         // - a file operation never reaches the kernel through its cell: it
         //   ran at issue, with an OVERLAPPED of its own.
@@ -390,7 +405,7 @@ impl<T: Send + 'static> Driver<T> {
         let id = OpId {
             port: self.port,
             index,
-            gen,
+            generation,
         };
         op.id = id;
         let (bytes, err) = match r {
@@ -421,7 +436,7 @@ impl<T> Driver<T> {
         //   `reap` or `Drop`, under the state lock or `&mut self`), and
         //   this packet was just dequeued.
         let id = unsafe { OpBox::<T>::id_of(p.lpOverlapped) };
-        match st.ops.get(id.index, id.gen) {
+        match st.ops.get(id.index, id.generation) {
             Some(e) if e.op.overlapped() == p.lpOverlapped => Some(id),
             _ => {
                 log::error!(target: "cport", "a packet for an operation the port does not have");
@@ -448,7 +463,7 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
             skip = net::skip_on_success(s);
         }
         let mut st = lock(&self.state);
-        let (index, gen) = st.handles.insert(Assoc {
+        let (index, generation) = st.handles.insert(Assoc {
             key,
             kind,
             source,
@@ -458,7 +473,7 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
         Ok(Handle {
             port: self.port,
             index,
-            gen,
+            generation,
         })
     }
 
@@ -477,7 +492,7 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
             return Self::reject(bad_handle(op.name()), value, op);
         }
         let mut st = lock(&self.state);
-        let a = match st.handles.get(handle.index, handle.gen) {
+        let a = match st.handles.get(handle.index, handle.generation) {
             Some(a) => a,
             None => return Self::reject(bad_handle(op.name()), value, op),
         };
@@ -507,11 +522,11 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
 
     fn cancel(&self, op: OpId, ready: &mut Ready<T>) -> io::Result<()> {
         let mut st = lock(&self.state);
-        let (handle, ov) = match st.ops.get(op.index, op.gen) {
+        let (handle, ov) = match st.ops.get(op.index, op.generation) {
             Some(e) if op.port == self.port => (e.handle, e.op.overlapped()),
             _ => return Err(not_in_flight()),
         };
-        let sock = match st.handles.get(handle.index, handle.gen) {
+        let sock = match st.handles.get(handle.index, handle.generation) {
             Some(a) => a.socket(),
             // Its handle was closed: the abort is already on its way.
             None => return Ok(()),
@@ -533,7 +548,7 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
             return Err(bad_handle("cancel_handle"));
         }
         let mut st = lock(&self.state);
-        let sock = match st.handles.get(handle.index, handle.gen) {
+        let sock = match st.handles.get(handle.index, handle.generation) {
             Some(a) => a.socket(),
             None => return Err(bad_handle("cancel_handle")),
         };
@@ -560,7 +575,7 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
             let mut st = lock(&self.state);
             let a = st
                 .handles
-                .remove(handle.index, handle.gen)
+                .remove(handle.index, handle.generation)
                 .ok_or_else(|| bad_handle("close"))?;
             // Cancelling everything makes the pending operations complete
             // aborted before the socket goes (X2); it is still open here,
@@ -580,7 +595,7 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
         let mut st = lock(&self.state);
         let a = st
             .handles
-            .get_mut(handle.index, handle.gen)
+            .get_mut(handle.index, handle.generation)
             .filter(|_| handle.port == self.port)
             .ok_or_else(|| bad_handle("shutdown"))?;
         let s = net::sock_ref(&a.source).ok_or_else(|| not_a_socket("shutdown"))?;
@@ -593,7 +608,7 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
         let st = lock(&self.state);
         let a = st
             .handles
-            .get(handle.index, handle.gen)
+            .get(handle.index, handle.generation)
             .filter(|_| handle.port == self.port)
             .ok_or_else(|| bad_handle("addr"))?;
         let s = net::sock_ref(&a.source).ok_or_else(|| not_a_socket("addr"))?;
@@ -699,7 +714,7 @@ impl<T> Drop for Driver<T> {
         }
         drop(mem::replace(&mut st.handles, Slab::new()));
         for id in mem::take(&mut st.parked) {
-            if let Some(e) = st.ops.remove(id.index, id.gen) {
+            if let Some(e) = st.ops.remove(id.index, id.generation) {
                 // SAFETY:
                 // - a parked receive has nothing in the kernel.
                 let op = unsafe { e.op.into_inner() };
@@ -713,7 +728,10 @@ impl<T> Drop for Driver<T> {
         while st.ops.len() > 0 && Instant::now() < deadline {
             for p in self.iocp.dequeue(&mut room, Some(DROP_POLL)) {
                 let e = match Self::op_of(st, p) {
-                    Some(id) => st.ops.remove(id.index, id.gen).expect("op_of found it"),
+                    Some(id) => st
+                        .ops
+                        .remove(id.index, id.generation)
+                        .expect("op_of found it"),
                     None => continue,
                 };
                 // SAFETY:

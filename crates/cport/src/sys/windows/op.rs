@@ -127,7 +127,7 @@ impl<T> Operation<T> {
             id: OpId {
                 port: handle.port,
                 index: u32::MAX,
-                gen: 0,
+                generation: 0,
             },
             handle,
             key,

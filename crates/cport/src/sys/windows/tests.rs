@@ -74,7 +74,7 @@ fn x4_a_packets_overlapped_leads_to_its_operation_and_slab_key() {
     let handle = Handle {
         port,
         index: 1,
-        gen: 2,
+        generation: 2,
     };
     let op = Operation::new(
         handle,
@@ -89,7 +89,7 @@ fn x4_a_packets_overlapped_leads_to_its_operation_and_slab_key() {
     let id = OpId {
         port,
         index: 3,
-        gen: 4,
+        generation: 4,
     };
     // SAFETY:
     // - never started: the kernel holds none of it.
