@@ -87,7 +87,8 @@ fn pipelined_echo(backend: &str, extra: &[&str]) {
 /// stay paused once the sends are out.
 fn shards_read_again_after_pausing_for_pending_echoes(backend: &str) {
     const BUF: usize = 1024;
-    let Some(server) = Server::start(backend, &["--shards", "1", "--buffer-size", "1024"]) else {
+    let size = BUF.to_string();
+    let Some(server) = Server::start(backend, &["--shards", "1", "--buffer-size", &size]) else {
         return;
     };
     let mut stream = connect(server.addr);

@@ -473,9 +473,9 @@ impl Shard<'_> {
     /// come in either order: on epoll, where sends finish at issue, the
     /// sends' completions are often dequeued before the cancelled
     /// receive's last one, and a check on the sends alone left such a
-    /// connection paused for good (an echo stalled mid-stream, seen once in
-    /// about a hundred runs of `tests/echo.rs`). Returns false if the
-    /// connection ended.
+    /// connection paused for good (an echo stalled mid-stream: tests/echo.rs
+    /// `shards_read_again_after_pausing_for_pending_echoes`). Returns false
+    /// if the connection ended.
     fn resume(&mut self, id: u64) -> bool {
         let Some(conn) = self.conns.get_mut(&id) else {
             return false;
