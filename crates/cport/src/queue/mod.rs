@@ -143,6 +143,10 @@ struct State<E> {
     /// Items bound to released followers, each taken by its own waiter
     /// (Q2). Always older than everything in `items`.
     bound: Vec<(Arc<Waiter>, E)>,
+    /// Waiters of followers that came back, for the next to follow: a
+    /// thread that goes to sleep allocates nothing once as many threads as
+    /// ever waited at once have waited. Only unshared waiters are kept.
+    idle: Vec<Arc<Waiter>>,
     /// The item bound to the leader when it was woken for it.
     leader_item: Option<E>,
     /// Threads that took items and have not come back (C1).
@@ -182,6 +186,34 @@ impl<E> State<E> {
     fn forget_waiter(&mut self, w: &Arc<Waiter>) {
         if let Some(i) = self.waiters.iter().rposition(|x| Arc::ptr_eq(x, w)) {
             self.waiters.remove(i);
+        }
+    }
+
+    /// A waiter for a thread about to follow: a kept one, or a new one.
+    fn waiter(&mut self) -> Arc<Waiter> {
+        match self.idle.pop() {
+            Some(w) => {
+                // Kept unshared, and ordered by the state lock against the
+                // release that set it: nobody else reads it until it is on
+                // the stack again.
+                w.notified.store(false, Ordering::Relaxed);
+                w
+            }
+            None => Arc::new(Waiter {
+                cv: Condvar::new(),
+                notified: AtomicBool::new(false),
+                asleep: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Keeps the waiter of a follower that came back, off the stack and out
+    /// of `bound`, unless a clone is still held: `close` and `interrupt`
+    /// drop the stack's clones after unlocking, and such a waiter must
+    /// never be released again as someone else's.
+    fn keep_waiter(&mut self, w: Arc<Waiter>) {
+        if Arc::strong_count(&w) == 1 {
+            self.idle.push(w);
         }
     }
 }
@@ -240,6 +272,7 @@ impl<E> Queue<E> {
                 items: VecDeque::new(),
                 waiters: Vec::new(),
                 bound: Vec::new(),
+                idle: Vec::new(),
                 leader_item: None,
                 running: 0,
                 woken: 0,
@@ -438,11 +471,7 @@ impl<E> Queue<E> {
         spin: bool,
         deadline: Option<Instant>,
     ) -> (sync::MutexGuard<'a, State<E>>, Woke<E>) {
-        let w = Arc::new(Waiter {
-            cv: Condvar::new(),
-            notified: AtomicBool::new(false),
-            asleep: AtomicBool::new(false),
-        });
+        let w = st.waiter();
         st.waiters.push(w.clone());
         if spin {
             // Bounded to a few microseconds, and yields to the thread that
@@ -458,19 +487,22 @@ impl<E> Queue<E> {
             st = sync::wait(&w.cv, st, remaining(deadline));
             w.asleep.store(false, Ordering::Relaxed);
         }
-        if !w.notified.load(Ordering::Relaxed) {
+        let woke = if !w.notified.load(Ordering::Relaxed) {
             // Timed out (or woke spuriously): leave the stack; the loop
             // decides between trying again and reporting the timeout.
             st.forget_waiter(&w);
-            return (st, Woke::Again);
-        }
-        match st.bound_to(&w) {
-            Some(item) => (st, Woke::Item(item)),
-            None => {
-                st.woken -= 1;
-                (st, Woke::Again)
+            Woke::Again
+        } else {
+            match st.bound_to(&w) {
+                Some(item) => Woke::Item(item),
+                None => {
+                    st.woken -= 1;
+                    Woke::Again
+                }
             }
-        }
+        };
+        st.keep_waiter(w);
+        (st, woke)
     }
 
     /// Holds the leader role in user space for a moment (`Leader::Spinning`)

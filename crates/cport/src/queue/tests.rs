@@ -485,6 +485,48 @@ fn followers_count_what_the_leader_hands_them_and_sleep_when_it_stops() {
 }
 
 #[test]
+fn a_follower_that_came_back_lends_its_waiter_to_the_next() {
+    let q = queue(8);
+    let (tx, rx) = mpsc::channel();
+    let top = || Arc::as_ptr(&q.0.state.lock().unwrap().waiters[0]);
+    let t0 = waiter(&q, 0, &tx);
+    wait_until("thread 0 polls", || q.1.polling() == 1);
+    let t1 = waiter(&q, 1, &tx);
+    let first = top();
+    push(&q, 1);
+    assert_eq!(rx.recv_timeout(LIMIT).unwrap(), (1, Ok(1)));
+    t1.join().unwrap();
+    {
+        let st = q.0.state.lock().unwrap();
+        assert_eq!(st.idle.len(), 1, "the waiter that came back was not kept");
+        assert!(std::ptr::eq(Arc::as_ptr(&st.idle[0]), first));
+    }
+    // The next follower waits on it, released afresh: were it still
+    // marked released, it would take nothing and not wait for the post.
+    let t2 = waiter(&q, 2, &tx);
+    assert!(std::ptr::eq(top(), first), "a new waiter was allocated");
+    assert!(q.0.state.lock().unwrap().idle.is_empty());
+    push(&q, 2);
+    assert_eq!(rx.recv_timeout(LIMIT).unwrap(), (2, Ok(2)));
+    q.1.complete(3);
+    assert_eq!(rx.recv_timeout(LIMIT).unwrap(), (0, Ok(3)));
+    for t in [t0, t2] {
+        t.join().unwrap();
+    }
+    // A waiter someone still holds (the stack's clones that `close` drops
+    // after unlocking) is not kept: it could be released again.
+    let mut st = q.0.state.lock().unwrap();
+    let w = st.waiter();
+    assert!(std::ptr::eq(Arc::as_ptr(&w), first), "t2 did not keep it");
+    assert!(st.idle.is_empty());
+    let held = w.clone();
+    st.keep_waiter(w);
+    assert!(st.idle.is_empty(), "a shared waiter was kept");
+    st.keep_waiter(held);
+    assert_eq!(st.idle.len(), 1);
+}
+
+#[test]
 fn push_from_running_thread_releases_nobody() {
     let q = queue(2);
     push(&q, 1);
