@@ -143,9 +143,9 @@ struct State<E> {
     /// Items bound to released followers, each taken by its own waiter
     /// (Q2). Always older than everything in `items`.
     bound: Vec<(Arc<Waiter>, E)>,
-    /// Waiters of followers that came back, for the next to follow: a
-    /// thread that goes to sleep allocates nothing once as many threads as
-    /// ever waited at once have waited. Only unshared waiters are kept.
+    /// Waiters of followers that came back, for the next to follow: once
+    /// the queue has had its most followers at once, following allocates
+    /// nothing. Only unshared waiters are kept.
     idle: Vec<Arc<Waiter>>,
     /// The item bound to the leader when it was woken for it.
     leader_item: Option<E>,
