@@ -207,12 +207,12 @@ impl Shards {
 fn port(backend: Backend, buffer_size: usize) -> io::Result<LocalPort<Tag>> {
     Builder::new()
         .backend(backend)
-        .pool(pool_buffers(backend), buffer_size)
+        .pool(POOL_BUFFERS, buffer_size)
         .build_local()
         .map_err(|e| io::Error::new(e.kind(), format!("cannot create a shard's port: {e}")))
 }
 
-/// Receive buffers in a shard's pool, by the backend it runs on.
+/// Receive buffers in a shard's pool, on either backend.
 ///
 /// On io_uring they are the provided-buffer ring, and an arrival holds its
 /// buffer until its echo is sent: the ring must cover the messages in
@@ -221,17 +221,15 @@ fn port(backend: Backend, buffer_size: usize) -> io::Result<LocalPort<Tag>> {
 /// echoed message; with 2048, none). 2048 buffers of 16 KiB are 32 MiB at
 /// most, resident only once the kernel has written into them.
 ///
-/// On epoll the pool never runs dry (a buffer is made when none is free);
-/// its count bounds only the filled buffers waiting to be dequeued, that
-/// is what one burst from one client can make the server hold before its
-/// receive is cancelled: kept at 512 (8 MiB), as a client that never
-/// reads is held back within that (crates/cli/tests/robustness.rs).
-fn pool_buffers(backend: Backend) -> u16 {
-    match backend {
-        Backend::Epoll => 512,
-        _ => 2048,
-    }
-}
+/// On epoll the pool never runs dry (a buffer is made when none is free)
+/// and keeps up to its count of the buffers given back: with 512, the
+/// buffers held at 50 connections × 4 messages of 64 KiB outnumbered that
+/// at times, and were made and freed again (0.12 malloc per message in
+/// bench/runs/2026-12-06/serve-111527; none with 2048, in
+/// bench/runs/2026-12-06/pool-keep). The count also bounds the filled
+/// buffers waiting to be dequeued; a client that never reads is held back
+/// by `MAX_SENDS` well within it (crates/cli/tests/robustness.rs).
+const POOL_BUFFERS: u16 = 2048;
 
 /// One connection of a shard.
 struct Conn {

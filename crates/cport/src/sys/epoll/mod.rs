@@ -208,6 +208,8 @@ impl<T> Table<T> {
 struct LeaderBufs<T> {
     events: Vec<libc::epoll_event>,
     batch: Vec<(Origin, Arc<Entry<T>>, u32)>,
+    /// The sockets to resume (`Pool::resume`).
+    resumed: Vec<Handle>,
 }
 
 struct Entry<T> {
@@ -258,6 +260,7 @@ impl<T: Send + 'static> Driver<T> {
             leader: Mutex::new(LeaderBufs {
                 events: Vec::with_capacity(EVENTS),
                 batch: Vec::new(),
+                resumed: Vec::new(),
             }),
             pool: Pool::new(usize::from(config.pool_buffers), config.pool_buffer_size),
         })
@@ -720,11 +723,15 @@ impl<T: Send + 'static> Reactor<Completion<T>> for Driver<T> {
 
     fn wait(&self, timeout: Option<Duration>, out: &mut Ready<T>) {
         let mut bufs = lock(&self.leader);
-        let LeaderBufs { events, batch } = &mut *bufs;
+        let LeaderBufs {
+            events,
+            batch,
+            resumed,
+        } = &mut *bufs;
         // Multishot receives that stopped for the pool's count read on once
         // buffers were dequeued: no edge will come for data already there.
-        let resumed = self.pool.resume();
-        for h in resumed {
+        self.pool.resume(resumed);
+        for &h in resumed.iter() {
             if let Some(entry) = self.lookup(h) {
                 if let Io::Socket(m) = &entry.io {
                     lock(m).drive(Side::Read, false, Self::origin(&entry, h), &self.pool, out);

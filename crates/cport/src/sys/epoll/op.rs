@@ -218,14 +218,18 @@ impl Pool {
         self.undelivered.load(Ordering::SeqCst) < self.keep
     }
 
-    /// The paused sockets, once a multishot receive may fill again.
-    pub(super) fn resume(&self) -> Vec<Handle> {
+    /// Moves the paused sockets into `into` once a multishot receive may
+    /// fill again; else leaves it empty. The two lists trade places, so
+    /// each keeps its capacity and pausing does not allocate once both
+    /// have grown to the sockets that pause at once.
+    pub(super) fn resume(&self, into: &mut Vec<Handle>) {
+        into.clear();
         if !self.any_paused.load(Ordering::Acquire) || !self.may_fill() {
-            return Vec::new();
+            return;
         }
         let mut paused = lock(&self.paused);
         self.any_paused.store(false, Ordering::Relaxed);
-        std::mem::take(&mut *paused)
+        std::mem::swap(&mut *paused, into);
     }
 
     /// Whether a socket may wait for `delivered`.
