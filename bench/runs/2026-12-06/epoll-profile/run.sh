@@ -6,7 +6,7 @@ cd "${PROF_DIR:-.}"
 taskset -c 1 "${CPORT:-target/release/cport}" load $ADDR --conns $C --size $S --depth $D --threads 1 --duration 7s --warmup 1s --json > load.$NAME 2>/dev/null &
 LP=$!
 sleep 2
-perf stat -e cycles,instructions,L1-dcache-load-misses,cache-misses,raw_syscalls:sys_enter -p $SP -x, -o stat.$NAME -- sleep 2
+perf stat -e raw_syscalls:sys_enter,kmem:mm_page_alloc,kmem:mm_page_free,kmem:kmalloc -p $SP -x, -o stat.$NAME -- sleep 2
 perf record -g -p $SP -o rec.$NAME -- sleep 2 2>/dev/null >/dev/null
 wait $LP; kill $SP; wait $SP 2>/dev/null
 python3 - $NAME <<PY
@@ -16,6 +16,6 @@ d=json.load(open('load.'+n)); r=d['messages_per_sec']
 out=[f"{n}: {r:.0f} msg/s"]
 for l in open('stat.'+n):
     f=l.strip().split(',')
-    if len(f)>3 and f[0].replace('.','').isdigit(): out.append(f"{f[2]} {float(f[0])/2/r:.1f}")
+    if len(f)>3 and f[0].replace('.','').isdigit(): out.append(f"{f[2]} {float(f[0])/2/r:.4f}")
 print('  '.join(out))
 PY
