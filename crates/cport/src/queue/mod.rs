@@ -550,7 +550,13 @@ impl<E> Queue<E> {
             st.running += 1;
         }
         let more = (max - n).min(st.items.len());
-        out.extend(st.items.drain(..more));
+        // One by one rather than `extend(drain(..more))`: for the common
+        // `max` of one, the drain's iterator and drop guard cost more than
+        // the item's move (about 180 instructions per `get`, counted with
+        // callgrind).
+        for _ in 0..more {
+            out.extend(st.items.pop_front());
+        }
         st.since_poll += n + more;
         let wake = self.rebalance(&mut st);
         drop(st);
@@ -603,7 +609,7 @@ impl<E> Queue<E> {
         if !batch.is_empty() {
             self.mailbox.revoke();
         }
-        st.items.extend(batch.drain());
+        batch.move_into(&mut st.items);
         st.spare = batch;
         let mine = st.leader_item.take();
         if let Some(p) = panic {
@@ -736,7 +742,7 @@ impl<E> Queue<E> {
             return;
         }
         self.mailbox.revoke();
-        st.items.extend(batch.drain());
+        batch.move_into(&mut st.items);
         self.posted.store(true, Ordering::Release);
         let wake = release && self.rebalance(&mut st);
         drop(st);
