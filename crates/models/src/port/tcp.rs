@@ -264,7 +264,11 @@ impl Inner {
         match result {
             Ok(n) => {
                 self.counters.add(0, 0, n as u64);
-                conn.echoed.fetch_add(n as u64, Ordering::Relaxed);
+                // Only the thread that completed the connection's one
+                // operation in flight writes this: a load and a store, no
+                // locked read-modify-write on the echo path.
+                let echoed = conn.echoed.load(Ordering::Relaxed) + n as u64;
+                conn.echoed.store(echoed, Ordering::Relaxed);
                 self.touch(&conn);
                 self.issue_recv(port, conn);
             }
