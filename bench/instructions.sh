@@ -1,0 +1,165 @@
+#!/usr/bin/env bash
+# User-space instructions per echoed message: each server runs under
+# valgrind's callgrind while `cport load` (not under valgrind) drives it
+# over loopback; the server's instruction count divided by the messages the
+# load echoed is the figure. A count, not a time: it does not swing with the
+# shared machine, so a change to cport's own path can be weighed in one run
+# where CPU time needs medians of many (docs/design/benchmark-method.md).
+# It says nothing about the kernel's share, cache misses or atomic
+# operations' latency; serve.sh measures those, as time.
+#
+# The epoll servers and shards-uring. Under valgrind a thread waiting in
+# io_uring_enter takes its signal only when the wait ends, so after the
+# load each server gets SIGINT and then one more short connection to wake
+# it (its messages are counted too). The pool server on io_uring
+# (port-uring) and uring-echo do not serve under valgrind: their rings'
+# wake-ups across threads, and uring-echo's start, stall there.
+#
+#   OUT/counts.csv        server,run,messages,instructions,per_message
+#   OUT/<server>-<run>.txt  callgrind_annotate's top functions (self cost)
+#   OUT/commands.txt      this script's command, versions, machine
+#
+# Usage: bench/instructions.sh [--out DIR] [--bin DIR] [--runs N]
+#                              [--conns N] [--size B] [--servers LIST]
+#   --out DIR      record folder (default bench/runs/<date>/instructions-<HHMMSS>)
+#   --bin DIR      the release binaries to count (default target/release,
+#                  built first); another build's folder compares two builds
+#   --runs N       runs per server (default 2: the count repeats within
+#                  about 0.1 %, and the second run shows it)
+#   --conns N      connections (default 50), one message in flight each
+#   --size B       message size (default 128)
+#   --servers LIST comma-separated, of shards-epoll, port-epoll,
+#                  shards-uring, epoll-echo (default all four)
+#
+# Needs valgrind (apt install valgrind) and python3.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+ARGS="$*"
+
+OUT=""
+BIN=""
+RUNS=2
+CONNS=50
+SIZE=128
+SERVERS=shards-epoll,port-epoll,shards-uring,epoll-echo
+# Long enough that start-up (a few million instructions) is under 1 % of
+# the count: about 300,000 messages pass under valgrind in this time.
+DURATION=6s
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --out) OUT=${2:?--out needs a directory}; shift 2 ;;
+        --bin) BIN=${2:?--bin needs a directory}; shift 2 ;;
+        --runs) RUNS=${2:?--runs needs a number}; shift 2 ;;
+        --conns) CONNS=${2:?--conns needs a number}; shift 2 ;;
+        --size) SIZE=${2:?--size needs a number}; shift 2 ;;
+        --servers) SERVERS=${2:?--servers needs a list}; shift 2 ;;
+        -h|--help) sed -n '2,35p' "$0" | cut -c3-; exit 0 ;;
+        *) echo "instructions.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+    esac
+done
+for tool in valgrind callgrind_annotate python3; do
+    if ! command -v "$tool" >/dev/null; then
+        echo "instructions.sh: $tool is missing (apt install valgrind python3)" >&2
+        exit 2
+    fi
+done
+
+if [ -z "$BIN" ]; then
+    cargo build --release -p cport-cli --bin cport -p cport-bench --bin epoll-echo
+    BIN=$ROOT/target/release
+fi
+BIN=$(cd "$BIN" && pwd)
+if [ -z "$OUT" ]; then
+    OUT=bench/runs/$(date -u +%F)/instructions-$(date -u +%H%M%S)
+fi
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+SCRATCH=$(mktemp -d)
+trap 'rm -rf "$SCRATCH"' EXIT
+
+{
+    echo "command: bench/instructions.sh $ARGS"
+    echo "date: $(date -u '+%F %T') UTC"
+    # The commit of the tree the binaries were built in (--bin may name
+    # another checkout's target folder).
+    echo "commit: $(git -C "$BIN" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$BIN" diff --quiet HEAD 2>/dev/null || echo ' (uncommitted changes)')"
+    echo "binaries: $BIN"
+    echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) CPUs"
+    echo "kernel: $(uname -r)"
+    echo "valgrind: $(valgrind --version)"
+    echo "rustc: $(rustc --version)"
+    echo "cell: $CONNS connections x $SIZE B, 1 in flight, load for $DURATION"
+} > "$OUT/commands.txt"
+
+command_of() {
+    case "$1" in
+        shards-epoll) echo "$BIN/cport serve --port 0 --backend epoll --shards 1" ;;
+        port-epoll) echo "$BIN/cport serve --port 0 --model port --backend epoll --no-udp --workers 2 --concurrency 1" ;;
+        shards-uring) echo "$BIN/cport serve --port 0 --backend uring --shards 1" ;;
+        epoll-echo) echo "$BIN/epoll-echo --port 0" ;;
+        *) echo "instructions.sh: unknown server $1" >&2; exit 2 ;;
+    esac
+}
+
+echo "server,run,messages,instructions,per_message" > "$OUT/counts.csv"
+IFS=, read -r -a LIST <<< "$SERVERS"
+for run in $(seq "$RUNS"); do
+    for server in "${LIST[@]}"; do
+        cmd=$(command_of "$server")
+        echo "$server run $run: $cmd" >> "$OUT/commands.txt"
+        # shellcheck disable=SC2086 # the command is split on purpose
+        valgrind --tool=callgrind --callgrind-out-file="$SCRATCH/cg" \
+            $cmd > "$SCRATCH/out" 2> "$SCRATCH/err" &
+        pid=$!
+        addr=""
+        for _ in $(seq 100); do
+            addr=$(grep -o '127\.0\.0\.1:[0-9]*' "$SCRATCH/out" | head -1 || true)
+            [ -n "$addr" ] && break
+            sleep 0.1
+        done
+        if [ -z "$addr" ]; then
+            kill "$pid" 2>/dev/null || true
+            echo "instructions.sh: $server did not say where it listens" >&2
+            cat "$SCRATCH/err" >&2
+            exit 1
+        fi
+        timeout 60 "$BIN/cport" load "$addr" --conns "$CONNS" --size "$SIZE" \
+            --duration "$DURATION" --warmup 0s --json > "$SCRATCH/load.json"
+        kill -INT "$pid"
+        # The wake-up connection; a server that already stopped refuses it.
+        timeout 10 "$BIN/cport" load "$addr" --conns 1 --size "$SIZE" \
+            --duration 1s --warmup 0s --json > "$SCRATCH/wake.json" 2>/dev/null || true
+        for _ in $(seq 300); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+            kill -KILL "$pid"
+            echo "instructions.sh: $server did not stop within 30 s of SIGINT" >&2
+            exit 1
+        fi
+        wait "$pid" || true
+        line=$(python3 - "$SCRATCH/load.json" "$SCRATCH/wake.json" "$SCRATCH/err" "$server" "$run" <<'PY'
+import json, re, sys
+load, wake, err, server, run = sys.argv[1:]
+messages = json.load(open(load))["messages"]
+try:
+    messages += json.load(open(wake))["messages"]
+except (OSError, ValueError, KeyError):
+    pass  # refused or cut short by the stop: nothing echoed to count
+m = re.search(r"refs:\s+([\d,]+)", open(err).read())
+if not m or messages == 0:
+    sys.exit(f"instructions.sh: no count for {server} (messages {messages})")
+ir = int(m.group(1).replace(",", ""))
+print(f"{server},{run},{messages},{ir},{ir / messages:.0f}")
+PY
+)
+        echo "$line" | tee -a "$OUT/counts.csv"
+        # awk reads to the end: head would close the pipe early (pipefail).
+        callgrind_annotate "$SCRATCH/cg" 2>/dev/null | sed -n '/^Ir/,$p' \
+            | awk 'NR <= 60' > "$OUT/$server-$run.txt"
+    done
+done
+echo "record: $OUT"
