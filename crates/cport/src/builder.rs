@@ -84,6 +84,15 @@ impl Builder {
     /// and the buffer the kernel filled is the one handed out.
     /// [`CompletionPort::recycle`] takes buffers back for reuse; the filled
     /// buffers waiting to be dequeued never outnumber `count`.
+    ///
+    /// Buffers the user holds (dequeued, not yet recycled) do not count.
+    /// A receive, or a refill of the io_uring ring, takes a kept buffer,
+    /// or allocates one when none is kept; `recycle` keeps up to `count`
+    /// buffers of `size` bytes' capacity and frees the rest (and any
+    /// buffer of another capacity). A server that holds more buffers at
+    /// once than `count` (an echo's sends in flight, data it keeps)
+    /// therefore allocates and frees buffers in steady state: size `count`
+    /// above what it holds at its busiest.
     pub fn pool(mut self, count: u16, size: usize) -> Builder {
         self.pool_buffers = count;
         self.pool_buffer_size = size;
