@@ -43,7 +43,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use cport::{Backend, Completion, CompletionPort, Handle, OpKind, Workers};
+use cport::{Backend, Completion, CompletionPort, Handle, OpId, OpKind, Workers};
 use rustc_hash::FxHashMap;
 use tracing::warn;
 
@@ -171,19 +171,36 @@ impl fmt::Debug for Options {
     }
 }
 
-/// The per-operation value (the tutorials' `PER_IO_DATA`).
-#[derive(Clone)]
-enum Tag {
-    /// The listener's multishot accept, numbered by re-arm so that a late
-    /// completion of an ended accept is told from one of its successor.
-    Accept(u32),
-    /// The one operation in flight on a TCP connection.
-    Tcp(Arc<Conn>),
-    /// A receive or send of datagrams, by slot.
-    Udp(usize),
-    /// A posted packet: the wake-up of a serving thread that dequeues
-    /// itself.
-    Packet,
+/// The per-operation value (the tutorials' `PER_IO_DATA`): the connection
+/// whose one operation in flight this is, or `None` for the listener's
+/// accept, the UDP socket's datagrams and the serving thread's wake-up,
+/// which the completion key tells apart (and the operation id, which
+/// accept or which UDP slot: `Accepts`, `UdpState`).
+///
+/// Eight bytes keep `Completion<Tag>` at 128, moved with a few vector
+/// stores. An enum with the accept's number and the UDP slot in it took 16,
+/// and each move of a 136-byte completion was a call to `memcpy`:
+/// user-space instructions per message of port-epoll at 50 × 128 B,
+/// 4168 → 3990 (bench/instructions.sh, `bench/runs/2026-12-06/instructions`).
+type Tag = Option<Arc<Conn>>;
+
+/// The completion key of the serving thread's wake-up (a posted packet).
+/// Connections are keyed by their id, which starts at 1.
+const WAKE_KEY: u64 = 0;
+/// The completion key of the listener.
+const LISTENER_KEY: u64 = u64::MAX;
+/// The completion key of the UDP socket.
+const UDP_KEY: u64 = u64::MAX - 1;
+
+/// The listener's multishot accepts not yet ended, each with its number
+/// (0 for the first, then one more per re-arm), so that a late completion
+/// of an ended accept is told from one of its successor. An accept is
+/// recorded under the lock it was issued under, so a worker that dequeues
+/// one of its completions first waits for the record.
+#[derive(Default)]
+struct Accepts {
+    next: u32,
+    live: Vec<(OpId, u32)>,
 }
 
 /// Who dequeues the port's completions.
@@ -240,8 +257,8 @@ struct Inner {
     /// Accept has failed and waits for its re-arm: the warning is logged
     /// once per episode, not 20 times a second.
     accept_paused: AtomicBool,
-    /// The number of the current accept operation (`Tag::Accept`).
-    accept_epoch: AtomicU32,
+    /// The accept operations in flight and their numbers.
+    accepts: Mutex<Accepts>,
     /// 1 + the number of the accept operation that last failed.
     accept_failed: AtomicU32,
     started: Instant,
@@ -322,13 +339,13 @@ impl Server {
             .map_err(|e| context(e, "cannot create the completion port"))?;
         let listener = match listener {
             Some(l) => Some(
-                port.associate(l, 0)
+                port.associate(l, LISTENER_KEY)
                     .map_err(|e| context(e, "cannot associate the listener with the port"))?,
             ),
             None => None,
         };
         let udp = match udp {
-            Some(u) => Some(UdpState::new(port.associate(u, 0).map_err(|e| {
+            Some(u) => Some(UdpState::new(port.associate(u, UDP_KEY).map_err(|e| {
                 context(e, "cannot associate the UDP socket with the port")
             })?)),
             None => None,
@@ -347,7 +364,7 @@ impl Server {
             on_data: options.on_data,
             draining: AtomicBool::new(false),
             accept_paused: AtomicBool::new(false),
-            accept_epoch: AtomicU32::new(0),
+            accepts: Mutex::new(Accepts::default()),
             accept_failed: AtomicU32::new(0),
             started: Instant::now(),
             counters: Counters::default(),
@@ -454,9 +471,8 @@ impl Inner {
     /// Starts accepting and receiving datagrams.
     fn start(&self) -> io::Result<()> {
         if let Some(l) = self.listener {
-            self.port
-                .accept_multi(l, Tag::Accept(0))
-                .map_err(|r| context(r.error, "cannot start accepting"))?;
+            self.issue_accept(l)
+                .map_err(|e| context(e, "cannot start accepting"))?;
         }
         if let Some(udp) = &self.udp {
             for slot in 0..udp.slots() {
@@ -475,18 +491,21 @@ impl Inner {
         let result = c.result;
         let payload = c.payload;
         match c.value {
-            Tag::Accept(epoch) => self.on_accept(port, epoch, result, payload, more),
-            Tag::Tcp(conn) => match kind {
+            Some(conn) => match kind {
                 OpKind::RecvPooled => self.on_recv(port, conn, result, payload),
                 OpKind::Send => self.on_sent(port, conn, result, payload),
                 other => warn!("unexpected {other:?} completion on a connection"),
             },
-            Tag::Udp(slot) => match kind {
-                OpKind::RecvFrom => self.on_datagram(slot, result, payload),
-                OpKind::SendTo => self.on_datagram_sent(slot, result, payload),
-                other => warn!("unexpected {other:?} completion on the UDP socket"),
+            None => match (c.key, kind) {
+                (LISTENER_KEY, OpKind::Accept) => {
+                    let epoch = self.accept_ended(c.op, more);
+                    self.on_accept(port, epoch, result, payload, more)
+                }
+                (UDP_KEY, OpKind::RecvFrom) => self.on_datagram(c.op, result, payload),
+                (UDP_KEY, OpKind::SendTo) => self.on_datagram_sent(c.op, result, payload),
+                (WAKE_KEY, OpKind::Post) => {}
+                (key, other) => warn!("unexpected {other:?} completion with key {key}"),
             },
-            Tag::Packet => {}
         }
     }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use cport::GetError;
 use tracing::warn;
 
-use super::{Dequeue, Inner, Tag, FORCE_CLOSE_BOUND};
+use super::{Dequeue, Inner, FORCE_CLOSE_BOUND, WAKE_KEY};
 use crate::{lock, plural};
 
 /// What the serving thread waits for: a stop, a timed accept re-arm, the
@@ -70,7 +70,7 @@ impl Inner {
         }
         if self.dequeue == Dequeue::Caller {
             // The serving thread waits in `get`, not on the condition.
-            let _ = self.port.post(0, 0, Tag::Packet);
+            let _ = self.port.post(WAKE_KEY, 0, None);
         }
     }
 

@@ -129,12 +129,40 @@ impl Inner {
 
     /// Re-arms the multishot accept (on the serving thread, after a pause).
     pub(super) fn rearm_accept(&self) {
-        if let Some(l) = self.listener {
-            let epoch = self.accept_epoch.fetch_add(1, Ordering::Relaxed) + 1;
-            if let Err(r) = self.port.accept_multi(l, Tag::Accept(epoch)) {
-                warn!("cannot re-arm accept: {}", r.error);
-            }
+        if let Some(l) = self.listener
+            && let Err(e) = self.issue_accept(l)
+        {
+            warn!("cannot re-arm accept: {e}");
         }
+    }
+
+    /// Issues a multishot accept and records it with its number.
+    pub(super) fn issue_accept(&self, listener: Handle) -> io::Result<()> {
+        let mut accepts = lock(&self.accepts);
+        let op = self
+            .port
+            .accept_multi(listener, None)
+            .map_err(|r| r.error)?;
+        let epoch = accepts.next;
+        accepts.next += 1;
+        accepts.live.push((op, epoch));
+        Ok(())
+    }
+
+    /// The number of the accept `op`, forgotten with its last completion.
+    pub(super) fn accept_ended(&self, op: Option<OpId>, more: bool) -> u32 {
+        let mut accepts = lock(&self.accepts);
+        let Some(i) = accepts.live.iter().position(|(o, _)| Some(*o) == op) else {
+            // Every accept is recorded before its completions can be
+            // looked up here (see `Accepts`).
+            warn!("a completion of an unknown accept");
+            return 0;
+        };
+        let epoch = accepts.live[i].1;
+        if !more {
+            accepts.live.swap_remove(i);
+        }
+        epoch
     }
 
     fn admit(&self, port: &CompletionPort<Tag>, stream: TcpStream, peer: SocketAddr) {
@@ -203,7 +231,7 @@ impl Inner {
             drop(io);
             return self.end(port, &conn, reason);
         }
-        match port.recv_pooled(conn.handle, Tag::Tcp(conn.clone())) {
+        match port.recv_pooled(conn.handle, Some(conn.clone())) {
             Ok(op) => io.recv_op = Some(op),
             Err(r) => {
                 drop(io);
@@ -234,11 +262,11 @@ impl Inner {
                     on_data(Protocol::Tcp, conn.peer, &buf);
                 }
                 let handle = conn.handle;
-                if let Err(r) = port.send(handle, buf, Tag::Tcp(conn)) {
+                if let Err(r) = port.send(handle, buf, Some(conn)) {
                     if let Some(b) = r.payload.into_buf() {
                         port.recycle(b);
                     }
-                    if let Tag::Tcp(conn) = r.value {
+                    if let Some(conn) = r.value {
                         let reason = self.reason(&conn, r.error);
                         self.end(port, &conn, reason);
                     }

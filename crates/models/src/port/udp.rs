@@ -19,7 +19,10 @@ const BUFFER: usize = 64 * 1024;
 
 pub(super) struct UdpState {
     pub(super) handle: Handle,
-    /// Each slot's pending receive, held while one is issued (as ConnIo).
+    /// Each slot's operation in flight, a receive or its echo, recorded
+    /// under the slot's lock it was issued under: a worker that dequeues a
+    /// completion finds its slot by the operation id (`slot_of`), and
+    /// waits for the record if it came first.
     slots: Vec<Mutex<Option<OpId>>>,
     /// Slots whose chain of operations has not ended.
     pub(super) live: AtomicUsize,
@@ -38,7 +41,20 @@ impl UdpState {
         self.slots.len()
     }
 
-    /// Cancels the receives in flight (the shutdown).
+    /// The slot whose operation in flight is `op`, now without one.
+    fn slot_of(&self, op: Option<OpId>) -> Option<usize> {
+        let op = op?;
+        self.slots.iter().position(|s| {
+            let mut s = lock(s);
+            let mine = *s == Some(op);
+            if mine {
+                *s = None;
+            }
+            mine
+        })
+    }
+
+    /// Cancels the operations in flight (the shutdown).
     pub(super) fn cancel(&self, port: &cport::CompletionPort<Tag>) {
         for slot in &self.slots {
             if let Some(op) = *lock(slot) {
@@ -58,7 +74,7 @@ impl Inner {
             drop(pending);
             return self.udp_slot_end(udp);
         }
-        match self.port.recv_from(udp.handle, buf, Tag::Udp(slot)) {
+        match self.port.recv_from(udp.handle, buf, None) {
             Ok(op) => *pending = Some(op),
             Err(r) => {
                 drop(pending);
@@ -79,9 +95,16 @@ impl Inner {
         }
     }
 
-    pub(super) fn on_datagram(&self, slot: usize, result: io::Result<usize>, payload: Payload) {
+    pub(super) fn on_datagram(
+        &self,
+        op: Option<OpId>,
+        result: io::Result<usize>,
+        payload: Payload,
+    ) {
         let Some(udp) = &self.udp else { return };
-        *lock(&udp.slots[slot]) = None;
+        let Some(slot) = udp.slot_of(op) else {
+            return warn!("a datagram received by no slot's operation");
+        };
         let (buf, from) = match payload {
             Payload::Datagram { buf, from } => (buf, from),
             other => (other.into_buf().unwrap_or_default(), None),
@@ -92,9 +115,14 @@ impl Inner {
                 if let Some(on_data) = &self.on_data {
                     on_data(Protocol::Udp, from, &buf);
                 }
-                if let Err(r) = self.port.send_to(udp.handle, buf, from, Tag::Udp(slot)) {
-                    debug!("UDP echo to {from} refused: {}", r.error);
-                    self.udp_recv(slot, r.payload.into_buf().unwrap_or_default());
+                let mut pending = lock(&udp.slots[slot]);
+                match self.port.send_to(udp.handle, buf, from, None) {
+                    Ok(op) => *pending = Some(op),
+                    Err(r) => {
+                        drop(pending);
+                        debug!("UDP echo to {from} refused: {}", r.error);
+                        self.udp_recv(slot, r.payload.into_buf().unwrap_or_default());
+                    }
                 }
             }
             (Err(e), _) if is_aborted(&e) => self.udp_slot_end(udp),
@@ -110,22 +138,21 @@ impl Inner {
 
     pub(super) fn on_datagram_sent(
         &self,
-        slot: usize,
+        op: Option<OpId>,
         result: io::Result<usize>,
         payload: Payload,
     ) {
+        let Some(udp) = &self.udp else { return };
+        let Some(slot) = udp.slot_of(op) else {
+            return warn!("a datagram echoed by no slot's operation");
+        };
         let buf = payload.into_buf().unwrap_or_default();
         match result {
             Ok(n) => {
                 self.counters.add(0, 0, n as u64);
                 self.stats.echoed(n);
             }
-            Err(e) if is_aborted(&e) => {
-                if let Some(udp) = &self.udp {
-                    self.udp_slot_end(udp);
-                }
-                return;
-            }
+            Err(e) if is_aborted(&e) => return self.udp_slot_end(udp),
             Err(e) => debug!("UDP echo: {e}"),
         }
         self.udp_recv(slot, buf);
