@@ -203,6 +203,13 @@ struct Accepts {
     live: Vec<(OpId, u32)>,
 }
 
+/// Adds `n` to a count that one thread at a time writes: a load and a
+/// store, each atomic so that a reader never sees a torn value, and no
+/// locked read-modify-write (`fetch_add` is one on x86) on the echo path.
+fn add_single_writer(count: &AtomicU64, n: u64) {
+    count.store(count.load(Ordering::Relaxed) + n, Ordering::Relaxed);
+}
+
 /// Who dequeues the port's completions.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Dequeue {
@@ -498,7 +505,7 @@ impl Inner {
             },
             None => match (c.key, kind) {
                 (LISTENER_KEY, OpKind::Accept) => {
-                    let epoch = self.accept_ended(c.op, more);
+                    let epoch = self.accept_number(c.op, more);
                     self.on_accept(port, epoch, result, payload, more)
                 }
                 (UDP_KEY, OpKind::RecvFrom) => self.on_datagram(c.op, result, payload),

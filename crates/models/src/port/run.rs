@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use cport::GetError;
 use tracing::warn;
 
-use super::{Dequeue, Inner, FORCE_CLOSE_BOUND, WAKE_KEY};
+use super::{add_single_writer, Dequeue, Inner, FORCE_CLOSE_BOUND, WAKE_KEY};
 use crate::{lock, plural};
 
 /// What the serving thread waits for: a stop, a timed accept re-arm, the
@@ -265,14 +265,14 @@ impl Counters {
                 }
             };
             let mine = &cell[i].1;
-            // One writer per counter: a load and a store, no locked add.
+            // One writer per counter.
             for (a, n) in [
                 (&mine.completions, completions),
                 (&mine.bytes_in, bytes_in),
                 (&mine.bytes_out, bytes_out),
             ] {
                 if n != 0 {
-                    a.store(a.load(Ordering::Relaxed) + n, Ordering::Relaxed);
+                    add_single_writer(a, n);
                 }
             }
         });

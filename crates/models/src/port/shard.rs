@@ -30,7 +30,7 @@ use cport::{is_aborted, Backend, Builder, Handle, LocalPort, OpId, OpKind, Paylo
 use rustc_hash::FxHashMap;
 use tracing::{info, warn};
 
-use super::{Totals, ACCEPT_BACKOFF};
+use super::{add_single_writer, Totals, ACCEPT_BACKOFF};
 use crate::{plural, Stats, Stop};
 
 /// Sends a connection may have queued before its receive is cancelled.
@@ -59,16 +59,6 @@ struct Counts {
     bytes_out: AtomicU64,
     open: AtomicU64,
     served: AtomicU64,
-}
-
-/// Adds `n` to a count only its shard's thread writes: a load and a store,
-/// each atomic, so a reader never sees a torn value, but no locked
-/// read-modify-write (`fetch_add` is one on x86), of which the echo path
-/// made four per message.
-fn bump(count: &AtomicU64, n: u64) -> u64 {
-    let now = count.load(Ordering::Relaxed).wrapping_add(n);
-    count.store(now, Ordering::Relaxed);
-    now
 }
 
 /// The sharded server, built, not yet serving.
@@ -310,7 +300,7 @@ impl Shard<'_> {
                 Err(cport::GetError::Timeout) => continue,
                 Err(e) => return Err(e.into()),
             };
-            bump(&self.counts.completions, 1);
+            add_single_writer(&self.counts.completions, 1);
             match (c.key, c.kind) {
                 (STOP_KEY, OpKind::Post) => {
                     if timers.deadline.is_none() {
@@ -414,8 +404,8 @@ impl Shard<'_> {
             },
         );
         self.stats.opened();
-        bump(&self.counts.served, 1);
-        let open = bump(&self.counts.open, 1);
+        self.counts.served.fetch_add(1, Ordering::Relaxed);
+        let open = self.counts.open.fetch_add(1, Ordering::Relaxed) + 1;
         info!("connect {peer} (#{id}, {open} open on this shard)");
     }
 
@@ -432,7 +422,7 @@ impl Shard<'_> {
                 Some(b) => b,
                 None => return,
             };
-            bump(&self.counts.bytes_in, buf.len() as u64);
+            add_single_writer(&self.counts.bytes_in, buf.len() as u64);
             if let Err(r) = self.port.send(conn.handle, buf, ()) {
                 if let Some(b) = r.payload.into_buf() {
                     self.port.recycle(b);
@@ -472,7 +462,7 @@ impl Shard<'_> {
         match r {
             Ok(n) => {
                 conn.echoed += n as u64;
-                bump(&self.counts.bytes_out, n as u64);
+                add_single_writer(&self.counts.bytes_out, n as u64);
             }
             Err(e) => return self.end(id, &format!("error: {e}"), true),
         }
@@ -547,8 +537,7 @@ impl Shard<'_> {
         let _ = self.port.close(conn.handle);
         self.stats.echoed(conn.echoed as usize);
         self.stats.ended(error);
-        // Adding u64::MAX wraps around: one less.
-        let open = bump(&self.counts.open, u64::MAX);
+        let open = self.counts.open.fetch_sub(1, Ordering::Relaxed) - 1;
         info!(
             "disconnect {} (#{id}): {why}; {} echoed in {:.1?}, {open} open on this shard",
             conn.peer,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use cport::{is_aborted, CompletionPort, Handle, OpId, Payload};
 use tracing::{debug, info, warn};
 
-use super::{Inner, Protocol, Tag, ACCEPT_BACKOFF};
+use super::{add_single_writer, Inner, Protocol, Tag, ACCEPT_BACKOFF};
 use crate::{lock, plural};
 
 /// One TCP connection.
@@ -129,9 +129,8 @@ impl Inner {
 
     /// Re-arms the multishot accept (on the serving thread, after a pause).
     pub(super) fn rearm_accept(&self) {
-        if let Some(l) = self.listener
-            && let Err(e) = self.issue_accept(l)
-        {
+        let Some(l) = self.listener else { return };
+        if let Err(e) = self.issue_accept(l) {
             warn!("cannot re-arm accept: {e}");
         }
     }
@@ -150,7 +149,7 @@ impl Inner {
     }
 
     /// The number of the accept `op`, forgotten with its last completion.
-    pub(super) fn accept_ended(&self, op: Option<OpId>, more: bool) -> u32 {
+    pub(super) fn accept_number(&self, op: Option<OpId>, more: bool) -> u32 {
         let mut accepts = lock(&self.accepts);
         let Some(i) = accepts.live.iter().position(|(o, _)| Some(*o) == op) else {
             // Every accept is recorded before its completions can be
@@ -293,10 +292,8 @@ impl Inner {
             Ok(n) => {
                 self.counters.add(0, 0, n as u64);
                 // Only the thread that completed the connection's one
-                // operation in flight writes this: a load and a store, no
-                // locked read-modify-write on the echo path.
-                let echoed = conn.echoed.load(Ordering::Relaxed) + n as u64;
-                conn.echoed.store(echoed, Ordering::Relaxed);
+                // operation in flight writes this.
+                add_single_writer(&conn.echoed, n as u64);
                 self.touch(&conn);
                 self.issue_recv(port, conn);
             }
