@@ -55,7 +55,7 @@ while [ $# -gt 0 ]; do
         --conns) CONNS=${2:?--conns needs a number}; shift 2 ;;
         --size) SIZE=${2:?--size needs a number}; shift 2 ;;
         --servers) SERVERS=${2:?--servers needs a list}; shift 2 ;;
-        -h|--help) sed -n '2,35p' "$0" | cut -c3-; exit 0 ;;
+        -h|--help) sed -n '2,34p' "$0" | cut -c3-; exit 0 ;;
         *) echo "instructions.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
