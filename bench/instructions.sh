@@ -8,12 +8,14 @@
 # It says nothing about the kernel's share, cache misses or atomic
 # operations' latency; serve.sh measures those, as time.
 #
-# The epoll servers and shards-uring. Under valgrind a thread waiting in
-# io_uring_enter takes its signal only when the wait ends, so after the
-# load each server gets SIGINT and then one more short connection to wake
-# it (its messages are counted too). The pool server on io_uring
-# (port-uring) and uring-echo do not serve under valgrind: their rings'
-# wake-ups across threads, and uring-echo's start, stall there.
+# The epoll servers and both cport servers on io_uring. The count is
+# dumped while the server still runs, right after the load
+# (callgrind_control --dump), and the server is then killed: under valgrind
+# the pool server on io_uring (port-uring) does not stop on SIGINT (its
+# wake-ups across threads stall there), and shards-uring stops only when
+# one more connection wakes it. uring-echo does not start under valgrind
+# (its ring setup); its count would be a few dozen instructions, as
+# epoll-echo's.
 #
 #   OUT/counts.csv        server,run,messages,instructions,per_message
 #   OUT/<server>-<run>.txt  callgrind_annotate's top functions (self cost)
@@ -29,7 +31,7 @@
 #   --conns N      connections (default 50), one message in flight each
 #   --size B       message size (default 128)
 #   --servers LIST comma-separated, of shards-epoll, port-epoll,
-#                  shards-uring, epoll-echo (default all four)
+#                  shards-uring, port-uring, epoll-echo (default all five)
 #
 # Needs valgrind (apt install valgrind) and python3.
 set -euo pipefail
@@ -43,7 +45,7 @@ BIN=""
 RUNS=2
 CONNS=50
 SIZE=128
-SERVERS=shards-epoll,port-epoll,shards-uring,epoll-echo
+SERVERS=shards-epoll,port-epoll,shards-uring,port-uring,epoll-echo
 # Long enough that start-up (a few million instructions) is under 1 % of
 # the count: about 300,000 messages pass under valgrind in this time.
 DURATION=6s
@@ -59,7 +61,7 @@ while [ $# -gt 0 ]; do
         *) echo "instructions.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
-for tool in valgrind callgrind_annotate python3; do
+for tool in valgrind callgrind_annotate callgrind_control python3; do
     if ! command -v "$tool" >/dev/null; then
         echo "instructions.sh: $tool is missing (apt install valgrind python3)" >&2
         exit 2
@@ -98,6 +100,7 @@ command_of() {
         shards-epoll) echo "$BIN/cport serve --port 0 --backend epoll --shards 1" ;;
         port-epoll) echo "$BIN/cport serve --port 0 --model port --backend epoll --no-udp --workers 2 --concurrency 1" ;;
         shards-uring) echo "$BIN/cport serve --port 0 --backend uring --shards 1" ;;
+        port-uring) echo "$BIN/cport serve --port 0 --model port --backend uring --no-udp --workers 2 --concurrency 1" ;;
         epoll-echo) echo "$BIN/epoll-echo --port 0" ;;
         *) echo "instructions.sh: unknown server $1" >&2; exit 2 ;;
     esac
@@ -110,6 +113,7 @@ for run in $(seq "$RUNS"); do
         cmd=$(command_of "$server")
         echo "$server run $run: $cmd" >> "$OUT/commands.txt"
         # shellcheck disable=SC2086 # the command is split on purpose
+        rm -f "$SCRATCH"/cg*
         valgrind --tool=callgrind --callgrind-out-file="$SCRATCH/cg" \
             $cmd > "$SCRATCH/out" 2> "$SCRATCH/err" &
         pid=$!
@@ -127,38 +131,33 @@ for run in $(seq "$RUNS"); do
         fi
         timeout 60 "$BIN/cport" load "$addr" --conns "$CONNS" --size "$SIZE" \
             --duration "$DURATION" --warmup 0s --json > "$SCRATCH/load.json"
-        kill -INT "$pid"
-        # The wake-up connection; a server that already stopped refuses it.
-        timeout 10 "$BIN/cport" load "$addr" --conns 1 --size "$SIZE" \
-            --duration 1s --warmup 0s --json > "$SCRATCH/wake.json" 2>/dev/null || true
+        # The dump counts from the start to now: start-up (a few million
+        # instructions, under 1 %) is in it, nothing after the load. It is
+        # written to cg.1, whose totals line comes last.
+        timeout 60 callgrind_control --dump "$pid" > /dev/null 2>&1
         for _ in $(seq 300); do
-            kill -0 "$pid" 2>/dev/null || break
+            grep -q '^totals:' "$SCRATCH/cg.1" 2>/dev/null && break
             sleep 0.1
         done
-        if kill -0 "$pid" 2>/dev/null; then
-            kill -KILL "$pid"
-            echo "instructions.sh: $server did not stop within 30 s of SIGINT" >&2
-            exit 1
-        fi
-        wait "$pid" || true
-        line=$(python3 - "$SCRATCH/load.json" "$SCRATCH/wake.json" "$SCRATCH/err" "$server" "$run" <<'PY'
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+        line=$(python3 - "$SCRATCH/load.json" "$SCRATCH/cg.1" "$server" "$run" <<'PY'
 import json, re, sys
-load, wake, err, server, run = sys.argv[1:]
+load, dump, server, run = sys.argv[1:]
 messages = json.load(open(load))["messages"]
 try:
-    messages += json.load(open(wake))["messages"]
-except (OSError, ValueError, KeyError):
-    pass  # refused or cut short by the stop: nothing echoed to count
-m = re.search(r"refs:\s+([\d,]+)", open(err).read())
+    m = re.search(r"^totals:\s+(\d+)", open(dump).read(), re.M)
+except OSError:
+    m = None
 if not m or messages == 0:
     sys.exit(f"instructions.sh: no count for {server} (messages {messages})")
-ir = int(m.group(1).replace(",", ""))
+ir = int(m.group(1))
 print(f"{server},{run},{messages},{ir},{ir / messages:.0f}")
 PY
 )
         echo "$line" | tee -a "$OUT/counts.csv"
         # awk reads to the end: head would close the pipe early (pipefail).
-        callgrind_annotate "$SCRATCH/cg" 2>/dev/null | sed -n '/^Ir/,$p' \
+        callgrind_annotate "$SCRATCH/cg.1" 2>/dev/null | sed -n '/^Ir/,$p' \
             | awk 'NR <= 60' > "$OUT/$server-$run.txt"
     done
 done
