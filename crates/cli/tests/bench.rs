@@ -159,8 +159,8 @@ fn a_small_matrix_writes_the_record_and_leaves_no_process() {
     assert_eq!(
         header.join(","),
         "server,backend,conns,size,depth,threads,pinned,round,messages,msgs_per_s,mb_per_s,\
-         p50_us,p99_us,cpu_us_per_msg,syscalls_per_msg,peak_threads,peak_rss_kib,errors,status,\
-         note"
+         p50_us,p99_us,cpu_us_per_msg,user_us_per_msg,syscalls_per_msg,peak_threads,peak_rss_kib,\
+         errors,status,note"
     );
     assert_eq!(rows.len(), 4, "{rows:?}");
     let col = |name: &str| header.iter().position(|h| h == name).unwrap();
@@ -181,6 +181,13 @@ fn a_small_matrix_writes_the_record_and_leaves_no_process() {
         assert!(num(row, "msgs_per_s") > 0.0, "{row:?}");
         assert_eq!(num(row, "errors"), 0.0, "{row:?}");
         assert!(num(row, "cpu_us_per_msg") > 0.0, "{row:?}");
+        // The user part is a share of the whole: never negative, never
+        // more (both come from one read of the same counters).
+        let user = num(row, "user_us_per_msg");
+        assert!(
+            (0.0..=num(row, "cpu_us_per_msg")).contains(&user),
+            "{row:?}"
+        );
         assert!(num(row, "peak_threads") >= 1.0, "{row:?}");
         assert!(num(row, "peak_rss_kib") > 0.0, "{row:?}");
         assert!(num(row, "p99_us") >= num(row, "p50_us"), "{row:?}");

@@ -52,6 +52,8 @@ pub struct Row {
     pub p50_us: Option<f64>,
     pub p99_us: Option<f64>,
     pub cpu_us_per_msg: Option<f64>,
+    /// The user-time part of `cpu_us_per_msg`: the server's own code.
+    pub user_us_per_msg: Option<f64>,
     pub syscalls_per_msg: Option<f64>,
     pub peak_threads: Option<u64>,
     pub peak_rss_kib: Option<u64>,
@@ -78,6 +80,7 @@ impl Row {
             p50_us: None,
             p99_us: None,
             cpu_us_per_msg: None,
+            user_us_per_msg: None,
             syscalls_per_msg: None,
             peak_threads: None,
             peak_rss_kib: None,
@@ -100,7 +103,7 @@ const IDENTITY: &str = "server,backend,conns,size,depth,threads,pinned";
 pub fn csv_header() -> String {
     format!(
         "{IDENTITY},round,messages,msgs_per_s,mb_per_s,p50_us,p99_us,cpu_us_per_msg,\
-         syscalls_per_msg,peak_threads,peak_rss_kib,errors,status,note"
+         user_us_per_msg,syscalls_per_msg,peak_threads,peak_rss_kib,errors,status,note"
     )
 }
 
@@ -154,6 +157,7 @@ pub fn csv_row(r: &Row) -> String {
         opt_f(r.p50_us, 1),
         opt_f(r.p99_us, 1),
         opt_f(r.cpu_us_per_msg, 3),
+        opt_f(r.user_us_per_msg, 3),
         opt_f(r.syscalls_per_msg, 3),
         opt(r.peak_threads),
         opt(r.peak_rss_kib),
@@ -212,13 +216,13 @@ fn errors_cell(r: &Row) -> String {
 pub fn markdown_table(rows: &[Row]) -> String {
     let mut t = String::from(
         "| server | backend | conns | size | depth | round | msgs/s | MB/s | p50 µs | p99 µs \
-         | CPU µs/msg | syscalls/msg | threads | peak RSS | errors |\n\
-         |---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
+         | CPU µs/msg | user µs/msg | syscalls/msg | threads | peak RSS | errors |\n\
+         |---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
     );
     for r in rows {
         let _ = writeln!(
             t,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             cell(&r.server),
             cell(&r.backend),
             r.cell.conns,
@@ -230,6 +234,7 @@ pub fn markdown_table(rows: &[Row]) -> String {
             na(r.p50_us.map(us)),
             na(r.p99_us.map(us)),
             na(r.cpu_us_per_msg.map(|v| format!("{v:.2}"))),
+            na(r.user_us_per_msg.map(|v| format!("{v:.2}"))),
             na(r.syscalls_per_msg.map(|v| format!("{v:.2}"))),
             na(r.peak_threads.map(|v| v.to_string())),
             na(r.peak_rss_kib.map(rss)),
@@ -288,6 +293,7 @@ pub struct Stat {
     pub errors: u64,
     pub msgs_per_s: Option<Spread>,
     pub cpu_us_per_msg: Option<Spread>,
+    pub user_us_per_msg: Option<Spread>,
     pub p99_us: Option<Spread>,
 }
 
@@ -321,6 +327,7 @@ pub fn stats(rows: &[Row]) -> Vec<Stat> {
                 errors: runs.iter().filter_map(|r| r.errors).sum(),
                 msgs_per_s: Spread::of(ok.iter().filter_map(|r| r.msgs_per_s)),
                 cpu_us_per_msg: Spread::of(ok.iter().filter_map(|r| r.cpu_us_per_msg)),
+                user_us_per_msg: Spread::of(ok.iter().filter_map(|r| r.user_us_per_msg)),
                 p99_us: Spread::of(ok.iter().filter_map(|r| r.p99_us)),
             }
         })
@@ -345,13 +352,13 @@ pub fn cpu_ratio(stats: &[Stat], cell: Cell, server: &str, reference: &str) -> O
 pub fn stats_table(stats: &[Stat], reference: &str) -> String {
     let mut t = format!(
         "| conns | size | depth | server | backend | ok runs | msgs/s | CPU µs/msg | vs {} \
-         | p99 µs | errors |\n|--:|--:|--:|---|---|--:|--:|--:|--:|--:|--:|\n",
+         | user µs/msg | p99 µs | errors |\n|--:|--:|--:|---|---|--:|--:|--:|--:|--:|--:|--:|\n",
         cell(reference)
     );
     for s in stats {
         let _ = writeln!(
             t,
-            "| {} | {} | {} | {} | {} | {}/{} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {}/{} | {} | {} | {} | {} | {} | {} |",
             s.cell.conns,
             s.cell.size,
             s.cell.depth,
@@ -363,6 +370,7 @@ pub fn stats_table(stats: &[Stat], reference: &str) -> String {
             na(s.cpu_us_per_msg
                 .map(|m| m.show(s.ok, |v| format!("{v:.2}")))),
             na(cpu_ratio(stats, s.cell, &s.server, reference).map(|r| format!("{r:.2}"))),
+            na(s.user_us_per_msg.map(|m| format!("{:.2}", m.median))),
             na(s.p99_us.map(|m| us(m.median))),
             s.errors,
         );
@@ -506,6 +514,7 @@ pub mod tests {
             r.p50_us = Some(20.0);
             r.p99_us = Some(150.0 + f64::from(conns));
             r.cpu_us_per_msg = Some(3.25);
+            r.user_us_per_msg = Some(0.25);
             r.peak_threads = Some(2);
             r.peak_rss_kib = Some(2048);
             r.errors = Some(errors);
@@ -520,7 +529,7 @@ pub mod tests {
         let line = csv_row(&r);
         assert_eq!(
             line,
-            "epoll,-,50,128,1,,yes,1,1000,50000.0,0.128,20.0,200.0,3.250,,2,2048,3,errors,\
+            "epoll,-,50,128,1,,yes,1,1000,50000.0,0.128,20.0,200.0,3.250,0.250,,2,2048,3,errors,\
              \"first: connection 7, \"\"closed\"\"\""
         );
         assert_eq!(
@@ -532,7 +541,7 @@ pub mod tests {
         skipped.pinned = false;
         assert_eq!(
             csv_row(&skipped),
-            "port-uring,-,1,128,1,2,no,1,,,,,,,,,,,skipped,"
+            "port-uring,-,1,128,1,2,no,1,,,,,,,,,,,,skipped,"
         );
     }
 
@@ -579,7 +588,7 @@ pub mod tests {
         );
         assert_eq!(
             lines[2],
-            "| epoll | - | 1 | 128 | 1 | 1 | 1000 | 0.13 | 20.0 | 151 | 3.25 | n/a | 2 | 2.0 MiB | 0 |"
+            "| epoll | - | 1 | 128 | 1 | 1 | 1000 | 0.13 | 20.0 | 151 | 3.25 | 0.25 | n/a | 2 | 2.0 MiB | 0 |"
         );
         assert!(lines[3].ends_with("| failed |"), "{}", lines[3]);
         assert!(lines[4].starts_with("| a\\|b |"), "{}", lines[4]);
@@ -608,6 +617,7 @@ pub mod tests {
             let mut y = row("port-uring", 50, 128, Status::Ok, 0);
             y.round = x.round;
             y.cpu_us_per_msg = Some(b);
+            y.user_us_per_msg = Some(b / 10.0);
             y.backend = "uring".into();
             rows.push(x);
             rows.push(y);
@@ -641,10 +651,12 @@ pub mod tests {
         );
         assert!(t.contains("| vs tokio-echo |"), "{t}");
         assert!(
-            t.contains("| 50 | 128 | 1 | port-uring | uring | 3/4 | 50000 (50000–50000) | 11.00 (10.00–12.00) | 1.22 | 200 | 4 |"),
+            t.contains("| 50 | 128 | 1 | port-uring | uring | 3/4 | 50000 (50000–50000) | 11.00 (10.00–12.00) | 1.22 | 1.10 | 200 | 4 |"),
             "{t}"
         );
-        assert!(t.contains("| 9.00 (8.00–20.00) | 1.00 |"), "{t}");
+        assert!(t.contains("| 9.00 (8.00–20.00) | 1.00 | 0.25 |"), "{t}");
+        let u = s[1].user_us_per_msg.unwrap();
+        assert_eq!((u.median, u.min, u.max), (1.1, 1.0, 1.2));
     }
 
     #[test]

@@ -94,7 +94,7 @@ struct Perf {
 struct Samples {
     peak_threads: Option<u64>,
     /// (ticks, when) at the CPU window's start and end.
-    cpu: [Option<(u64, Instant)>; 2],
+    cpu: [Option<(os::CpuTime, Instant)>; 2],
     /// Rescheduling interrupts at the costs period's start and end.
     reschedules: [Option<u64>; 2],
     perf: Option<Perf>,
@@ -490,9 +490,13 @@ fn measure(setup: &Setup, server: Server, kind: Kind, log: &mut String, row: &mu
     if let [Some((c1, i1)), Some((c2, i2))] = samples.cpu {
         let _ = writeln!(
             log,
-            "cpu window {}..{} ms after the connections: ticks {c1} -> {c2}",
+            "cpu window {}..{} ms after the connections: ticks user {} -> {}, system {} -> {}",
             i1.duration_since(t0).as_millis(),
-            i2.duration_since(t0).as_millis()
+            i2.duration_since(t0).as_millis(),
+            c1.user,
+            c2.user,
+            c1.system,
+            c2.system
         );
     }
     if let [Some(r1), Some(r2)] = samples.reschedules {
@@ -546,9 +550,13 @@ fn measure(setup: &Setup, server: Server, kind: Kind, log: &mut String, row: &mu
         Kind::Round(_) if rep.msgs_per_s > 0.0 => {
             if let [Some((c1, i1)), Some((c2, i2))] = samples.cpu {
                 let secs = i2.duration_since(i1).as_secs_f64();
-                let cpu = c2.saturating_sub(c1) as f64 / setup.ticks_per_sec as f64;
+                let per_msg = |a: u64, b: u64| {
+                    let cpu = b.saturating_sub(a) as f64 / setup.ticks_per_sec as f64;
+                    cpu / secs / rep.msgs_per_s * 1e6
+                };
                 if secs > 0.0 {
-                    row.cpu_us_per_msg = Some(cpu / secs / rep.msgs_per_s * 1e6);
+                    row.cpu_us_per_msg = Some(per_msg(c1.total(), c2.total()));
+                    row.user_us_per_msg = Some(per_msg(c1.user, c2.user));
                 }
             }
             if let Some((_, window, perf_out)) = &perf {
@@ -736,7 +744,7 @@ fn join_all(readers: Vec<JoinHandle<()>>) {
 /// reason in the log. (A read takes microseconds on Linux; on Windows
 /// under wine, on a busy machine, up to hundreds of milliseconds: it is
 /// logged.)
-fn cpu_sample(pid: u32, log: &mut String) -> Option<(u64, Instant)> {
+fn cpu_sample(pid: u32, log: &mut String) -> Option<(os::CpuTime, Instant)> {
     let before = Instant::now();
     match os::cpu_ticks(pid) {
         Ok(c) => {

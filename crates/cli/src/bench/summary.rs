@@ -334,6 +334,12 @@ Rounds go cell by cell, the servers taking turns (A B C A B C ...).
   15, every thread, in clock ticks of 1/{tck} s) read at the first half's start and end,
   divided by that window's length and by the load's messages/s. A tick is 10 ms: over a short
   window this figure is coarse.
+- **user µs/msg**: the utime part of the same, the server's own code (the rest is the kernel's
+  work for it: system calls, the network stack, io_uring). The kernel charges each of its
+  timer ticks (250 or 1000 a second) to user or system time by where the tick finds the
+  thread, so the split is a sample: a server that spends 5 % of a 2.5 s window in user space
+  is seen there by some 30 ticks at 250 Hz, a sampling error near a fifth of the figure. Read
+  medians, and compare servers by it only where they differ by more.
 - **syscalls/msg** (rounds): `perf stat -e {ev} -p SERVER -x, -- sleep T` over the second half
   (every system call entry of every server thread), divided by T and by the load's messages/s.
   The rate is the whole period's: if perf's tracepoints slow the server during its half, the
@@ -391,6 +397,9 @@ over the first half of that window. Rounds go cell by cell, the servers taking t
 - **CPU µs/msg**, the figure of merit: the server's kernel + user time, read at the first
   half's start and end, divided by that window's length and by the load's messages/s. Read with
   {cpu}.
+- **user µs/msg**: the user-time part of the same, the server's own code; Windows charges each
+  clock interrupt to user or kernel time by where it finds the thread, so this split is a
+  sample.
 - **syscalls/msg**: empty, {why}.
 - **costs**: {costs}.
 - **threads**: the most threads the server owned in a `CreateToolhelp32Snapshot

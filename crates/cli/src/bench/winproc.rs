@@ -67,6 +67,8 @@ use windows_sys::Win32::System::Threading::{
 };
 use windows_sys::Win32::System::WindowsProgramming::SYSTEM_PROCESS_INFORMATION;
 
+pub use super::proc::CpuTime;
+
 /// CPU times are FILETIME intervals: 100 ns units.
 pub const TICKS_PER_SEC: u64 = 10_000_000;
 
@@ -148,8 +150,8 @@ pub fn cpu_source() -> String {
     }
 }
 
-/// Kernel + user time of process `pid` so far, in 100 ns units.
-pub fn cpu_ticks(pid: u32) -> io::Result<u64> {
+/// User and kernel time of process `pid` so far, in 100 ns units.
+pub fn cpu_ticks(pid: u32) -> io::Result<CpuTime> {
     if wine_version().is_some() {
         return wine_cpu_ticks(pid);
     }
@@ -169,16 +171,19 @@ pub fn cpu_ticks(pid: u32) -> io::Result<u64> {
     if ok == 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(filetime(kernel) + filetime(user))
+    Ok(CpuTime {
+        user: filetime(user),
+        system: filetime(kernel),
+    })
 }
 
-/// Under wine: the process's kernel + user time from the system's process
+/// Under wine: the process's user and kernel time from the system's process
 /// list (`SystemProcessInformation`), in 100 ns units. The public
 /// structure hides the times in `Reserved1`; their place there is the
 /// documented one of the full structure (after WorkingSetPrivateSize,
 /// HardFaultCount, NumberOfThreadsHighWatermark, CycleTime and
 /// CreateTime: UserTime at byte 32, KernelTime at 40).
-fn wine_cpu_ticks(pid: u32) -> io::Result<u64> {
+fn wine_cpu_ticks(pid: u32) -> io::Result<CpuTime> {
     let mut buf: Vec<u64> = vec![0; 64 * 1024];
     loop {
         let bytes = u32::try_from(buf.len() * 8).unwrap_or(u32::MAX);
@@ -226,7 +231,10 @@ fn wine_cpu_ticks(pid: u32) -> io::Result<u64> {
                 b.copy_from_slice(&e.Reserved1[i..i + 8]);
                 u64::from_le_bytes(b)
             };
-            return Ok(word(32) + word(40));
+            return Ok(CpuTime {
+                user: word(32),
+                system: word(40),
+            });
         }
         if e.NextEntryOffset == 0 {
             return Err(io::Error::other(format!(
