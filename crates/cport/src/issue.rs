@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use crate::completion::{Handle, OpId, Payload, Rejected};
 use crate::port::CompletionPort;
 use crate::queue::Batch;
+use crate::sync::{clone_value, in_clone};
 use crate::sys::error::{self, no_room, port_closed};
 use crate::sys::{Op, Opts, Ready, Source, SourceInner};
 
@@ -37,6 +38,9 @@ pub(crate) struct Ops<'a, T, V> {
 
 impl<T: Send + 'static, V: Via<T>> Ops<'_, T, V> {
     pub(crate) fn close(&self, handle: Handle) -> io::Result<()> {
+        if in_clone() {
+            return Err(error::in_clone("close"));
+        }
         let mut ready = Batch::new();
         let r = self.port.driver().close(handle, &mut ready);
         self.queue_ready(&mut ready);
@@ -51,7 +55,7 @@ impl<T: Send + 'static, V: Via<T>> Ops<'_, T, V> {
     where
         T: Clone,
     {
-        self.issue(listener, Op::Accept, value, Some(T::clone))
+        self.issue(listener, Op::Accept, value, Some(clone_value::<T>))
     }
 
     pub(crate) fn connect(
@@ -111,7 +115,7 @@ impl<T: Send + 'static, V: Via<T>> Ops<'_, T, V> {
     where
         T: Clone,
     {
-        self.issue(handle, Op::RecvMulti, value, Some(T::clone))
+        self.issue(handle, Op::RecvMulti, value, Some(clone_value::<T>))
     }
 
     pub(crate) fn send(&self, handle: Handle, buf: Vec<u8>, value: T) -> Result<OpId, Rejected<T>> {
@@ -196,6 +200,9 @@ impl<T: Send + 'static, V: Via<T>> Ops<'_, T, V> {
     }
 
     pub(crate) fn cancel(&self, op: OpId) -> io::Result<()> {
+        if in_clone() {
+            return Err(error::in_clone("cancel"));
+        }
         let mut ready = Batch::new();
         let r = self.port.driver().cancel(op, &mut ready);
         self.queue_ready(&mut ready);
@@ -203,6 +210,9 @@ impl<T: Send + 'static, V: Via<T>> Ops<'_, T, V> {
     }
 
     pub(crate) fn cancel_handle(&self, handle: Handle) -> io::Result<usize> {
+        if in_clone() {
+            return Err(error::in_clone("cancel_handle"));
+        }
         let mut ready = Batch::new();
         let r = self.port.driver().cancel_handle(handle, &mut ready);
         self.queue_ready(&mut ready);
@@ -218,6 +228,10 @@ impl<T: Send + 'static, V: Via<T>> Ops<'_, T, V> {
     ) -> Result<OpId, Rejected<T>> {
         if self.port.is_closed() {
             return Err(Rejected::new(port_closed(), value, op.into_payload()));
+        }
+        if in_clone() {
+            let e = error::in_clone(op.name());
+            return Err(Rejected::new(e, value, op.into_payload()));
         }
         if op.offset().map_or(false, |o| o > i64::MAX as u64) {
             // Both kernels take a signed offset; refuse here so that every

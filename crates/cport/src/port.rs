@@ -13,7 +13,7 @@ use crate::completion::{Completion, GetError, Handle, OpId, OpKind, Payload, Por
 use crate::config::Backend;
 use crate::issue::{Ops, Via};
 use crate::queue::{Queue, QueueStats, Seat};
-use crate::sys::error::port_closed;
+use crate::sys::error::{self, port_closed};
 use crate::sys::{Driver, Ready, Source};
 
 /// A completion port: the queue that overlapped operations complete into,
@@ -235,6 +235,9 @@ impl<T: Send + 'static> CompletionPort<T> {
         if self.inner.queue.is_closed() {
             return Err(port_closed());
         }
+        if crate::sync::in_clone() {
+            return Err(error::in_clone("associate"));
+        }
         self.inner.driver.associate(source.into(), key)
     }
 
@@ -249,16 +252,25 @@ impl<T: Send + 'static> CompletionPort<T> {
     /// shutdown(2) on a socket handle: `Write` sends FIN after what was
     /// sent (a half-close); receives on the peer then complete with 0 bytes.
     pub fn shutdown(&self, handle: Handle, how: Shutdown) -> io::Result<()> {
+        if crate::sync::in_clone() {
+            return Err(error::in_clone("shutdown"));
+        }
         self.inner.driver.shutdown(handle, how)
     }
 
     /// The local address of a socket handle (e.g. a listener bound to port 0).
     pub fn local_addr(&self, handle: Handle) -> io::Result<SocketAddr> {
+        if crate::sync::in_clone() {
+            return Err(error::in_clone("local_addr"));
+        }
         self.inner.driver.addr(handle, false)
     }
 
     /// The peer address of a connected socket handle.
     pub fn peer_addr(&self, handle: Handle) -> io::Result<SocketAddr> {
+        if crate::sync::in_clone() {
+            return Err(error::in_clone("peer_addr"));
+        }
         self.inner.driver.addr(handle, true)
     }
 
@@ -276,6 +288,14 @@ impl<T: Send + 'static> CompletionPort<T> {
     /// one (`more == false`) carries `value` itself and says why the
     /// operation ended. (`IORING_OP_ACCEPT` multishot; on epoll, accept on
     /// every readiness; on Windows, AcceptEx re-issued.)
+    ///
+    /// The port clones `value` itself, while it holds a lock of its own
+    /// (SEMANTICS O10). From that `Clone`, [`post`](Self::post),
+    /// [`stats`](Self::stats) and [`recycle`](Self::recycle) work; any
+    /// other call into the port fails at once with
+    /// [`WouldBlock`](io::ErrorKind::WouldBlock), handing back what it was
+    /// given; and `get` must not be called there. Issue from the
+    /// completion's handler instead.
     pub fn accept_multi(&self, listener: Handle, value: T) -> Result<OpId, Rejected<T>>
     where
         T: Clone,
@@ -348,6 +368,9 @@ impl<T: Send + 'static> CompletionPort<T> {
     /// data in the kernel under TCP's flow control, and goes on as
     /// completions are dequeued; nothing is lost and the stream is not
     /// ended.
+    ///
+    /// What `value`'s `Clone` may call: as for
+    /// [`accept_multi`](Self::accept_multi) (SEMANTICS O10).
     pub fn recv_multi(&self, handle: Handle, value: T) -> Result<OpId, Rejected<T>>
     where
         T: Clone,

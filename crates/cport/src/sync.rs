@@ -48,3 +48,32 @@ pub(crate) fn wait<'a, T>(
 pub(crate) fn lock_std<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+std::thread_local! {
+    /// How deep this thread is in a multishot value's `Clone`: the port
+    /// runs it while holding a lock of its own (io_uring: the driver's
+    /// state; epoll: the socket's), which a call into the port from there
+    /// would wait for forever.
+    static IN_CLONE: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// `T::clone`, as the port calls it for each completion of a multishot
+/// operation but the last; calls into the port meanwhile are refused
+/// ([`in_clone`]).
+pub(crate) fn clone_value<T: Clone>(value: &T) -> T {
+    struct Depth;
+    impl Drop for Depth {
+        fn drop(&mut self) {
+            IN_CLONE.with(|d| d.set(d.get() - 1));
+        }
+    }
+    IN_CLONE.with(|d| d.set(d.get() + 1));
+    // Left on a panic too: the port catches it and goes on.
+    let _depth = Depth;
+    value.clone()
+}
+
+/// Whether this thread is in a multishot value's `Clone` run by a port.
+pub(crate) fn in_clone() -> bool {
+    IN_CLONE.with(|d| d.get() > 0)
+}

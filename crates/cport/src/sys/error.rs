@@ -50,6 +50,18 @@ pub(crate) fn aborted() -> io::Error {
     io::Error::from_raw_os_error(ABORTED)
 }
 
+/// A call into a port from a multishot value's `Clone`, which the port
+/// runs under one of its locks: waiting for that lock would never end.
+pub(crate) fn in_clone(what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::WouldBlock,
+        format!(
+            "{what}: called from a multishot value's Clone, which the port runs while it holds \
+             a lock this call needs; make the call from the completion's handler instead"
+        ),
+    )
+}
+
 pub(crate) fn port_closed() -> io::Error {
     io::Error::new(io::ErrorKind::NotConnected, "the completion port is closed")
 }
