@@ -291,8 +291,9 @@ impl<T: Send + 'static> CompletionPort<T> {
     ///
     /// The port clones `value` itself, while it holds a lock of its own
     /// (SEMANTICS O10). From that `Clone`, [`post`](Self::post),
-    /// [`stats`](Self::stats) and [`recycle`](Self::recycle) work; any
-    /// other call into the port fails at once with
+    /// [`stats`](Self::stats) and [`recycle`](Self::recycle) work, and
+    /// [`blocking`](Self::blocking) just runs its closure; any other call
+    /// into a port (this one or another) fails at once with
     /// [`WouldBlock`](io::ErrorKind::WouldBlock), handing back what it was
     /// given; and `get` must not be called there. Issue from the
     /// completion's handler instead.
@@ -567,6 +568,11 @@ impl<T: Send + 'static> CompletionPort<T> {
     /// After `f` the thread counts as running again, even if that exceeds
     /// the limit for a while.
     pub fn blocking<R>(&self, f: impl FnOnce() -> R) -> R {
+        if crate::sync::in_clone() {
+            // Inside a multishot value's Clone (SEMANTICS O10): the flush
+            // may need the lock the clone runs under; the slot stays.
+            return f();
+        }
         let entered = self.with_seat(|seat| {
             self.inner.driver.flush();
             self.inner.queue.block(&*self.inner.driver, seat)

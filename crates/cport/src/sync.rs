@@ -73,7 +73,9 @@ pub(crate) fn clone_value<T: Clone>(value: &T) -> T {
     value.clone()
 }
 
-/// Whether this thread is in a multishot value's `Clone` run by a port.
+/// Whether this thread is in a multishot value's `Clone` run by a port
+/// (any port: a call into another one could wait on a port whose reap,
+/// on another thread, waits for this one).
 pub(crate) fn in_clone() -> bool {
     IN_CLONE.with(|d| d.get() > 0)
 }

@@ -2,9 +2,10 @@
 //! each completion but the last, while the port holds a lock of its own
 //! (io_uring: the driver's state; epoll: the socket's). A `Clone` that calls
 //! back into the port must get an answer, not wait for that lock forever:
-//! `post`, `stats` and `recycle` work, every call that needs the lock fails
-//! at once with `WouldBlock` (the value and buffers handed back), on every
-//! backend alike, and the port goes on as before once the clone returns.
+//! `post`, `stats` and `recycle` work, `blocking` runs its closure, every
+//! call into a port that needs a lock fails at once with `WouldBlock` (the
+//! value and buffers handed back), on every backend alike, and the port
+//! goes on as before once the clone returns.
 
 mod common;
 
@@ -104,7 +105,8 @@ fn call_everything(port: &dyn Calls, this: Handle, other: Handle, other_op: OpId
 /// Where a clone finds its port: a `CompletionPort` travels in the value,
 /// a `LocalPort` (not `Send`) in the thread's own storage.
 enum Reach {
-    Shared(cport::CompletionPort<Value>),
+    /// The port, and another one.
+    Shared(cport::CompletionPort<Value>, cport::CompletionPort<Value>),
     Local,
 }
 
@@ -133,7 +135,14 @@ impl Clone for Value {
         if let Some(calls) = &self.calls {
             if let Some(c) = calls.lock().unwrap().take() {
                 match &c.reach {
-                    Reach::Shared(p) => call_everything(p, c.this, c.other, c.other_op, &c.seen),
+                    Reach::Shared(p, another) => {
+                        call_everything(p, c.this, c.other, c.other_op, &c.seen);
+                        let mut s = c.seen.lock().unwrap();
+                        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+                        s.push(("another port", outcome(another.associate(udp, 3))));
+                        let ran = p.blocking(|| true);
+                        s.push(("blocking", outcome(Ok::<_, io::Error>(ran))));
+                    }
                     Reach::Local => LOCAL.with(|p| {
                         let p = p.borrow();
                         let p = p.as_ref().expect("the thread's port");
@@ -206,8 +215,10 @@ fn tcp_pair() -> (TcpStream, TcpStream) {
     (a, b)
 }
 
-/// Every call needing the port's lock is refused; the rest work.
-fn check(seen: &[(&'static str, Outcome)]) {
+/// Every call needing the port's lock is refused, a call into another
+/// port too (two ports' reaps could each wait for the other); the rest
+/// work. `extra`: what only a shared port's clone tried.
+fn check(seen: &[(&'static str, Outcome)], extra: &[(&'static str, Outcome)]) {
     let want: Vec<(&str, Outcome)> = [
         "send here",
         "send elsewhere",
@@ -223,7 +234,9 @@ fn check(seen: &[(&'static str, Outcome)]) {
     .map(|n| (n, Outcome::Refused))
     .chain([("post", Outcome::Worked)])
     .collect();
-    assert_eq!(seen, &want[..]);
+    let want: Vec<(&str, &Outcome)> = want.iter().chain(extra).map(|(n, o)| (*n, o)).collect();
+    let seen: Vec<(&str, &Outcome)> = seen.iter().map(|(n, o)| (*n, o)).collect();
+    assert_eq!(seen, want);
 }
 
 /// Runs `f` on a thread of its own and waits for it at most 20 s: a call
@@ -257,8 +270,10 @@ backends! {
                 .recv(other, Vec::with_capacity(8), Value { id: 7, calls: None })
                 .unwrap();
             let seen: Seen = Arc::default();
+            let another: cport::CompletionPort<Value> =
+                Builder::new().backend(backend).build().unwrap();
             let caller = Caller {
-                reach: Reach::Shared(port.clone()),
+                reach: Reach::Shared(port.clone(), another),
                 this,
                 other,
                 other_op,
@@ -279,7 +294,8 @@ backends! {
             assert_eq!(c.value.id, 1);
             port.recycle(c.payload.into_buf().unwrap());
             assert_eq!((p.kind, p.key, p.value.id), (OpKind::Post, 5, 5));
-            check(&seen.lock().unwrap());
+            let extra = [("another port", Outcome::Refused), ("blocking", Outcome::Worked)];
+            check(&seen.lock().unwrap(), &extra);
             // The receive pending elsewhere was neither cancelled nor closed.
             common::assert_empty(&port);
             // From the handler the same calls work.
@@ -323,7 +339,7 @@ backends! {
             let [c, p] = two;
             assert_eq!((c.kind, c.op, c.more), (OpKind::RecvMulti, Some(op), true));
             assert_eq!((p.kind, p.key, p.value.id), (OpKind::Post, 5, 5));
-            check(&seen.lock().unwrap());
+            check(&seen.lock().unwrap(), &[]);
             LOCAL.with(|p| {
                 let p = p.borrow();
                 let p = p.as_ref().unwrap();
