@@ -289,8 +289,8 @@ impl<T: Send + 'static> CompletionPort<T> {
     /// operation ended. (`IORING_OP_ACCEPT` multishot; on epoll, accept on
     /// every readiness; on Windows, AcceptEx re-issued.)
     ///
-    /// The port clones `value` itself, while it holds a lock of its own
-    /// (SEMANTICS O10). From that `Clone`, [`post`](Self::post),
+    /// The port clones `value` itself, in the middle of its own work (on
+    /// io_uring and epoll, under a lock of its own; SEMANTICS O10). From that `Clone`, [`post`](Self::post),
     /// [`stats`](Self::stats) and [`recycle`](Self::recycle) work, and
     /// [`blocking`](Self::blocking) just runs its closure; any other call
     /// into a port (this one or another) fails at once with

@@ -1,6 +1,6 @@
 //! SEMANTICS O10: a multishot operation's value is cloned by the port, for
-//! each completion but the last, while the port holds a lock of its own
-//! (io_uring: the driver's state; epoll: the socket's). A `Clone` that calls
+//! each completion but the last, in the middle of its own work (io_uring:
+//! under the driver's state lock; epoll: under the socket's). A `Clone` that calls
 //! back into the port must get an answer, not wait for that lock forever:
 //! `post`, `stats` and `recycle` work, `blocking` runs its closure, every
 //! call into a port that needs a lock fails at once with `WouldBlock` (the
