@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use cport::{Builder, Handle, LocalPort, OpId, OpKind, Rejected};
+use cport::{Builder, Completion, Handle, LocalPort, OpId, OpKind, Rejected};
 
 /// What a clone saw of each call it made, in order.
 type Seen = Arc<Mutex<Vec<(&'static str, Outcome)>>>;
@@ -60,6 +60,7 @@ trait Calls {
     fn send(&self, h: Handle, buf: Vec<u8>, v: Value) -> Result<OpId, Rejected<Value>>;
     fn recv(&self, h: Handle, buf: Vec<u8>, v: Value) -> Result<OpId, Rejected<Value>>;
     fn associate(&self, s: UdpSocket) -> io::Result<Handle>;
+    fn associate_stream(&self, s: TcpStream, key: u64) -> io::Result<Handle>;
     fn cancel(&self, op: OpId) -> io::Result<()>;
     fn cancel_handle(&self, h: Handle) -> io::Result<usize>;
     fn close(&self, h: Handle) -> io::Result<()>;
@@ -174,6 +175,9 @@ macro_rules! calls_through {
             fn associate(&self, s: UdpSocket) -> io::Result<Handle> {
                 <$t>::associate(self, s, 3)
             }
+            fn associate_stream(&self, s: TcpStream, key: u64) -> io::Result<Handle> {
+                <$t>::associate(self, s, key)
+            }
             fn cancel(&self, op: OpId) -> io::Result<()> {
                 <$t>::cancel(self, op)
             }
@@ -254,6 +258,49 @@ fn bounded(f: impl FnOnce() + Send + 'static) {
     }
 }
 
+/// Two streams on `port`: `this` (key 1), to receive on, and `other`
+/// (key 2) with a receive pending (value 7); the far ends.
+fn two_streams(port: &dyn Calls) -> (Handle, Handle, OpId, TcpStream, TcpStream) {
+    let (a, peer) = tcp_pair();
+    let (b, peer_b) = tcp_pair();
+    let this = port.associate_stream(a, 1).unwrap();
+    let other = port.associate_stream(b, 2).unwrap();
+    let other_op = port
+        .recv(other, Vec::with_capacity(8), Value { id: 7, calls: None })
+        .unwrap();
+    (this, other, other_op, peer, peer_b)
+}
+
+/// The receive's value, whose first clone makes every call through
+/// `reach`, and where it writes what it saw.
+fn calling_value(reach: Reach, this: Handle, other: Handle, other_op: OpId) -> (Value, Seen) {
+    let seen: Seen = Arc::default();
+    let caller = Caller {
+        reach,
+        this,
+        other,
+        other_op,
+        seen: seen.clone(),
+    };
+    let value = Value {
+        id: 1,
+        calls: Some(Arc::new(Mutex::new(Some(caller)))),
+    };
+    (value, seen)
+}
+
+/// The arrival the value was cloned for and the post the clone made. The
+/// post is queued at once, the arrival once the reap ends: either may
+/// come first.
+fn arrival_and_post(mut two: [Completion<Value>; 2], op: OpId) -> Completion<Value> {
+    two.sort_by_key(|c| c.kind == OpKind::Post);
+    let [c, p] = two;
+    assert_eq!((c.kind, c.op, c.more), (OpKind::RecvMulti, Some(op), true));
+    assert_eq!(c.value.id, 1);
+    assert_eq!((p.kind, p.key, p.value.id), (OpKind::Post, 5, 5));
+    c
+}
+
 backends! {
     fn o10_a_clone_calling_a_shared_port_is_answered(backend: Backend) {
         bounded(move || {
@@ -262,38 +309,15 @@ backends! {
                 .concurrency(1)
                 .build()
                 .unwrap();
-            let (a, mut peer) = tcp_pair();
-            let (b, _peer_b) = tcp_pair();
-            let this = port.associate(a, 1).unwrap();
-            let other = port.associate(b, 2).unwrap();
-            let other_op = port
-                .recv(other, Vec::with_capacity(8), Value { id: 7, calls: None })
-                .unwrap();
-            let seen: Seen = Arc::default();
+            let (this, other, other_op, mut peer, _peer_b) = two_streams(&port);
             let another: cport::CompletionPort<Value> =
                 Builder::new().backend(backend).build().unwrap();
-            let caller = Caller {
-                reach: Reach::Shared(port.clone(), another),
-                this,
-                other,
-                other_op,
-                seen: seen.clone(),
-            };
-            let value = Value {
-                id: 1,
-                calls: Some(Arc::new(Mutex::new(Some(caller)))),
-            };
+            let reach = Reach::Shared(port.clone(), another);
+            let (value, seen) = calling_value(reach, this, other, other_op);
             let op = port.recv_multi(this, value).unwrap();
             peer.write_all(b"ping").unwrap();
-            // The post made from the clone is queued at once, the arrival
-            // it was cloned for once the reap ends: either may come first.
-            let mut two = [common::next(&port), common::next(&port)];
-            two.sort_by_key(|c| c.kind == OpKind::Post);
-            let [c, p] = two;
-            assert_eq!((c.kind, c.op, c.more), (OpKind::RecvMulti, Some(op), true));
-            assert_eq!(c.value.id, 1);
+            let c = arrival_and_post([common::next(&port), common::next(&port)], op);
             port.recycle(c.payload.into_buf().unwrap());
-            assert_eq!((p.kind, p.key, p.value.id), (OpKind::Post, 5, 5));
             let extra = [("another port", Outcome::Refused), ("blocking", Outcome::Worked)];
             check(&seen.lock().unwrap(), &extra);
             // The receive pending elsewhere was neither cancelled nor closed.
@@ -311,34 +335,13 @@ backends! {
     fn o10_a_clone_calling_a_local_port_is_answered(backend: Backend) {
         bounded(move || {
             let port: LocalPort<Value> = Builder::new().backend(backend).build_local().unwrap();
-            let (a, mut peer) = tcp_pair();
-            let (b, _peer_b) = tcp_pair();
-            let this = port.associate(a, 1).unwrap();
-            let other = port.associate(b, 2).unwrap();
-            let other_op = port
-                .recv(other, Vec::with_capacity(8), Value { id: 7, calls: None })
-                .unwrap();
+            let (this, other, other_op, mut peer, _peer_b) = two_streams(&port);
             LOCAL.with(|p| *p.borrow_mut() = Some(port));
-            let seen: Seen = Arc::default();
-            let caller = Caller {
-                reach: Reach::Local,
-                this,
-                other,
-                other_op,
-                seen: seen.clone(),
-            };
-            let value = Value {
-                id: 1,
-                calls: Some(Arc::new(Mutex::new(Some(caller)))),
-            };
+            let (value, seen) = calling_value(Reach::Local, this, other, other_op);
             let get = || LOCAL.with(|p| p.borrow().as_ref().unwrap().get(common::LONG).unwrap());
             let op = LOCAL.with(|p| p.borrow().as_ref().unwrap().recv_multi(this, value).unwrap());
             peer.write_all(b"ping").unwrap();
-            let mut two = [get(), get()];
-            two.sort_by_key(|c| c.kind == OpKind::Post);
-            let [c, p] = two;
-            assert_eq!((c.kind, c.op, c.more), (OpKind::RecvMulti, Some(op), true));
-            assert_eq!((p.kind, p.key, p.value.id), (OpKind::Post, 5, 5));
+            arrival_and_post([get(), get()], op);
             check(&seen.lock().unwrap(), &[]);
             LOCAL.with(|p| {
                 let p = p.borrow();
