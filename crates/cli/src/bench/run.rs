@@ -627,9 +627,10 @@ fn measure(setup: &Setup, server: Server, kind: Kind, log: &mut String, row: &mu
 /// Switches a costs run's perf counters. A failure is noted, perf is
 /// stopped (its output still goes to the log) and its counts are not used.
 fn gate(samples: &mut Samples, cmd: &str) {
-    if let Some(g) = &mut samples.gate
-        && let Err(e) = g.send(cmd)
-    {
+    let Some(g) = &mut samples.gate else {
+        return;
+    };
+    if let Err(e) = g.send(cmd) {
         samples.perf_note = Some(e);
         samples.gate = None;
         if let Some(p) = &samples.perf {
