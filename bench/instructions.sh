@@ -112,8 +112,8 @@ for run in $(seq "$RUNS"); do
     for server in "${LIST[@]}"; do
         cmd=$(command_of "$server")
         echo "$server run $run: $cmd" >> "$OUT/commands.txt"
-        # shellcheck disable=SC2086 # the command is split on purpose
         rm -f "$SCRATCH"/cg*
+        # shellcheck disable=SC2086 # the command is split on purpose
         valgrind --tool=callgrind --callgrind-out-file="$SCRATCH/cg" \
             $cmd > "$SCRATCH/out" 2> "$SCRATCH/err" &
         pid=$!

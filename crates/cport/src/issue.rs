@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use crate::completion::{Handle, OpId, Payload, Rejected};
 use crate::port::CompletionPort;
 use crate::queue::Batch;
-use crate::sync::{clone_value, in_clone};
+use crate::sync::{clone_value, outside_clone};
 use crate::sys::error::{self, no_room, port_closed};
 use crate::sys::{Op, Opts, Ready, Source, SourceInner};
 
@@ -38,9 +38,7 @@ pub(crate) struct Ops<'a, T, V> {
 
 impl<T: Send + 'static, V: Via<T>> Ops<'_, T, V> {
     pub(crate) fn close(&self, handle: Handle) -> io::Result<()> {
-        if in_clone() {
-            return Err(error::in_clone("close"));
-        }
+        outside_clone("close")?;
         let mut ready = Batch::new();
         let r = self.port.driver().close(handle, &mut ready);
         self.queue_ready(&mut ready);
@@ -200,9 +198,7 @@ impl<T: Send + 'static, V: Via<T>> Ops<'_, T, V> {
     }
 
     pub(crate) fn cancel(&self, op: OpId) -> io::Result<()> {
-        if in_clone() {
-            return Err(error::in_clone("cancel"));
-        }
+        outside_clone("cancel")?;
         let mut ready = Batch::new();
         let r = self.port.driver().cancel(op, &mut ready);
         self.queue_ready(&mut ready);
@@ -210,9 +206,7 @@ impl<T: Send + 'static, V: Via<T>> Ops<'_, T, V> {
     }
 
     pub(crate) fn cancel_handle(&self, handle: Handle) -> io::Result<usize> {
-        if in_clone() {
-            return Err(error::in_clone("cancel_handle"));
-        }
+        outside_clone("cancel_handle")?;
         let mut ready = Batch::new();
         let r = self.port.driver().cancel_handle(handle, &mut ready);
         self.queue_ready(&mut ready);
@@ -229,8 +223,7 @@ impl<T: Send + 'static, V: Via<T>> Ops<'_, T, V> {
         if self.port.is_closed() {
             return Err(Rejected::new(port_closed(), value, op.into_payload()));
         }
-        if in_clone() {
-            let e = error::in_clone(op.name());
+        if let Err(e) = outside_clone(op.name()) {
             return Err(Rejected::new(e, value, op.into_payload()));
         }
         if op.offset().map_or(false, |o| o > i64::MAX as u64) {

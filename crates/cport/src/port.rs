@@ -13,7 +13,7 @@ use crate::completion::{Completion, GetError, Handle, OpId, OpKind, Payload, Por
 use crate::config::Backend;
 use crate::issue::{Ops, Via};
 use crate::queue::{Queue, QueueStats, Seat};
-use crate::sys::error::{self, port_closed};
+use crate::sys::error::port_closed;
 use crate::sys::{Driver, Ready, Source};
 
 /// A completion port: the queue that overlapped operations complete into,
@@ -235,9 +235,7 @@ impl<T: Send + 'static> CompletionPort<T> {
         if self.inner.queue.is_closed() {
             return Err(port_closed());
         }
-        if crate::sync::in_clone() {
-            return Err(error::in_clone("associate"));
-        }
+        crate::sync::outside_clone("associate")?;
         self.inner.driver.associate(source.into(), key)
     }
 
@@ -252,25 +250,19 @@ impl<T: Send + 'static> CompletionPort<T> {
     /// shutdown(2) on a socket handle: `Write` sends FIN after what was
     /// sent (a half-close); receives on the peer then complete with 0 bytes.
     pub fn shutdown(&self, handle: Handle, how: Shutdown) -> io::Result<()> {
-        if crate::sync::in_clone() {
-            return Err(error::in_clone("shutdown"));
-        }
+        crate::sync::outside_clone("shutdown")?;
         self.inner.driver.shutdown(handle, how)
     }
 
     /// The local address of a socket handle (e.g. a listener bound to port 0).
     pub fn local_addr(&self, handle: Handle) -> io::Result<SocketAddr> {
-        if crate::sync::in_clone() {
-            return Err(error::in_clone("local_addr"));
-        }
+        crate::sync::outside_clone("local_addr")?;
         self.inner.driver.addr(handle, false)
     }
 
     /// The peer address of a connected socket handle.
     pub fn peer_addr(&self, handle: Handle) -> io::Result<SocketAddr> {
-        if crate::sync::in_clone() {
-            return Err(error::in_clone("peer_addr"));
-        }
+        crate::sync::outside_clone("peer_addr")?;
         self.inner.driver.addr(handle, true)
     }
 
@@ -290,13 +282,13 @@ impl<T: Send + 'static> CompletionPort<T> {
     /// every readiness; on Windows, AcceptEx re-issued.)
     ///
     /// The port clones `value` itself, in the middle of its own work (on
-    /// io_uring and epoll, under a lock of its own; SEMANTICS O10). From that `Clone`, [`post`](Self::post),
-    /// [`stats`](Self::stats) and [`recycle`](Self::recycle) work, and
-    /// [`blocking`](Self::blocking) just runs its closure; any other call
-    /// into a port (this one or another) fails at once with
-    /// [`WouldBlock`](io::ErrorKind::WouldBlock), handing back what it was
-    /// given; and `get` must not be called there. Issue from the
-    /// completion's handler instead.
+    /// io_uring and epoll, under a lock of its own; SEMANTICS O10). From
+    /// that `Clone`, [`post`](Self::post), [`stats`](Self::stats) and
+    /// [`recycle`](Self::recycle) work, and [`blocking`](Self::blocking)
+    /// just runs its closure; any other call into a port (this one or
+    /// another) fails at once with [`WouldBlock`](io::ErrorKind::WouldBlock),
+    /// handing back what it was given; and `get` must not be called there.
+    /// Issue from the completion's handler instead.
     pub fn accept_multi(&self, listener: Handle, value: T) -> Result<OpId, Rejected<T>>
     where
         T: Clone,

@@ -73,9 +73,22 @@ pub(crate) fn clone_value<T: Clone>(value: &T) -> T {
     value.clone()
 }
 
+/// Refuses `what`, a call that takes a backend lock, inside a multishot
+/// value's `Clone` ([`in_clone`]): `WouldBlock` at once instead of a wait
+/// for a lock the clone may run under (SEMANTICS O10).
+#[inline]
+pub(crate) fn outside_clone(what: &str) -> std::io::Result<()> {
+    if in_clone() {
+        Err(crate::sys::error::in_clone(what))
+    } else {
+        Ok(())
+    }
+}
+
 /// Whether this thread is in a multishot value's `Clone` run by a port
 /// (any port: a call into another one could wait on a port whose reap,
 /// on another thread, waits for this one).
+#[inline]
 pub(crate) fn in_clone() -> bool {
     IN_CLONE.with(|d| d.get() > 0)
 }
