@@ -28,8 +28,10 @@ use crate::sys::{Ready, Source};
 /// posts completions when this thread asks for them in `get`, instead of
 /// interrupting it whenever one is ready, and no lock is ever contended. An
 /// operation issued while the thread runs a completion starts when it comes
-/// back to `get` — one `io_uring_enter` for all of them — which a port of
-/// one thread loses nothing by: no other thread could reap it meanwhile.
+/// back to `get` — one `io_uring_enter` for all of them — as does one that
+/// a reaped completion started (the next send queued on a stream, a
+/// multishot receive armed again); a port of one thread loses nothing by
+/// it: no other thread could reap it meanwhile.
 ///
 /// Its completions never pass through the queue a [`CompletionPort`]
 /// shares between threads: `get` reaps into a queue of the thread's own

@@ -113,6 +113,46 @@ backends! {
         assert_eq!((c.kind, c.value, c.result.unwrap()), (OpKind::Recv, 7, 4));
     }
 
+    // Sends queued on one stream go out one after another: each is started
+    // when the one before it completes, inside a reap, and must reach the
+    // kernel with the thread's next look even when no `get` ever waits.
+    fn o4_queued_sends_go_out_with_zero_timeout_looks(backend: Backend) {
+        const SENDS: usize = 4;
+        const EACH: usize = 512 << 10;
+        let port = local(backend);
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let peer = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let h = port.associate(l.accept().unwrap().0, 3).unwrap();
+        let data = common::pattern(SENDS * EACH);
+        let reader = thread::spawn(move || {
+            let mut peer = peer;
+            peer.set_read_timeout(common::LONG).unwrap();
+            let mut got = vec![0u8; SENDS * EACH];
+            peer.read_exact(&mut got).unwrap();
+            got
+        });
+        for (i, chunk) in data.chunks(EACH).enumerate() {
+            port.send(h, chunk.to_vec(), i as u64).unwrap();
+        }
+        let deadline = Instant::now() + common::LONG.unwrap();
+        let mut done = Vec::new();
+        while done.len() < SENDS {
+            match port.get(Some(Duration::ZERO)) {
+                Ok(c) => {
+                    assert_eq!((c.kind, c.result.unwrap()), (OpKind::Send, EACH));
+                    done.push(c.value);
+                }
+                Err(cport::GetError::Timeout) => {
+                    assert!(Instant::now() < deadline, "sends done: {done:?}");
+                    thread::yield_now();
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(done, (0..SENDS as u64).collect::<Vec<_>>(), "in the order issued");
+        assert!(reader.join().unwrap() == data, "every byte, in order");
+    }
+
     // A port per thread, sharing nothing: four threads each serve their
     // own listener at once.
     fn p5_local_ports_on_several_threads_share_nothing(backend: Backend) {

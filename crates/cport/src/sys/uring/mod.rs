@@ -331,6 +331,11 @@ pub(crate) struct Driver<T> {
     /// The ring runs DEFER_TASKRUN: completions are posted only in an enter
     /// that asks for events, so even a look may need one.
     deferred_taskrun: bool,
+    /// A local port: its one thread issues everything and reaps, and
+    /// enters the kernel again before it waits or looks (`LocalPort::get`).
+    /// What a reap pushes (a stream's next send, a re-armed receive) then
+    /// rides with that enter instead of one of its own.
+    one_thread: bool,
     /// Slots in the ring's table of registered files (`setup::files`); a
     /// handle whose index is below this is registered there.
     files: u32,
@@ -404,6 +409,7 @@ impl<T: Send + 'static> Driver<T> {
             starved: AtomicBool::new(false),
             multishot_recv: AtomicBool::new(true),
             deferred_taskrun: ring_defers,
+            one_thread: config.single_issuer,
             files,
         })
     }
