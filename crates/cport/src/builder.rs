@@ -81,7 +81,10 @@ impl Builder {
     /// The pool behind [`CompletionPort::recv_pooled`] and
     /// [`CompletionPort::recv_multi`]: `count` buffers of `size` bytes
     /// (default 512 × 4096). On io_uring they form the provided-buffer ring,
-    /// and the buffer the kernel filled is the one handed out.
+    /// and the buffer the kernel filled is the one handed out; the ring
+    /// starts with 64 of them and doubles, up to `count`, whenever a
+    /// receive finds it empty, so that a light load cycles through few
+    /// buffers (warm in the cache, and only those made resident).
     /// [`CompletionPort::recycle`] takes buffers back for reuse; the filled
     /// buffers waiting to be dequeued never outnumber `count`.
     ///

@@ -219,7 +219,9 @@ fn port(backend: Backend, buffer_size: usize) -> io::Result<LocalPort<Tag>> {
 /// flight, or receives meet it empty and are armed again, a request each
 /// (with 512, at 500 connections × 16 messages of 4 KiB, about one per
 /// echoed message; with 2048, none). 2048 buffers of 16 KiB are 32 MiB at
-/// most, resident only once the kernel has written into them.
+/// most, resident only once the kernel has written into them. The ring
+/// starts smaller and grows to what the load needs (`Builder::pool`): 128
+/// buffers at 50 connections × 128 B, all 2048 at 500 × 4 KiB × 16.
 ///
 /// On epoll the pool never runs dry (a buffer is made when none is free)
 /// and keeps up to its count of the buffers given back: with 512, the
