@@ -64,7 +64,9 @@ use self::udp::UdpState;
 /// message (2.9 against 2.0 with 512). More buffers than that cost CPU at
 /// 500 × 4 KiB × 16 in flight (2048: 2.87 µs per message against 2.62): the
 /// ring hands them out in turn, so the more there are, the colder each is
-/// when its turn comes. bench/runs/2026-12-05/port-pool/.
+/// when its turn comes. bench/runs/2026-12-05/port-pool/. The ring now
+/// starts with 64 and grows to what the load needs, up to this count
+/// (bench/runs/2026-12-07/bufring-grow: 512 at 500 connections, 64 at 50).
 const POOL_BUFFERS: u16 = 512;
 
 /// Pause before re-arming an accept that failed (EMFILE, ENFILE, ENOBUFS…):
