@@ -227,6 +227,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let held = report::most_conns_held(&measured);
     let tables = summary::Tables {
         stats: report::stats_table(&stats, plan.reference.name()),
+        paired: report::paired_table(&measured, &stats),
         costs: plan.costs.then(|| report::costs_table(&rows)),
         held: report::held_table(&held),
         runs: report::markdown_table(&measured),

@@ -1,12 +1,14 @@
 //! The record of a `cport bench` run: one [`Row`] per run, written as CSV
 //! and as markdown tables (every run; medians and spreads per cell and
-//! server; costs; most connections held). Pure functions of the rows; the
+//! server; ratios to the peers paired by round; costs; most connections
+//! held). Pure functions of the rows; the
 //! chart is in `chart.rs`.
 
 use std::fmt::Write as _;
 
 use super::costs::{Costs, COLUMNS};
 use super::plan::Cell;
+use super::server::Peer;
 
 /// How a run ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -347,6 +349,73 @@ pub fn cpu_ratio(stats: &[Stat], cell: Cell, server: &str, reference: &str) -> O
     (b > 0.0).then(|| a / b)
 }
 
+/// `server`'s CPU per message over `peer`'s in the same round, one ratio
+/// per round in which both ran without error, in one cell.
+///
+/// Each round runs every server once, one after another, so the two runs
+/// of a pair are at most a round apart. On a host whose speed shifts
+/// between rounds (the AMD host's two modes,
+/// bench/runs/2026-12-07/serve/reading.md), both runs of a pair mostly
+/// see the same speed, and the median of these ratios moves less than the
+/// ratio of the two medians, which may take each median from another mode.
+pub fn paired_ratios(rows: &[Row], cell: Cell, server: &str, peer: &str) -> Option<Spread> {
+    let cpu = |name: &str, round: u32| {
+        rows.iter()
+            .find(|r| r.round == round && r.cell == cell && r.server == name && r.held())
+            .and_then(|r| r.cpu_us_per_msg)
+    };
+    let rounds = rows
+        .iter()
+        .filter(|r| r.round > 0 && r.cell == cell && r.server == server)
+        .map(|r| r.round);
+    Spread::of(rounds.filter_map(|round| {
+        let (a, b) = (cpu(server, round)?, cpu(peer, round)?);
+        (b > 0.0).then(|| a / b)
+    }))
+}
+
+/// Per cell, every server but the peers against each peer that ran
+/// ([`paired_ratios`]): `median (least–most)`. `None` when the run had no
+/// peer, or nothing but peers.
+pub fn paired_table(rows: &[Row], stats: &[Stat]) -> Option<String> {
+    let ran = |name: &str| stats.iter().any(|s| s.server == name);
+    let peers: Vec<&str> = Peer::ALL
+        .iter()
+        .map(|p| p.name())
+        .filter(|&p| ran(p))
+        .collect();
+    let others: Vec<&Stat> = stats
+        .iter()
+        .filter(|s| !peers.contains(&s.server.as_str()))
+        .collect();
+    if peers.is_empty() || others.is_empty() {
+        return None;
+    }
+    let mut t = String::from("| conns | size | depth | server |");
+    for p in &peers {
+        let _ = write!(t, " vs {} |", cell(p));
+    }
+    t.push_str("\n|--:|--:|--:|---|");
+    t.push_str(&"--:|".repeat(peers.len()));
+    t.push('\n');
+    for s in others {
+        let _ = write!(
+            t,
+            "| {} | {} | {} | {} |",
+            s.cell.conns,
+            s.cell.size,
+            s.cell.depth,
+            cell(&s.server)
+        );
+        for p in &peers {
+            let r = paired_ratios(rows, s.cell, &s.server, p);
+            let _ = write!(t, " {} |", na(r.map(|r| r.show(2, |v| format!("{v:.2}")))));
+        }
+        t.push('\n');
+    }
+    Some(t)
+}
+
 /// Medians and spreads per cell and server, the CPU per message as a
 /// ratio to `reference`'s.
 pub fn stats_table(stats: &[Stat], reference: &str) -> String {
@@ -520,6 +589,69 @@ pub mod tests {
             r.errors = Some(errors);
         }
         r
+    }
+
+    /// Ratios pair each round of a server with the same round of a peer:
+    /// a round where either had errors makes no pair, and the median of
+    /// the pairs is not the ratio of the medians.
+    #[test]
+    fn paired_ratios_pair_runs_of_the_same_round() {
+        let mut rows = Vec::new();
+        // The host is fast in round 1 and slow in rounds 2 and 3; the
+        // server is 1.1 times the peer in each, and fails in round 4.
+        let rounds = [(1, 4.4, 4.0), (2, 6.6, 6.0), (3, 6.6, 6.0), (4, 1.0, 4.0)];
+        for (round, a, b) in rounds {
+            let mut x = row("port-uring", 50, 128, Status::Ok, 0);
+            x.round = round;
+            x.cpu_us_per_msg = Some(a);
+            if round == 4 {
+                x.status = Status::Errors;
+                x.errors = Some(2);
+            }
+            let mut y = row("uring-echo", 50, 128, Status::Ok, 0);
+            y.round = round;
+            y.cpu_us_per_msg = Some(b);
+            rows.push(x);
+            rows.push(y);
+        }
+        // The peer's round 3 is missing altogether.
+        rows.retain(|r| !(r.server == "uring-echo" && r.round == 3));
+        let cell = rows[0].cell;
+        let r = paired_ratios(&rows, cell, "port-uring", "uring-echo").unwrap();
+        assert!((r.median - 1.1).abs() < 1e-9, "{r:?}");
+        assert!(
+            (r.min - 1.1).abs() < 1e-9 && (r.max - 1.1).abs() < 1e-9,
+            "{r:?}"
+        );
+        let s = stats(&rows);
+        let by_medians = cpu_ratio(&s, cell, "port-uring", "uring-echo").unwrap();
+        assert!(
+            (by_medians - 1.1).abs() > 0.1,
+            "medians from two speeds: {by_medians}"
+        );
+        assert_eq!(paired_ratios(&rows, cell, "port-uring", "tokio-echo"), None);
+        let t = paired_table(&rows, &s).unwrap();
+        assert!(
+            t.starts_with("| conns | size | depth | server | vs uring-echo |\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("| 50 | 128 | 1 | port-uring | 1.10 (1.10–1.10) |"),
+            "{t}"
+        );
+        assert!(!t.contains("| uring-echo |"), "no row for a peer: {t}");
+        let peers_only: Vec<Row> = rows
+            .iter()
+            .filter(|r| r.server == "uring-echo")
+            .cloned()
+            .collect();
+        assert_eq!(paired_table(&peers_only, &stats(&peers_only)), None);
+        let no_peer: Vec<Row> = rows
+            .iter()
+            .filter(|r| r.server == "port-uring")
+            .cloned()
+            .collect();
+        assert_eq!(paired_table(&no_peer, &stats(&no_peer)), None);
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub struct Info<'a> {
 /// The markdown tables, as printed to stdout too.
 pub struct Tables {
     pub stats: String,
+    /// [`report::paired_table`]: `None` without peers, or with peers only.
+    pub paired: Option<String>,
     pub costs: Option<String>,
     pub held: String,
     pub runs: String,
@@ -187,6 +189,19 @@ pub fn summary(info: &Info, rows: &[Row], tables: &Tables) -> String {
         plan.reference.name(),
         tables.stats
     );
+    if let Some(t) = &tables.paired {
+        let _ = writeln!(
+            s,
+            "## Ratios to the peers, paired by round
+
+Per cell, each server's CPU µs per \
+             message over a peer's in the same round, for the rounds where both ran without \
+             error: the median of those ratios, and in parentheses the least and the most. \
+             The two runs of a pair are at most a round apart, so a change in the host's \
+             speed between rounds moves both: on a host whose speed shifts, this median \
+             moves less than the ratio of the two medians above.\n\n{t}"
+        );
+    }
     if let (Some(t), Some(c)) = (&tables.costs, &setup.counter) {
         let _ = writeln!(
             s,
