@@ -8,7 +8,8 @@ use super::{Leader, Led, Queue, Reactor, POLL_EVERY};
 use crate::sync::{self, AtomicBool, AtomicUsize, Mutex, Ordering};
 
 /// A one-item hand-off from [`Queue::push_one`] to a running thread
-/// spinning in [`Queue::get`], taken without the state lock.
+/// spinning in [`Queue::get_until`](crate::queue::Queue::get_until), taken
+/// without the state lock.
 ///
 /// `state` moves EMPTY → WANTED when a running thread finds the queue empty
 /// and opens the mailbox (under the state lock, only from EMPTY, so one

@@ -323,9 +323,10 @@ impl<E> Queue<E> {
         self.get_until(reactor, seat, max, timeout, None, out)
     }
 
-    /// [`get`](Queue::get) that also ends, with `Timeout`, once the queue's
-    /// interrupt count is no longer `epoch` ([`Queue::interrupt`]): how a
-    /// worker pool wakes its idle threads without queuing an item.
+    /// `get` (the tests' form, above, without an epoch) that also ends,
+    /// with `Timeout`, once the queue's interrupt count is no longer `epoch`
+    /// ([`Queue::interrupt`]): how a worker pool wakes its idle threads
+    /// without queuing an item.
     pub(crate) fn get_until<R: Reactor<E> + ?Sized>(
         &self,
         reactor: &R,

@@ -6,7 +6,7 @@
 //! operation produces at issue time, or what a cancel or close produces at
 //! once, it appends to the `ready` vector it is given, and the port queues
 //! it. What the kernel produces later it hands out from
-//! [`Reactor::wait`](crate::queue::Reactor::wait), called by the queue's
+//! [`Reactor::wait`], called by the queue's
 //! leader.
 //!
 //! | backend | module | kernel object | native or emulated |
