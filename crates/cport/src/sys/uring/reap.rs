@@ -72,6 +72,12 @@ impl<T> Driver<T> {
             }
             !stopping
         });
+        if !rearm.is_empty() && st.bufring.grow(&mut lock(&self.pool)) > 0 {
+            // The ring ran dry under these receives while it held fewer
+            // buffers than the pool allows: now it holds twice as many.
+            st.bufring.publish();
+            log::debug!(target: "cport", "io_uring: the buffer ring now uses {} buffers", st.bufring.in_use());
+        }
         // As many as the ring has buffers, oldest first. Each of these
         // receives met the ring empty with data waiting, so each takes a
         // buffer (or meets the ring empty again) as soon as it is
@@ -79,12 +85,6 @@ impl<T> Driver<T> {
         // the next ones. Re-arming every starved receive for a few buffers
         // would make all but a few fail again at once: with 500 connections
         // on a pool of 512 that was two failed requests per echoed message.
-        if !rearm.is_empty() && st.bufring.grow(&mut lock(&self.pool)) > 0 {
-            // The ring ran dry under these receives while it held fewer
-            // buffers than the pool allows: now it holds twice as many.
-            st.bufring.publish();
-            log::debug!(target: "cport", "io_uring: the buffer ring now uses {} buffers", st.bufring.in_use());
-        }
         let n = st.bufring.available().min(rearm.len());
         if n == 0 && !rearm.is_empty() {
             // Re-armed when a delivery lets the ring be refilled.
