@@ -2,7 +2,7 @@
 # The record's runs. BASE: the build before the change, GROW: with it.
 # 1. ring-size.sh: the last "buffer ring now uses N" line (RUST_LOG=cport=debug) per cell;
 # 2. rss.sh: the server's VmRSS / VmHWM after 3 s of load, base and grow alternating, 2 rounds;
-# 3. ab4.sh: CPU µs and io_uring requests per message, pinned, 5 alternating rounds.
+# 3. ab4.sh (bench/runs/2026-12-06/leader-submits): CPU µs and io_uring requests per message, pinned, 5 alternating rounds.
 set -u
 BASE=${BASE:-/tmp/new-bin/cport}
 GROW=${GROW:-/tmp/grow-bin/cport}
@@ -30,6 +30,6 @@ done
 echo "## time and requests"
 for cell in "50 128 1" "500 128 1"; do
   echo "# cell $cell"
-  PIN=1 bash "$D/ab4.sh" 5 $cell shards-base="$(shards "$BASE")" shards-grow="$(shards "$GROW")" \
+  PIN=1 bash "$D/../../2026-12-06/leader-submits/ab4.sh" 5 $cell shards-base="$(shards "$BASE")" shards-grow="$(shards "$GROW")" \
     pool-base="$(pool "$BASE")" pool-grow="$(pool "$GROW")"
 done
