@@ -1,8 +1,7 @@
 //! The record of a `cport bench` run: one [`Row`] per run, written as CSV
 //! and as markdown tables (every run; medians and spreads per cell and
 //! server; ratios to the peers paired by round; costs; most connections
-//! held). Pure functions of the rows; the
-//! chart is in `chart.rs`.
+//! held). Pure functions of the rows; the chart is in `chart.rs`.
 
 use std::fmt::Write as _;
 

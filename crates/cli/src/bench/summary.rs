@@ -192,9 +192,7 @@ pub fn summary(info: &Info, rows: &[Row], tables: &Tables) -> String {
     if let Some(t) = &tables.paired {
         let _ = writeln!(
             s,
-            "## Ratios to the peers, paired by round
-
-Per cell, each server's CPU µs per \
+            "## Ratios to the peers, paired by round\n\nPer cell, each server's CPU µs per \
              message over a peer's in the same round, for the rounds where both ran without \
              error: the median of those ratios, and in parentheses the least and the most. \
              The two runs of a pair are at most a round apart, so a change in the host's \
