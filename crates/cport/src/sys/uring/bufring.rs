@@ -15,16 +15,16 @@
 //! The ring starts with [`FIRST_BUFFERS`] of the pool's buffers (or all,
 //! if the pool is smaller) and doubles them, up to the pool's count,
 //! whenever a receive meets it empty (`grow`), as the ring of uring-echo
-//! (crates/bench/src/bin/uring-echo) does. The kernel takes buffers from the ring's head and
-//! refills go to its tail, so a buffer comes back to the kernel only after
-//! every other buffer in the ring has had its turn: with the whole pool in
-//! it, a buffer the kernel writes into has waited through as many
-//! receives as the pool has buffers, and is cold in the cache and the TLB
-//! by then, and every buffer of the pool is made resident. A ring no
-//! larger than the traffic needs keeps that round short: the sharded echo
-//! server (a pool of 2048 × 16 KiB) at 50 connections × 128 B grows its
-//! ring to 128 buffers, and the whole server is 6 MiB resident instead of 14
-//! (`bench/runs/2026-12-07/bufring-grow`). Growing costs a re-armed
+//! (crates/bench/src/bin/uring-echo) does. The kernel takes buffers from
+//! the ring's head and refills go to its tail, so a buffer comes back to
+//! the kernel only after every other buffer in the ring has had its turn:
+//! with the whole pool in it, a buffer the kernel writes into has waited
+//! through as many receives as the pool has buffers, and is cold in the
+//! cache and the TLB by then, and every buffer of the pool is made
+//! resident. A ring no larger than the traffic needs keeps that round
+//! short: the sharded echo server (a pool of 2048 × 16 KiB) at 50
+//! connections × 128 B grows its ring to 128 buffers, and the whole server
+//! is 6 MiB resident instead of 14 (`bench/runs/2026-12-07/bufring-grow`). Growing costs a re-armed
 //! receive for each receive that met the ring empty, during the first
 //! bursts only: the ring never shrinks.
 

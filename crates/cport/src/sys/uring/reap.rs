@@ -407,8 +407,9 @@ impl<T> Driver<T> {
             // Nobody else submits or flushes here, and this thread's next
             // `get` enters before it waits, taking these with it: at 50
             // connections × 64 KiB, where each echo is four sends queued on
-            // its stream, an enter of their own was 2.1–2.7 of the 4.4–5.6
-            // enters per message, against the leanest server's 3.0–3.8.
+            // its stream, an enter of their own was 1.4–2.7 of the 2.9–5.6
+            // enters per message, against uring-echo's 3.4–4.0
+            // (bench/runs/2026-12-07/local-enters).
             return;
         }
         self.submit_pending();
