@@ -278,4 +278,28 @@ backends! {
         let refused = poster.post(1, 0, 7).unwrap_err();
         assert_eq!(refused.value, 7, "the value comes back");
     }
+
+    // The port's last reference may go on another thread: a poster that
+    // outlived its port, dropped there, ends the backend (whose locks are
+    // cells of the port's thread) without a panic, and the port's stream
+    // is closed.
+    fn x3_a_poster_dropped_on_another_thread_ends_the_port(backend: Backend) {
+        let port = local(backend);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let conn = port.associate(server, 1).unwrap();
+        port.recv_multi(conn, 0).unwrap();
+        let poster = port.poster();
+        drop(port);
+        let dropped = thread::spawn(move || {
+            assert!(poster.is_closed());
+            drop(poster);
+        })
+        .join();
+        assert!(dropped.is_ok(), "dropping the last reference on another thread panicked");
+        client.set_read_timeout(common::LONG).unwrap();
+        let mut b = [0u8; 1];
+        assert_eq!(client.read(&mut b).unwrap(), 0, "the stream was closed");
+    }
 }

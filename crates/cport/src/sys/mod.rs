@@ -34,6 +34,7 @@ pub(crate) mod uring;
 pub(crate) mod windows;
 
 pub(crate) mod error;
+pub(crate) mod lock;
 pub(crate) mod slab;
 #[cfg(unix)]
 pub(crate) mod unix;

@@ -5,13 +5,12 @@ use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::io::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Mutex;
 
 use socket2::SockRef;
 
 use super::sys;
 use crate::completion::{Completion, Handle, OpId, Payload};
-use crate::sync::lock_std as lock;
+use crate::sys::lock::Lock;
 use crate::sys::{FreeList, Op};
 
 /// An operation waiting in a handle's queue.
@@ -168,10 +167,14 @@ pub(super) struct Pool {
     keep: usize,
     undelivered: AtomicUsize,
     /// Sockets whose multishot receive stopped for the count (`Paused`).
-    paused: Mutex<Vec<Handle>>,
+    paused: Lock<Vec<Handle>>,
     /// Whether `paused` may hold a socket: read without its lock on every
     /// delivery, set under it.
     any_paused: AtomicBool,
+    /// A local port's pool: its locks are cells of the port's thread
+    /// (`crate::sys::lock`), and `undelivered` is counted with loads and
+    /// stores.
+    local: bool,
 }
 
 /// Lists of kept buffers per pool (see [`Pool`]).
@@ -180,7 +183,7 @@ const STRIPES: usize = 4;
 /// One list, on a cache line of its own.
 #[derive(Debug)]
 #[repr(align(64))]
-struct Stripe(Mutex<FreeList>);
+struct Stripe(Lock<FreeList>);
 
 /// The calling thread's list: threads are given the stripes in turn, so
 /// the workers of a pool, started together, each have their own.
@@ -193,17 +196,18 @@ fn stripe() -> usize {
 }
 
 impl Pool {
-    pub(super) fn new(keep: usize, size: usize) -> Pool {
+    pub(super) fn new(keep: usize, size: usize, local: bool) -> Pool {
         // Each list keeps its share; together at most `keep` (rounded up).
         let share = (keep + STRIPES - 1) / STRIPES;
-        let list = || Stripe(Mutex::new(FreeList::new(share, size)));
+        let list = || Stripe(Lock::new(FreeList::new(share, size), local));
         Pool {
             free: std::array::from_fn(|_| list()),
             size,
             keep,
             undelivered: AtomicUsize::new(0),
-            paused: Mutex::new(Vec::new()),
+            paused: Lock::new(Vec::new(), local),
             any_paused: AtomicBool::new(false),
+            local,
         }
     }
 
@@ -213,7 +217,7 @@ impl Pool {
     /// remembered saw nothing to resume. (SeqCst, against `delivered`'s
     /// decrement-then-load: one of the two sees the other.)
     pub(super) fn pause(&self, h: Handle) -> bool {
-        lock(&self.paused).push(h);
+        self.paused.lock().push(h);
         self.any_paused.store(true, Ordering::SeqCst);
         self.undelivered.load(Ordering::SeqCst) < self.keep
     }
@@ -227,7 +231,7 @@ impl Pool {
         if !self.any_paused.load(Ordering::Acquire) || !self.may_fill() {
             return;
         }
-        let mut paused = lock(&self.paused);
+        let mut paused = self.paused.lock();
         self.any_paused.store(false, Ordering::Relaxed);
         std::mem::swap(&mut *paused, into);
     }
@@ -244,6 +248,14 @@ impl Pool {
 
     /// `n` filled buffers were dequeued.
     pub(super) fn delivered(&self, n: usize) {
+        if self.local {
+            // No other thread counts (nor pauses, which this orders
+            // against on a shared port).
+            let u = self.undelivered.load(Ordering::Relaxed);
+            self.undelivered
+                .store(u.saturating_sub(n), Ordering::Relaxed);
+            return;
+        }
         let _ = self
             .undelivered
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |u| {
@@ -258,7 +270,12 @@ impl Pool {
         let mut buf = self.take();
         match sys::retry(|| sys::recv(fd, &mut buf)) {
             Ok(n) if n > 0 => {
-                self.undelivered.fetch_add(1, Ordering::AcqRel);
+                if self.local {
+                    let u = self.undelivered.load(Ordering::Relaxed);
+                    self.undelivered.store(u + 1, Ordering::Relaxed);
+                } else {
+                    self.undelivered.fetch_add(1, Ordering::AcqRel);
+                }
                 Ok(buf)
             }
             r => {
@@ -273,7 +290,7 @@ impl Pool {
     fn take(&self) -> Vec<u8> {
         let first = stripe();
         for k in 0..STRIPES {
-            if let Some(buf) = lock(&self.free[(first + k) % STRIPES].0).pop() {
+            if let Some(buf) = self.free[(first + k) % STRIPES].0.lock().pop() {
                 return buf;
             }
         }
@@ -284,7 +301,7 @@ impl Pool {
         let first = stripe();
         let mut buf = buf;
         for k in 0..STRIPES {
-            match lock(&self.free[(first + k) % STRIPES].0).offer(buf) {
+            match self.free[(first + k) % STRIPES].0.lock().offer(buf) {
                 Some(back) => buf = back,
                 None => return,
             }
@@ -485,12 +502,12 @@ mod tests {
     use super::{Pool, STRIPES};
 
     fn kept(pool: &Pool) -> usize {
-        pool.free.iter().map(|s| super::lock(&s.0).len()).sum()
+        pool.free.iter().map(|s| s.0.lock().len()).sum()
     }
 
     #[test]
     fn a_buffer_given_back_on_one_thread_is_taken_on_another() {
-        let pool = Pool::new(8, 64);
+        let pool = Pool::new(8, 64, false);
         let given = Vec::with_capacity(64);
         let at = given.as_ptr();
         // Given on a thread of its own, so on another stripe than the
@@ -506,7 +523,7 @@ mod tests {
     #[test]
     fn the_stripes_keep_no_more_than_the_pool_and_only_its_size() {
         let keep = 2 * STRIPES;
-        let pool = Pool::new(keep, 64);
+        let pool = Pool::new(keep, 64, false);
         // One thread gives everything back: its stripe fills, then the
         // others, then buffers are dropped.
         for _ in 0..keep + 5 {

@@ -16,7 +16,11 @@
 //!   the kernel needs no lock: the kernel reads the published SQ tail and
 //!   serialises concurrent enters itself, so a submitter never blocks
 //!   another in the kernel. No SQPOLL, SINGLE_ISSUER or DEFER_TASKRUN: any
-//!   thread submits.
+//!   thread submits. A local port (`one_thread`: a `LocalPort`, whose
+//!   ring has SINGLE_ISSUER and DEFER_TASKRUN) has one thread only: its
+//!   state lock and the pool's are cells of that thread
+//!   (`crate::sys::lock`), and its counters (`unsubmitted`, `credit`)
+//!   count with loads and stores, so its path runs no locked instruction.
 //! * **Task work.** A request's task work (which posts its CQE: a receive
 //!   that found no data runs there once data comes) runs on the thread
 //!   that submitted it. If that thread sleeps (on the queue's condvar, or
@@ -96,8 +100,9 @@
 //!   offset) are not laned.
 //! * **O6, R3** `recv_pooled` is a single-shot `IORING_OP_RECV` with
 //!   `IOSQE_BUFFER_SELECT` on a provided-buffer ring ([`bufring`]): no
-//!   buffer is pinned while a connection is idle. On its CQE the bytes are
-//!   copied into a pool `Vec` and the ring buffer goes back at once. ENOBUFS
+//!   buffer is pinned while a connection is idle. Its CQE hands out the
+//!   ring buffer the kernel filled, a pool `Vec`, with no copy; the ring's
+//!   slot is refilled once the completion is dequeued ([`bufring`]). ENOBUFS
 //!   does not end the receive: it is re-submitted at the end of the reap
 //!   pass, after the pass has put its buffers back, so it never spins on an
 //!   empty ring and never reports a healthy stream as failed (LESSONS 4).
@@ -174,7 +179,6 @@ use std::net::{Shutdown, SocketAddr};
 use std::os::unix::io::{AsRawFd, OwnedFd, RawFd};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use io_uring::types::CancelBuilder;
@@ -186,9 +190,9 @@ use self::raw::Heap;
 use crate::completion::{Completion, Handle, OpId, PortId, Rejected};
 use crate::config::{Backend, Config};
 use crate::queue::Reactor;
-use crate::sync::lock_std as lock;
 use crate::sys::error::Broken;
 use crate::sys::error::{aborted, bad_handle, none_in_flight, not_in_flight, not_ip, port_closed};
+use crate::sys::lock::{Guard, Lock};
 use crate::sys::unix::EventFd;
 use crate::sys::{FreeList, Op, Opts, Ready, Source, SourceKind};
 
@@ -305,9 +309,10 @@ pub(crate) struct Driver<T> {
     /// Dropped explicitly first in `Drop`: closing the ring ends every
     /// request before the memory requests point at is freed.
     ring: ManuallyDrop<IoUring>,
-    state: Mutex<State<T>>,
+    /// A mutex; on a local port (`one_thread`), a cell of its thread.
+    state: Lock<State<T>>,
     /// Buffers handed out by pooled receives and recycled, for reuse.
-    pool: Mutex<FreeList>,
+    pool: Lock<FreeList>,
     wake_fd: EventFd,
     /// A wake-up was written and its read not yet reaped.
     wake_pending: AtomicBool,
@@ -382,22 +387,25 @@ impl<T: Send + 'static> Driver<T> {
 
         Ok(Driver {
             ring: ManuallyDrop::new(ring),
-            state: Mutex::new(State {
-                handles: crate::sys::slab::Slab::new(),
-                ops: crate::sys::slab::Slab::new(),
-                backlog: VecDeque::new(),
-                rearm: Vec::new(),
-                spares: Spares::new(),
-                bufring: ManuallyDrop::new(bufring),
-                wake_buf: ManuallyDrop::new(wake_buf),
-                wake_inflight: true,
-                closed: false,
-                dead: Vec::new(),
-            }),
-            pool: Mutex::new(FreeList::new(
-                usize::from(config.pool_buffers),
-                config.pool_buffer_size,
-            )),
+            state: Lock::new(
+                State {
+                    handles: crate::sys::slab::Slab::new(),
+                    ops: crate::sys::slab::Slab::new(),
+                    backlog: VecDeque::new(),
+                    rearm: Vec::new(),
+                    spares: Spares::new(),
+                    bufring: ManuallyDrop::new(bufring),
+                    wake_buf: ManuallyDrop::new(wake_buf),
+                    wake_inflight: true,
+                    closed: false,
+                    dead: Vec::new(),
+                },
+                config.single_issuer,
+            ),
+            pool: Lock::new(
+                FreeList::new(usize::from(config.pool_buffers), config.pool_buffer_size),
+                config.single_issuer,
+            ),
             wake_fd,
             wake_pending: AtomicBool::new(false),
             unsubmitted: AtomicUsize::new(0),
@@ -416,8 +424,32 @@ impl<T: Send + 'static> Driver<T> {
 }
 
 impl<T> Driver<T> {
-    fn lock(&self) -> MutexGuard<'_, State<T>> {
-        lock(&self.state)
+    fn lock(&self) -> Guard<'_, State<T>> {
+        self.state.lock()
+    }
+
+    /// `counter += n`, with `order` on a shared port. A local port's
+    /// counters (`unsubmitted`, `credit`) are touched by its one thread
+    /// alone: a load and a store do there, without a locked instruction.
+    pub(super) fn count_up(&self, counter: &AtomicUsize, n: usize, order: Ordering) {
+        if self.one_thread {
+            counter.store(counter.load(Ordering::Relaxed) + n, Ordering::Relaxed);
+        } else {
+            counter.fetch_add(n, order);
+        }
+    }
+
+    /// Takes `counter`'s value, leaving 0; as [`count_up`](Self::count_up).
+    pub(super) fn take_count(&self, counter: &AtomicUsize, order: Ordering) -> usize {
+        if self.one_thread {
+            let n = counter.load(Ordering::Relaxed);
+            if n > 0 {
+                counter.store(0, Ordering::Relaxed);
+            }
+            n
+        } else {
+            counter.swap(0, order)
+        }
     }
 
     /// The entry of a live (not closing) handle of this port.
@@ -497,7 +529,7 @@ impl<T> Driver<T> {
 
     /// Unlocks, then closes the descriptors of handles that finished
     /// closing meanwhile (close(2) may send a FIN: not under the lock).
-    fn unlock(&self, mut st: MutexGuard<'_, State<T>>) {
+    fn unlock(&self, mut st: Guard<'_, State<T>>) {
         let dead = mem::take(&mut st.dead);
         drop(st);
         drop(dead);
@@ -810,11 +842,11 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
     }
 
     fn recycle(&self, buf: Vec<u8>) {
-        lock(&self.pool).give(buf);
+        self.pool.lock().give(buf);
     }
 
     fn delivered(&self, n: usize) {
-        self.credit.fetch_add(n, Ordering::AcqRel);
+        self.count_up(&self.credit, n, Ordering::AcqRel);
         if self.starved.load(Ordering::Acquire) {
             self.wake_inner();
         }
@@ -823,6 +855,11 @@ impl<T: Send + 'static> crate::sys::Driver<T> for Driver<T> {
 
 impl<T> Drop for Driver<T> {
     fn drop(&mut self) {
+        // The last reference may go on another thread than a local port's
+        // own (a `Poster` outlived its `LocalPort`, which closed the port
+        // on its thread): `&mut self` says no other thread is here now.
+        self.state.claim();
+        self.pool.claim();
         self.close_port_inner();
         let deadline = Instant::now() + DROP_BOUND;
         let mut out = Ready::new();
@@ -850,7 +887,7 @@ impl<T> Drop for Driver<T> {
         //   ring fd and unmapping its rings ends the kernel's use of every
         //   request that had completed, before any memory below is freed.
         unsafe { ManuallyDrop::drop(&mut self.ring) };
-        let st = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+        let st = self.state.get_mut();
         if st.ops.len() == 0 {
             // SAFETY:
             // - no operation is left, so no receive can be writing a pool

@@ -12,7 +12,6 @@ use io_uring::types::{SubmitArgs, Timespec};
 use super::op::{self, Extra, Io, Next, OpState};
 use super::{op_id, setup, user_data, Driver, State, CANCEL, RECV_LANE, WAKE};
 use crate::completion::{Completion, Handle, OpId};
-use crate::sync::lock_std as lock;
 use crate::sys::error::aborted;
 use crate::sys::Ready;
 
@@ -52,11 +51,11 @@ impl<T> Driver<T> {
                 self.on_cqe(st, cqe.user_data(), cqe.result(), cqe.flags(), out);
             }
         }
-        let credit = self.credit.swap(0, Ordering::AcqRel);
+        let credit = self.take_count(&self.credit, Ordering::AcqRel);
         if credit > 0 {
             // Credit beyond the empty slots is dropped: every emptied slot
             // earns its own when its completion is dequeued.
-            st.bufring.refill(credit, &mut lock(&self.pool));
+            st.bufring.refill(credit, &mut self.pool.lock());
         }
         st.bufring.publish();
         if st.rearm.is_empty() {
@@ -72,7 +71,7 @@ impl<T> Driver<T> {
             }
             !stopping
         });
-        if !rearm.is_empty() && st.bufring.grow(&mut lock(&self.pool)) > 0 {
+        if !rearm.is_empty() && st.bufring.grow(&mut self.pool.lock()) > 0 {
             // The ring ran dry under these receives while it held fewer
             // buffers than the pool allows: now it holds twice as many.
             st.bufring.publish();
@@ -363,7 +362,7 @@ impl<T> Driver<T> {
         // leaves its SQEs to this one (see `flush_inner`). Cleared on the
         // way out however it ends: left set by an unwinding leader, it
         // would have flushes leave their SQEs to nobody.
-        let leading = Leading::start(&self.leading);
+        let leading = Leading::start(&self.leading, self.one_thread);
         if self.backlogged.load(Ordering::Acquire) {
             let mut st = self.lock();
             self.drain_backlog(&mut st);
@@ -371,7 +370,7 @@ impl<T> Driver<T> {
         // This enter submits every SQE published before the swap (acquire
         // pairs with `push`), so their counts are taken; a push counted after
         // the swap is submitted by its own thread, or by the swap at the end.
-        let deferred = self.unsubmitted.swap(0, Ordering::AcqRel);
+        let deferred = self.take_count(&self.unsubmitted, Ordering::AcqRel);
         let submitter = self.ring.submitter();
         let r = match timeout {
             // A look with nothing to submit needs no system call: CQEs are
@@ -416,18 +415,25 @@ impl<T> Driver<T> {
     }
 }
 
-/// `Driver::leading` for the span of a leader's `wait`.
-struct Leading<'a>(&'a AtomicBool);
+/// `Driver::leading` for the span of a leader's `wait`. Not set on a
+/// local port, where no other thread flushes: each SeqCst store is a
+/// locked instruction.
+struct Leading<'a>(Option<&'a AtomicBool>);
 
 impl<'a> Leading<'a> {
-    fn start(flag: &'a AtomicBool) -> Leading<'a> {
+    fn start(flag: &'a AtomicBool, one_thread: bool) -> Leading<'a> {
+        if one_thread {
+            return Leading(None);
+        }
         flag.store(true, Ordering::SeqCst);
-        Leading(flag)
+        Leading(Some(flag))
     }
 }
 
 impl Drop for Leading<'_> {
     fn drop(&mut self) {
-        self.0.store(false, Ordering::SeqCst);
+        if let Some(flag) = self.0 {
+            flag.store(false, Ordering::SeqCst);
+        }
     }
 }

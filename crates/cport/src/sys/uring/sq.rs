@@ -27,7 +27,7 @@ impl<T> Driver<T> {
         // (acquire) then enters with the SQE visible in the tail. Counting
         // first would let it enter without the SQE while the pusher's own
         // swap finds 0 and skips the submit, stranding the SQE.
-        self.unsubmitted.fetch_add(1, Ordering::SeqCst);
+        self.count_up(&self.unsubmitted, 1, Ordering::SeqCst);
     }
 
     /// Queues `sqe`; the next `io_uring_enter` of any kind takes it.
@@ -65,7 +65,7 @@ impl<T> Driver<T> {
 
     /// Hands everything pushed so far to the kernel, if anything was.
     pub(super) fn submit_pending(&self) {
-        if self.unsubmitted.swap(0, Ordering::SeqCst) == 0 {
+        if self.take_count(&self.unsubmitted, Ordering::SeqCst) == 0 {
             // Nothing, or another thread's enter took it (an enter submits
             // every published SQE, ours included).
             return;
@@ -74,7 +74,7 @@ impl<T> Driver<T> {
             // EAGAIN/EBUSY: the SQEs stay in the SQ; the leader retries in
             // its enter, so make it come round.
             log::debug!(target: "cport", "io_uring: submit failed: {e}");
-            self.unsubmitted.fetch_add(1, Ordering::Release);
+            self.count_up(&self.unsubmitted, 1, Ordering::Release);
             self.wake_inner();
         }
     }
