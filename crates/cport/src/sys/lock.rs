@@ -66,7 +66,8 @@ impl Owner {
     /// # Panics
     ///
     /// On any thread but the owner, or if the owner has it open already.
-    fn open(&self) -> Held<'_> {
+    #[inline(always)]
+    fn open<G>(&self) -> Held<'_, G> {
         assert!(
             self.thread == this_thread(),
             "cport: a local port's state reached from another thread"
@@ -75,7 +76,7 @@ impl Owner {
             !self.open.replace(true),
             "cport: a local port's lock taken twice"
         );
-        Held::Local(&self.open)
+        Held::Local(Opened(&self.open))
     }
 }
 
@@ -141,11 +142,10 @@ impl<X> Lock<X> {
     ///
     /// On a local lock, from any thread but its owner, or if this thread
     /// holds it already.
+    #[inline(always)]
     pub(crate) fn lock(&self) -> Guard<'_, X> {
         let held = match &self.kind {
-            Kind::Shared(m) => Held::Mutex {
-                _guard: lock_std(m),
-            },
+            Kind::Shared(m) => Held::Shared(lock_std(m)),
             Kind::Local(o) => o.open(),
         };
         Guard {
@@ -177,11 +177,10 @@ impl<X> RwLock<X> {
     }
 
     /// Takes the lock for writing; as [`Lock::lock`], poison and panics.
-    pub(crate) fn write(&self) -> Guard<'_, X> {
+    #[inline(always)]
+    pub(crate) fn write(&self) -> Guard<'_, X, RwLockWriteGuard<'_, ()>> {
         let held = match &self.kind {
-            Kind::Shared(l) => Held::Write {
-                _guard: l.write().unwrap_or_else(|p| p.into_inner()),
-            },
+            Kind::Shared(l) => Held::Shared(l.write().unwrap_or_else(|p| p.into_inner())),
             Kind::Local(o) => o.open(),
         };
         Guard {
@@ -192,11 +191,10 @@ impl<X> RwLock<X> {
 
     /// Takes the lock for reading, beside other readers unless local; as
     /// [`Lock::lock`], poison and panics.
+    #[inline(always)]
     pub(crate) fn read(&self) -> ReadGuard<'_, X> {
         let held = match &self.kind {
-            Kind::Shared(l) => Held::Read {
-                _guard: l.read().unwrap_or_else(|p| p.into_inner()),
-            },
+            Kind::Shared(l) => Held::Shared(l.read().unwrap_or_else(|p| p.into_inner())),
             Kind::Local(o) => o.open(),
         };
         ReadGuard {
@@ -224,6 +222,7 @@ impl<X> fmt::Debug for RwLock<X> {
 /// The mark of the calling thread: the address of a thread-local, which no
 /// other live thread shares. A plain load, where `thread::current()` would
 /// count a reference up and down.
+#[inline(always)]
 fn this_thread() -> usize {
     std::thread_local! {
         static MARK: u8 = const { 0 };
@@ -231,39 +230,46 @@ fn this_thread() -> usize {
     MARK.with(|m| m as *const u8 as usize)
 }
 
-/// What a guard holds; each releases its lock in its `Drop`.
-enum Held<'a> {
-    Mutex { _guard: MutexGuard<'a, ()> },
-    Write { _guard: RwLockWriteGuard<'a, ()> },
-    Read { _guard: RwLockReadGuard<'a, ()> },
-    Local(&'a Cell<bool>),
+/// What a guard holds: `G`, the std lock's guard, or the local lock's open
+/// flag. Each releases its lock in its `Drop`.
+enum Held<'a, G> {
+    // Read only by its `Drop`.
+    #[allow(dead_code)]
+    Shared(G),
+    // Read only by its `Drop`.
+    #[allow(dead_code)]
+    Local(Opened<'a>),
 }
 
-impl Drop for Held<'_> {
+/// A local lock, open until dropped.
+struct Opened<'a>(&'a Cell<bool>);
+
+impl Drop for Opened<'_> {
+    #[inline(always)]
     fn drop(&mut self) {
-        if let Held::Local(open) = self {
-            open.set(false);
-        }
+        self.0.set(false);
     }
 }
 
-/// Exclusive access to a lock's data until dropped.
-pub(crate) struct Guard<'a, X> {
+/// Exclusive access to a lock's data until dropped: a [`Lock`]'s (holding
+/// its mutex's guard, the default `G`) or a [`RwLock`]'s writer.
+pub(crate) struct Guard<'a, X, G = MutexGuard<'a, ()>> {
     data: &'a UnsafeCell<X>,
     /// Held for its `Drop`.
-    _held: Held<'a>,
+    _held: Held<'a, G>,
 }
 
-/// Shared access to a lock's data until dropped.
+/// Shared access to a [`RwLock`]'s data until dropped.
 pub(crate) struct ReadGuard<'a, X> {
     data: &'a UnsafeCell<X>,
     /// Held for its `Drop`.
-    _held: Held<'a>,
+    _held: Held<'a, RwLockReadGuard<'a, ()>>,
 }
 
-impl<X> Deref for Guard<'_, X> {
+impl<X, G> Deref for Guard<'_, X, G> {
     type Target = X;
 
+    #[inline(always)]
     fn deref(&self) -> &X {
         // SAFETY:
         // - `_held` is the mutex's guard, the write guard, or the owner
@@ -273,7 +279,8 @@ impl<X> Deref for Guard<'_, X> {
     }
 }
 
-impl<X> DerefMut for Guard<'_, X> {
+impl<X, G> DerefMut for Guard<'_, X, G> {
+    #[inline(always)]
     fn deref_mut(&mut self) -> &mut X {
         // SAFETY:
         // - as in `deref`; `&mut self` keeps this the only reference made
@@ -285,6 +292,7 @@ impl<X> DerefMut for Guard<'_, X> {
 impl<X> Deref for ReadGuard<'_, X> {
     type Target = X;
 
+    #[inline(always)]
     fn deref(&self) -> &X {
         // SAFETY:
         // - `_held` is a read guard (other guards alive meanwhile are read
