@@ -5,8 +5,11 @@
 # load echoed is the figure. A count, not a time: it does not swing with the
 # shared machine, so a change to cport's own path can be weighed in one run
 # where CPU time needs medians of many (docs/design/benchmark-method.md).
-# It says nothing about the kernel's share, cache misses or atomic
-# operations' latency; serve.sh measures those, as time.
+# Beside it, the locked instructions (atomic read-modify-writes, each a
+# full barrier of about 5 ns uncontended) the server ran per message,
+# counted by bench/locked.py from the same dump: callgrind counts each as
+# one instruction. Neither says anything about the kernel's share or cache
+# misses; serve.sh measures those, as time.
 #
 # The epoll servers and both cport servers on io_uring. The count is
 # dumped while the server still runs, right after the load
@@ -17,7 +20,8 @@
 # (its ring setup); its count would be a few dozen instructions, as
 # epoll-echo's.
 #
-#   OUT/counts.csv        server,run,messages,instructions,per_message
+#   OUT/counts.csv        server,run,messages,instructions,per_message,
+#                         locked,locked_per_message
 #   OUT/<server>-<run>.txt  callgrind_annotate's top functions (self cost)
 #   OUT/commands.txt      this script's command, versions, machine
 #
@@ -33,7 +37,8 @@
 #   --servers LIST comma-separated, of shards-epoll, port-epoll,
 #                  shards-uring, port-uring, epoll-echo (default all five)
 #
-# Needs valgrind (apt install valgrind) and python3.
+# Needs valgrind, python3 and objdump (apt install valgrind python3
+# binutils).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -57,13 +62,13 @@ while [ $# -gt 0 ]; do
         --conns) CONNS=${2:?--conns needs a number}; shift 2 ;;
         --size) SIZE=${2:?--size needs a number}; shift 2 ;;
         --servers) SERVERS=${2:?--servers needs a list}; shift 2 ;;
-        -h|--help) sed -n '2,34p' "$0" | cut -c3-; exit 0 ;;
+        -h|--help) sed -n '2,41p' "$0" | cut -c3-; exit 0 ;;
         *) echo "instructions.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
-for tool in valgrind callgrind_annotate callgrind_control python3; do
+for tool in valgrind callgrind_annotate callgrind_control python3 objdump; do
     if ! command -v "$tool" >/dev/null; then
-        echo "instructions.sh: $tool is missing (apt install valgrind python3)" >&2
+        echo "instructions.sh: $tool is missing (apt install valgrind python3 binutils)" >&2
         exit 2
     fi
 done
@@ -106,7 +111,7 @@ command_of() {
     esac
 }
 
-echo "server,run,messages,instructions,per_message" > "$OUT/counts.csv"
+echo "server,run,messages,instructions,per_message,locked,locked_per_message" > "$OUT/counts.csv"
 IFS=, read -r -a LIST <<< "$SERVERS"
 for run in $(seq "$RUNS"); do
     for server in "${LIST[@]}"; do
@@ -114,7 +119,7 @@ for run in $(seq "$RUNS"); do
         echo "$server run $run: $cmd" >> "$OUT/commands.txt"
         rm -f "$SCRATCH"/cg*
         # shellcheck disable=SC2086 # the command is split on purpose
-        valgrind --tool=callgrind --callgrind-out-file="$SCRATCH/cg" \
+        valgrind --tool=callgrind --dump-instr=yes --callgrind-out-file="$SCRATCH/cg" \
             $cmd > "$SCRATCH/out" 2> "$SCRATCH/err" &
         pid=$!
         addr=""
@@ -141,9 +146,10 @@ for run in $(seq "$RUNS"); do
         done
         kill -KILL "$pid" 2>/dev/null || true
         wait "$pid" 2>/dev/null || true
-        line=$(python3 - "$SCRATCH/load.json" "$SCRATCH/cg.1" "$server" "$run" <<'PY'
+        locked=$(python3 bench/locked.py "$SCRATCH/cg.1" "${cmd%% *}")
+        line=$(python3 - "$SCRATCH/load.json" "$SCRATCH/cg.1" "$server" "$run" "$locked" <<'PY'
 import json, re, sys
-load, dump, server, run = sys.argv[1:]
+load, dump, server, run, locked = sys.argv[1:]
 messages = json.load(open(load))["messages"]
 try:
     m = re.search(r"^totals:\s+(\d+)", open(dump).read(), re.M)
@@ -152,7 +158,8 @@ except OSError:
 if not m or messages == 0:
     sys.exit(f"instructions.sh: no count for {server} (messages {messages})")
 ir = int(m.group(1))
-print(f"{server},{run},{messages},{ir},{ir / messages:.0f}")
+locked = int(locked)
+print(f"{server},{run},{messages},{ir},{ir / messages:.0f},{locked},{locked / messages:.2f}")
 PY
 )
         echo "$line" | tee -a "$OUT/counts.csv"
