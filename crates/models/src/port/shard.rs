@@ -27,7 +27,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use cport::{is_aborted, Backend, Builder, Handle, LocalPort, OpId, OpKind, Payload};
-use rustc_hash::FxHashMap;
+use slab::Slab;
 use tracing::{info, warn};
 
 use super::{add_single_writer, Totals, ACCEPT_BACKOFF};
@@ -36,15 +36,17 @@ use crate::{plural, Stats, Stop};
 /// Sends a connection may have queued before its receive is cancelled.
 const MAX_SENDS: u32 = 32;
 
-/// The completion key of the listener: connections are keyed by their id,
-/// which starts at 1.
+/// The completion key of the listener. A connection's key is never 0: it
+/// carries a generation of at least 1 (`Conns`).
 const LISTENER_KEY: u64 = 0;
-/// The key of the packet a stop posts.
+/// The key of the packet a stop posts; no connection's (its slot index
+/// would be 2³² − 1).
 const STOP_KEY: u64 = u64::MAX;
 
 /// The per-operation value. The completion key already says what an
 /// operation belongs to (the tutorials' per-handle data: the listener, a
-/// connection's id, the stop packet), so the value carries nothing. It
+/// connection's slot and generation, the stop packet), so the value
+/// carries nothing. It
 /// keeps `Completion<Tag>` at 120 bytes, moved with a few vector stores:
 /// with a 16-byte value it was 136, and every move of one was a call to
 /// `memcpy` (about 2 % of this server's samples).
@@ -183,7 +185,7 @@ impl Shards {
                             port: port(backend, buffer_size)?,
                             counts: &counts[i],
                             stats: &stats,
-                            conns: FxHashMap::default(),
+                            conns: Conns::default(),
                             next_id: 1,
                             draining: false,
                         };
@@ -233,8 +235,90 @@ fn port(backend: Backend, buffer_size: usize) -> io::Result<LocalPort<Tag>> {
 /// by `MAX_SENDS` well within it (crates/cli/tests/robustness.rs).
 const POOL_BUFFERS: u16 = 2048;
 
+/// A shard's connections, found by their completion key in one indexed
+/// load: the slot's index in the low 32 bits, the connection's generation
+/// (its id, 1 to 2³² − 1, wrapping) in the high 32. A completion that comes
+/// after its connection ended (a send aborted by the close) finds the slot
+/// empty or holding another generation, never the connection that took the
+/// slot since. A hash table by id cost 0.5 % of the shard's CPU at 500
+/// connections × 4 KiB × 16, the most of any function in user space
+/// (perf record, bench/runs/2026-12-07/locked-ops).
+struct Conns<C> {
+    /// Each connection with its generation.
+    slots: Slab<(u32, C)>,
+}
+
+impl<C> Default for Conns<C> {
+    fn default() -> Self {
+        Conns { slots: Slab::new() }
+    }
+}
+
+/// The slot index in a key.
+fn index(key: u64) -> usize {
+    (key & u64::from(u32::MAX)) as usize
+}
+
+impl<C> Conns<C> {
+    /// The generation of the connection numbered `id`: never 0, so that
+    /// no key is `LISTENER_KEY`.
+    fn generation(id: u64) -> u32 {
+        (id % u64::from(u32::MAX)) as u32 + 1
+    }
+
+    /// The key the connection numbered `id` gets if it is the next one
+    /// inserted: the handle is associated under its key before the
+    /// connection is made.
+    fn next_key(&self, id: u64) -> u64 {
+        self.slots.vacant_key() as u64 | u64::from(Self::generation(id)) << 32
+    }
+
+    /// Inserts `conn` under `key`, which `next_key` gave with nothing
+    /// inserted since.
+    fn insert(&mut self, key: u64, conn: C) {
+        let index = self.slots.insert(((key >> 32) as u32, conn));
+        debug_assert_eq!(index, self::index(key), "a key not from next_key");
+    }
+
+    fn get(&self, key: u64) -> Option<&C> {
+        match self.slots.get(index(key)) {
+            Some((g, c)) if u64::from(*g) == key >> 32 => Some(c),
+            _ => None,
+        }
+    }
+
+    fn get_mut(&mut self, key: u64) -> Option<&mut C> {
+        match self.slots.get_mut(index(key)) {
+            Some((g, c)) if u64::from(*g) == key >> 32 => Some(c),
+            _ => None,
+        }
+    }
+
+    fn remove(&mut self, key: u64) -> Option<C> {
+        self.get(key)?;
+        Some(self.slots.remove(index(key)).1)
+    }
+
+    fn keys(&self) -> Vec<u64> {
+        self.slots
+            .iter()
+            .map(|(i, (g, _))| i as u64 | u64::from(*g) << 32)
+            .collect()
+    }
+
+    fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+}
+
 /// One connection of a shard.
 struct Conn {
+    /// Its number, in the log lines.
+    id: u64,
     handle: Handle,
     peer: SocketAddr,
     since: Instant,
@@ -277,7 +361,7 @@ struct Shard<'a> {
     port: LocalPort<Tag>,
     counts: &'a Counts,
     stats: &'a Stats,
-    conns: FxHashMap<u64, Conn>,
+    conns: Conns<Conn>,
     next_id: u64,
     /// A stop came: connections end as their echoes finish.
     draining: bool,
@@ -322,8 +406,8 @@ impl Shard<'_> {
                         timers.rearm_at = Some(Instant::now() + ACCEPT_BACKOFF);
                     }
                 }
-                (id, OpKind::RecvMulti) => self.on_recv(id, c.more, c.result, c.payload),
-                (id, OpKind::Send) => self.on_sent(id, c.result, c.payload),
+                (key, OpKind::RecvMulti) => self.on_recv(key, c.more, c.result, c.payload),
+                (key, OpKind::Send) => self.on_sent(key, c.result, c.payload),
                 (key, other) => warn!("unexpected {other:?} completion with key {key}"),
             }
         }
@@ -353,9 +437,8 @@ impl Shard<'_> {
                     "shutdown timeout: closing {} still busy",
                     plural(self.conns.len() as u64, "connection")
                 );
-                let ids: Vec<u64> = self.conns.keys().copied().collect();
-                for id in ids {
-                    self.end(id, "server shutting down", false);
+                for key in self.conns.keys() {
+                    self.end(key, "server shutting down", false);
                 }
                 return Step::End;
             }
@@ -377,7 +460,8 @@ impl Shard<'_> {
         let _ = stream.set_nodelay(true);
         let id = self.next_id;
         self.next_id += 1;
-        let handle = match self.port.associate(stream, id) {
+        let key = self.conns.next_key(id);
+        let handle = match self.port.associate(stream, key) {
             Ok(h) => h,
             Err(e) => {
                 warn!("cannot serve {peer}: {e}");
@@ -393,8 +477,9 @@ impl Shard<'_> {
             }
         };
         self.conns.insert(
-            id,
+            key,
             Conn {
+                id,
                 handle,
                 peer,
                 since: Instant::now(),
@@ -411,8 +496,8 @@ impl Shard<'_> {
         info!("connect {peer} (#{id}, {open} open on this shard)");
     }
 
-    fn on_recv(&mut self, id: u64, more: bool, r: io::Result<usize>, payload: Payload) {
-        let Some(conn) = self.conns.get_mut(&id) else {
+    fn on_recv(&mut self, key: u64, more: bool, r: io::Result<usize>, payload: Payload) {
+        let Some(conn) = self.conns.get_mut(key) else {
             // Ended meanwhile: the arrival goes back to the pool.
             if let Some(b) = payload.into_buf() {
                 self.port.recycle(b);
@@ -429,7 +514,7 @@ impl Shard<'_> {
                 if let Some(b) = r.payload.into_buf() {
                     self.port.recycle(b);
                 }
-                return self.end(id, "send refused", true);
+                return self.end(key, "send refused", true);
             }
             conn.sends += 1;
             if conn.sends >= MAX_SENDS && !conn.paused {
@@ -446,18 +531,18 @@ impl Shard<'_> {
             Ok(_) => conn.eof = true,
             // Cancelled here, for backpressure or the stop.
             Err(e) if is_aborted(&e) => {}
-            Err(e) => return self.end(id, &format!("error: {e}"), true),
+            Err(e) => return self.end(key, &format!("error: {e}"), true),
         }
-        if self.resume(id) {
-            self.settle(id);
+        if self.resume(key) {
+            self.settle(key);
         }
     }
 
-    fn on_sent(&mut self, id: u64, r: io::Result<usize>, payload: Payload) {
+    fn on_sent(&mut self, key: u64, r: io::Result<usize>, payload: Payload) {
         if let Some(b) = payload.into_buf() {
             self.port.recycle(b);
         }
-        let Some(conn) = self.conns.get_mut(&id) else {
+        let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
         conn.sends -= 1;
@@ -466,15 +551,15 @@ impl Shard<'_> {
                 conn.echoed += n as u64;
                 add_single_writer(&self.counts.bytes_out, n as u64);
             }
-            Err(e) => return self.end(id, &format!("error: {e}"), true),
+            Err(e) => return self.end(key, &format!("error: {e}"), true),
         }
         // Most sends leave a connection that neither waits to receive
         // again nor is finished: spare that echo the two lookups below.
         if !conn.paused && !conn.finished() {
             return;
         }
-        if self.resume(id) {
-            self.settle(id);
+        if self.resume(key) {
+            self.settle(key);
         }
     }
 
@@ -486,8 +571,8 @@ impl Shard<'_> {
     /// connection paused for good (an echo stalled mid-stream: tests/echo.rs
     /// `shards_read_again_after_pausing_for_pending_echoes`). Returns false
     /// if the connection ended.
-    fn resume(&mut self, id: u64) -> bool {
-        let Some(conn) = self.conns.get_mut(&id) else {
+    fn resume(&mut self, key: u64) -> bool {
+        let Some(conn) = self.conns.get_mut(key) else {
             return false;
         };
         if conn.paused && conn.recv.is_none() && conn.sends <= MAX_SENDS / 2 && !conn.eof {
@@ -495,7 +580,7 @@ impl Shard<'_> {
             match self.port.recv_multi(conn.handle, ()) {
                 Ok(op) => conn.recv = Some(op),
                 Err(r) => {
-                    self.end(id, &format!("error: {}", r.error), true);
+                    self.end(key, &format!("error: {}", r.error), true);
                     return false;
                 }
             }
@@ -504,15 +589,15 @@ impl Shard<'_> {
     }
 
     /// Ends a connection once nothing more will come or go.
-    fn settle(&mut self, id: u64) {
-        let done = self.conns.get(&id).is_some_and(Conn::finished);
+    fn settle(&mut self, key: u64) {
+        let done = self.conns.get(key).is_some_and(Conn::finished);
         if done {
             let why = if self.draining {
                 "server shutting down"
             } else {
                 "peer closed"
             };
-            self.end(id, why, false);
+            self.end(key, why, false);
         }
     }
 
@@ -520,20 +605,19 @@ impl Shard<'_> {
     /// peer had finished); connections end as their echoes finish.
     fn stop_receiving(&mut self) {
         self.draining = true;
-        let ids: Vec<u64> = self.conns.keys().copied().collect();
-        for id in ids {
-            if let Some(conn) = self.conns.get_mut(&id) {
+        for key in self.conns.keys() {
+            if let Some(conn) = self.conns.get_mut(key) {
                 conn.eof = true;
                 if let Some(op) = conn.recv {
                     let _ = self.port.cancel(op);
                 }
             }
-            self.settle(id);
+            self.settle(key);
         }
     }
 
-    fn end(&mut self, id: u64, why: &str, error: bool) {
-        let Some(conn) = self.conns.remove(&id) else {
+    fn end(&mut self, key: u64, why: &str, error: bool) {
+        let Some(conn) = self.conns.remove(key) else {
             return;
         };
         let _ = self.port.close(conn.handle);
@@ -541,10 +625,54 @@ impl Shard<'_> {
         self.stats.ended(error);
         let open = self.counts.open.fetch_sub(1, Ordering::Relaxed) - 1;
         info!(
-            "disconnect {} (#{id}): {why}; {} echoed in {:.1?}, {open} open on this shard",
+            "disconnect {} (#{}): {why}; {} echoed in {:.1?}, {open} open on this shard",
             conn.peer,
+            conn.id,
             plural(conn.echoed, "byte"),
             conn.since.elapsed(),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Conns, LISTENER_KEY, STOP_KEY};
+
+    #[test]
+    fn a_stale_key_does_not_reach_the_connection_that_took_its_slot() {
+        let mut conns = Conns::default();
+        let old = conns.next_key(1);
+        conns.insert(old, "first");
+        assert_eq!(conns.remove(old), Some("first"));
+        let new = conns.next_key(2);
+        conns.insert(new, "second");
+        assert_eq!(old & 0xffff_ffff, new & 0xffff_ffff, "the slot is reused");
+        assert_eq!(conns.get(old), None);
+        assert_eq!(conns.get_mut(old), None);
+        assert_eq!(conns.remove(old), None, "a stale key removes nothing");
+        assert_eq!(conns.get(new), Some(&"second"));
+        assert_eq!(conns.keys(), vec![new]);
+        assert_eq!(conns.len(), 1);
+    }
+
+    #[test]
+    fn no_connection_key_is_the_listener_or_stop_key() {
+        let mut conns = Conns::default();
+        for id in [
+            1,
+            u64::from(u32::MAX) - 1,
+            u64::from(u32::MAX),
+            1 << 32,
+            u64::MAX,
+        ] {
+            let key = conns.next_key(id);
+            assert!(
+                key != LISTENER_KEY && key != STOP_KEY,
+                "id {id}: key {key:#x}"
+            );
+            conns.insert(key, id);
+            assert_eq!(conns.get(key), Some(&id));
+        }
+        assert_eq!(conns.len(), 5);
     }
 }
