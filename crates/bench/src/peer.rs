@@ -19,6 +19,9 @@ pub const BACKLOG: i32 = 4096;
 /// reads in smaller pieces than another.
 pub const BUFFER_SIZE: usize = 16 * 1024;
 
+/// The receive buffer sizes `--buffer-size` takes, as `cport serve`'s.
+pub const BUFFER_SIZES: std::ops::RangeInclusive<i64> = 64..=(1 << 20);
+
 /// The flags every peer takes.
 #[derive(clap::Args, Debug, Clone)]
 pub struct PeerArgs {
@@ -34,6 +37,11 @@ pub struct PeerArgs {
     /// Threads serving connections.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub threads: u32,
+
+    /// Each receive buffer, in bytes (64 to 1 MiB): `cport bench
+    /// --buffer-size` gives every server the same.
+    #[arg(long, default_value_t = BUFFER_SIZE as u32, value_parser = clap::value_parser!(u32).range(BUFFER_SIZES))]
+    pub buffer_size: u32,
 }
 
 /// `n` listeners on one address. With more than one, each has

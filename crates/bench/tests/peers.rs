@@ -2,8 +2,8 @@
 //! every byte value exactly and in order, on 1 and on 50 connections with
 //! many messages in flight on each, to a client too slow to take its echo
 //! (the server's sends come back short or find the socket full), with one
-//! thread or two; each binds loopback unless told otherwise and exits 0 on
-//! SIGTERM and SIGINT.
+//! thread or two, with receive buffers of 64 B and of 256 KiB; each binds
+//! loopback unless told otherwise and exits 0 on SIGTERM and SIGINT.
 
 #![cfg(target_os = "linux")]
 
@@ -249,6 +249,19 @@ fn binds_ipv6_loopback_when_told(bin: &str) {
     echoes_in_order(p.addr, 2, 4, 300);
 }
 
+/// `--buffer-size` at its least (a 1000-byte message takes 16 receives)
+/// and well above the default: every byte still echoed in order.
+fn any_buffer_size(bin: &str) {
+    for size in ["64", "262144"] {
+        serves_one_and_fifty_connections(bin, &["--buffer-size", size]);
+    }
+    let refused = Command::new(bin)
+        .args(["--buffer-size", "63"])
+        .output()
+        .unwrap_or_else(|e| panic!("{bin} starts: {e}"));
+    assert!(!refused.status.success(), "{bin} took a 63-byte buffer");
+}
+
 macro_rules! per_peer {
     ($($name:ident),* $(,)?) => {
         mod uring_echo {
@@ -267,7 +280,8 @@ per_peer!(
     one_thread,
     two_threads,
     exits_0_on_sigterm_and_sigint,
-    binds_ipv6_loopback_when_told
+    binds_ipv6_loopback_when_told,
+    any_buffer_size
 );
 
 /// With a pool of four buffers, receives run dry all the time: each

@@ -61,6 +61,10 @@ impl BackendArg {
     }
 }
 
+/// The port's receive buffers when `--buffer-size` is not given: the size
+/// every server of `cport bench` reads in by default.
+pub const DEFAULT_BUFFER_SIZE: usize = 16 * 1024;
+
 #[derive(Args, Debug)]
 pub struct ServeArgs {
     /// Port for TCP and UDP (0: any free port; the first line of output
@@ -118,9 +122,10 @@ pub struct ServeArgs {
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     pub shutdown_timeout: Duration,
 
-    /// Size of each receive buffer in the port's pool (bytes).
-    #[arg(long, default_value_t = 16 * 1024, value_parser = |s: &str| count::<u32>(s, 64, 1 << 20))]
-    pub buffer_size: u32,
+    /// Size of each receive buffer in the port's pool, in bytes (64 to 1 MiB;
+    /// default 16384).
+    #[arg(long, value_parser = |s: &str| count::<u32>(s, 64, 1 << 20))]
+    pub buffer_size: Option<u32>,
 
     /// The tutorials' I/O model to serve with: blocking, nonblocking,
     /// select, poll, epoll, message, event, overlapped, callback or port
@@ -155,6 +160,11 @@ impl Command {
 }
 
 impl ServeArgs {
+    /// `--buffer-size`, or its default.
+    pub fn buffer_size(&self) -> usize {
+        self.buffer_size.map_or(DEFAULT_BUFFER_SIZE, |n| n as usize)
+    }
+
     fn check(&self) -> Result<(), Usage> {
         if let Some(why) = self.model.unavailable() {
             return Err(Usage(why));
@@ -230,8 +240,8 @@ impl ServeArgs {
     }
 
     /// The models other than port have none of the port server's options:
-    /// those given are refused rather than ignored (`--buffer-size` and
-    /// `--shutdown-timeout`, which have defaults, are ignored).
+    /// those given are refused rather than ignored (`--shutdown-timeout`,
+    /// which has a default, is ignored).
     fn check_model_options(&self) -> Result<(), Usage> {
         let model = self.model;
         let mut unsupported = Vec::new();
@@ -255,6 +265,9 @@ impl ServeArgs {
         }
         if self.shards.is_some() {
             unsupported.push("--shards");
+        }
+        if self.buffer_size.is_some() {
+            unsupported.push("--buffer-size (this model's buffers are 16 KiB)");
         }
         if self.backend != BackendArg::Auto && !matches!(model, Model::Callback | Model::Overlapped)
         {
@@ -374,6 +387,14 @@ pub struct BenchArgs {
     /// keep their own threading.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub threads: u32,
+
+    /// Each server's receive buffers, in bytes (64 to 1 MiB; default 16384
+    /// for every server): the port's pool buffers (`cport serve
+    /// --buffer-size`) and the peers' receive buffers. The tutorials' models
+    /// other than port have 16 KiB buffers of their own: with this option,
+    /// leave them out of --servers.
+    #[arg(long, value_name = "BYTES", value_parser = |s: &str| count::<u32>(s, 64, 1 << 20))]
+    pub buffer_size: Option<u32>,
 
     /// Leave server and load free to run on any CPU (default: the server on
     /// one CPU, the load on another).

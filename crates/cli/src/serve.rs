@@ -59,7 +59,7 @@ fn run_shards(args: ServeArgs, n: usize) -> anyhow::Result<()> {
     let shards = port::Shards::new(
         listeners,
         args.backend.to_backend(),
-        args.buffer_size as usize,
+        args.buffer_size(),
         args.shutdown_timeout,
         Arc::new(Stats::default()),
     )?;
@@ -97,7 +97,7 @@ fn run_port(args: ServeArgs) -> anyhow::Result<()> {
         backend: args.backend.to_backend(),
         workers: args.workers.map_or(0, |n| n as usize),
         concurrency: args.concurrency.map_or(0, |n| n as usize),
-        buffer_size: args.buffer_size as usize,
+        buffer_size: args.buffer_size(),
         max_conns: args.max_conns,
         idle_timeout: args.idle_timeout,
         shutdown_timeout: args.shutdown_timeout,

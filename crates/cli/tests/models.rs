@@ -165,6 +165,7 @@ fn port_options_are_refused_by_other_models() {
         &["--no-tcp"][..],
         &["--max-conns", "5"][..],
         &["--backend", "epoll"][..],
+        &["--buffer-size", "65536"][..],
     ] {
         let mut args = vec!["serve", "--port", "0", "--model", "poll"];
         args.extend_from_slice(extra);

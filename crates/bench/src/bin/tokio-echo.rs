@@ -11,7 +11,8 @@
 //! `--threads` is the runtime's worker threads (one listener: tokio spreads
 //! the connections' tasks itself). `--buffer-size` is each connection's
 //! read buffer (default 16384, the size of `cport serve`'s receive buffers,
-//! so neither server reads in smaller pieces than the other).
+//! so neither server reads in smaller pieces than the other; every peer
+//! takes it, crates/bench/src/peer.rs).
 //!
 //! It matches `cport serve` where the issue requires it of any server that
 //! is measured: a listen backlog of 4096 and `TCP_NODELAY` on each accepted
@@ -29,17 +30,13 @@ use clap::Parser;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use cport_bench::peer::{self, PeerArgs, BUFFER_SIZE};
+use cport_bench::peer::{self, PeerArgs};
 
 #[derive(Parser, Debug)]
 #[command(name = "tokio-echo", about = "A plain tokio TCP echo server")]
 struct Args {
     #[command(flatten)]
     peer: PeerArgs,
-
-    /// Each connection's read buffer, in bytes.
-    #[arg(long, default_value_t = BUFFER_SIZE as u32, value_parser = clap::value_parser!(u32).range(1..))]
-    buffer_size: u32,
 }
 
 /// Pause after a failed accept (EMFILE, ENFILE…): the listener stays
@@ -68,7 +65,7 @@ fn serve(args: &Args) -> io::Result<()> {
         .enable_io()
         .enable_time()
         .build()?;
-    rt.block_on(accept_loop(listener, p.threads, args.buffer_size as usize))
+    rt.block_on(accept_loop(listener, p.threads, p.buffer_size as usize))
 }
 
 async fn accept_loop(

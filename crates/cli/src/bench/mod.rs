@@ -102,6 +102,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         server_cpu,
         load_cpu,
         threads: plan.threads,
+        buffer_size: plan.buffer_size,
         nofile,
         uring: probe_uring(),
         auto_backend: probe_auto(),

@@ -108,6 +108,8 @@ pub struct Plan {
     pub cells: Vec<Cell>,
     pub rounds: u32,
     pub threads: u32,
+    /// `--buffer-size`, given to every server (all take it).
+    pub buffer_size: Option<u32>,
     pub pinned: bool,
     pub costs: bool,
     /// The server the others are compared with.
@@ -141,6 +143,20 @@ impl Plan {
             Some(s) => server::parse_servers(s)?,
             None => Server::models(),
         };
+        if let Some(n) = a.buffer_size {
+            let fixed: Vec<&str> = listed
+                .iter()
+                .filter(|s| !s.takes_buffer_size())
+                .map(|s| s.name())
+                .collect();
+            if !fixed.is_empty() {
+                return Err(Usage(format!(
+                    "--buffer-size {n} does not reach {} (fixed 16 KiB receive buffers); \
+                     leave them out of --servers (the port, the shards and the peers take it)",
+                    fixed.join(", ")
+                )));
+            }
+        }
         let mut servers = Vec::new();
         let mut skipped = Vec::new();
         for s in listed {
@@ -218,6 +234,7 @@ impl Plan {
             cells,
             rounds: a.repeat,
             threads: a.threads,
+            buffer_size: a.buffer_size,
             pinned: !a.unpinned,
             costs: a.costs,
             reference,
@@ -305,6 +322,7 @@ mod tests {
             cells: None,
             repeat: 1,
             threads: 1,
+            buffer_size: None,
             unpinned: false,
             costs: false,
             reference: None,
@@ -414,6 +432,34 @@ mod tests {
             ..args()
         });
         assert!(short.unwrap_err().0.contains("--duration"));
+    }
+
+    #[test]
+    fn a_buffer_size_is_refused_with_models_that_have_their_own() {
+        let p = Plan::from_args(&BenchArgs {
+            servers: Some("port-uring,shards,peers".into()),
+            buffer_size: Some(65536),
+            ..args()
+        })
+        .unwrap();
+        assert_eq!(p.buffer_size, Some(65536));
+        let e = Plan::from_args(&BenchArgs {
+            servers: Some("port-uring,select,epoll".into()),
+            buffer_size: Some(65536),
+            ..args()
+        })
+        .unwrap_err()
+        .0;
+        assert!(
+            e.contains("select, epoll") && e.contains("--buffer-size 65536"),
+            "{e}"
+        );
+        let p = Plan::from_args(&BenchArgs {
+            servers: Some("port-uring,select".into()),
+            ..args()
+        })
+        .unwrap();
+        assert_eq!(p.buffer_size, None);
     }
 
     #[test]

@@ -59,6 +59,8 @@ pub struct Setup {
     pub load_cpu: Option<usize>,
     /// `--threads`, for the servers that take it.
     pub threads: u32,
+    /// `--buffer-size`, for the servers that take it (all that run).
+    pub buffer_size: Option<u32>,
     /// RLIMIT_NOFILE each child starts with.
     pub nofile: u64,
     /// Whether io_uring can be used here, and if not why.
@@ -185,7 +187,7 @@ fn start_server(
     log: &mut String,
     row: &mut Row,
 ) -> Result<Started, String> {
-    let (program, args) = server.command(&setup.exe, setup.threads);
+    let (program, args) = server.command(&setup.exe, setup.threads, setup.buffer_size);
     let mut cmd = Command::new(program);
     cmd.args(args)
         .stdin(Stdio::null())
@@ -819,6 +821,7 @@ mod tests {
             server_cpu: None,
             load_cpu: None,
             threads: 1,
+            buffer_size: None,
             nofile: 1024,
             uring: Err("io_uring_setup: EPERM".into()),
             auto_backend: "epoll".into(),

@@ -172,6 +172,12 @@ impl Server {
         )
     }
 
+    /// Whether `--buffer-size` sizes its receive buffers: the port's and the
+    /// peers'. The tutorials' other models have buffers of their own.
+    pub fn takes_buffer_size(self) -> bool {
+        !matches!(self, Server::Model(_))
+    }
+
     /// The program and arguments that start it on an ephemeral port.
     /// `cport` is the running executable; the peers are looked for beside
     /// it, where cargo builds every binary of the workspace.
@@ -179,8 +185,14 @@ impl Server {
     /// `threads` sizes the servers that take it: a peer runs that many
     /// threads; the port runs `threads` at once (its concurrency) with at
     /// least two workers, so that a worker blocked in a system call has a
-    /// replacement, as bench/serve.sh sized it for one core.
-    pub fn command(self, cport: &Path, threads: u32) -> (PathBuf, Vec<String>) {
+    /// replacement, as bench/serve.sh sized it for one core. `buffer_size`
+    /// is given to those that [take it](Self::takes_buffer_size).
+    pub fn command(
+        self,
+        cport: &Path,
+        threads: u32,
+        buffer_size: Option<u32>,
+    ) -> (PathBuf, Vec<String>) {
         let owned = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         // Windows' port takes no --backend but auto, its default.
         let port = |backend: Option<&str>| {
@@ -202,7 +214,7 @@ impl Server {
             a.push(threads.to_string());
             a
         };
-        match self {
+        let (program, mut args) = match self {
             Server::PortUring => (cport.into(), port(Some("uring"))),
             Server::PortEpoll => (cport.into(), port(Some("epoll"))),
             Server::PortIocp => (cport.into(), port(None)),
@@ -229,7 +241,12 @@ impl Server {
                 a.push(threads.to_string());
                 (peer_path(cport, p), a)
             }
+        };
+        if let Some(n) = buffer_size.filter(|_| self.takes_buffer_size()) {
+            args.push("--buffer-size".into());
+            args.push(n.to_string());
         }
+        (program, args)
     }
 
     /// Descriptors the server holds per connection: the event and
@@ -365,8 +382,8 @@ mod tests {
     #[test]
     fn commands_name_the_model_size_the_port_and_find_the_peers() {
         let cport = Path::new("/t/release/cport");
-        let (p, a) = Server::PortUring.command(cport, 1);
-        let (_, shards) = Server::ShardsEpoll.command(cport, 3);
+        let (p, a) = Server::PortUring.command(cport, 1, None);
+        let (_, shards) = Server::ShardsEpoll.command(cport, 3, None);
         assert_eq!(
             shards.join(" "),
             "serve --port 0 --backend epoll --shards 3"
@@ -376,25 +393,45 @@ mod tests {
             a.join(" "),
             "serve --port 0 --model port --backend uring --no-udp --workers 2 --concurrency 1"
         );
-        let (_, a) = Server::PortEpoll.command(cport, 2);
+        let (_, a) = Server::PortEpoll.command(cport, 2, None);
         assert!(
             a.join(" ").ends_with("--workers 2 --concurrency 2"),
             "{a:?}"
         );
-        let (_, a) = Server::PortEpoll.command(cport, 3);
+        let (_, a) = Server::PortEpoll.command(cport, 3, None);
         assert!(
             a.join(" ").ends_with("--workers 3 --concurrency 3"),
             "{a:?}"
         );
-        let (_, a) = Server::Model(Model::Callback).command(cport, 2);
+        let (_, a) = Server::Model(Model::Callback).command(cport, 2, None);
         assert!(
             a.join(" ").ends_with("--model callback --backend auto"),
             "{a:?}"
         );
-        let (_, a) = Server::Model(Model::Select).command(cport, 2);
+        let (_, a) = Server::Model(Model::Select).command(cport, 2, None);
         assert!(a.join(" ").ends_with("--model select"), "{a:?}");
-        let (p, a) = Server::Peer(Peer::Uring).command(cport, 2);
+        let (p, a) = Server::Peer(Peer::Uring).command(cport, 2, None);
         assert_eq!(p, Path::new("/t/release/uring-echo"));
         assert_eq!(a.join(" "), "--port 0 --threads 2");
+    }
+
+    #[test]
+    fn a_buffer_size_goes_to_the_port_the_shards_and_the_peers_only() {
+        let cport = Path::new("/t/release/cport");
+        for s in [
+            Server::PortUring,
+            Server::PortEpoll,
+            Server::ShardsUring,
+            Server::Peer(Peer::Uring),
+            Server::Peer(Peer::Epoll),
+            Server::Peer(Peer::Tokio),
+        ] {
+            let (_, a) = s.command(cport, 1, Some(65536));
+            assert!(a.join(" ").ends_with("--buffer-size 65536"), "{s:?}: {a:?}");
+            let (_, a) = s.command(cport, 1, None);
+            assert!(!a.contains(&"--buffer-size".to_string()), "{s:?}: {a:?}");
+        }
+        let (_, a) = Server::Model(Model::Select).command(cport, 1, Some(65536));
+        assert!(!a.contains(&"--buffer-size".to_string()), "{a:?}");
     }
 }

@@ -177,6 +177,16 @@ pub fn summary(info: &Info, rows: &[Row], tables: &Tables) -> String {
         plan.threads,
         plan.threads.max(2)
     );
+    let _ = match plan.buffer_size {
+        Some(n) => writeln!(
+            s,
+            "- receive buffers (`--buffer-size {n}`): {n} B for every server"
+        ),
+        None => writeln!(
+            s,
+            "- receive buffers: 16384 B for every server (its default; `--buffer-size` sets it)"
+        ),
+    };
     let _ = writeln!(s, "- CPUs: {}", info.pinning);
     let _ = writeln!(s, "- descriptors: {}", info.nofile_note);
     backends_and_perf(&mut s, info);

@@ -4,7 +4,7 @@
 //! programmer would write.
 //!
 //! ```text
-//! epoll-echo [--port N] [--bind ADDR] [--threads N]
+//! epoll-echo [--port N] [--bind ADDR] [--threads N] [--buffer-size BYTES]
 //! ```
 //!
 //! Each thread owns one epoll instance and one listener (SO_REUSEPORT, so
@@ -38,7 +38,7 @@ use rustix::event::{epoll, Timespec};
 use rustix::io::Errno;
 use rustix::net::SocketFlags;
 
-use cport_bench::peer::{self, PeerArgs, BUFFER_SIZE};
+use cport_bench::peer::{self, PeerArgs};
 
 #[derive(Parser, Debug)]
 #[command(name = "epoll-echo", about = "A plain epoll TCP echo server")]
@@ -73,7 +73,7 @@ fn serve(p: &PeerArgs) -> io::Result<()> {
     let addr = listeners[0].local_addr()?;
     let loops: Vec<Loop> = listeners
         .into_iter()
-        .map(Loop::new)
+        .map(|l| Loop::new(l, p.buffer_size as usize))
         .collect::<io::Result<_>>()?;
     let (tx, rx) = mpsc::channel();
     for (i, l) in loops.into_iter().enumerate() {
@@ -112,7 +112,7 @@ struct Loop {
 }
 
 impl Loop {
-    fn new(listener: TcpListener) -> io::Result<Loop> {
+    fn new(listener: TcpListener, buffer_size: usize) -> io::Result<Loop> {
         listener.set_nonblocking(true)?;
         let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
         epoll::add(
@@ -125,7 +125,7 @@ impl Loop {
             epoll,
             listener,
             conns: Vec::new(),
-            buf: vec![0; BUFFER_SIZE].into_boxed_slice(),
+            buf: vec![0; buffer_size].into_boxed_slice(),
             accept_paused_until: None,
         })
     }

@@ -6,7 +6,7 @@
 //! price of those semantics.
 //!
 //! ```text
-//! uring-echo [--port N] [--bind ADDR] [--threads N] [--buffers N]
+//! uring-echo [--port N] [--bind ADDR] [--threads N] [--buffer-size BYTES] [--buffers N]
 //! ```
 //!
 //! Each thread owns one ring and one listener (SO_REUSEPORT, so the kernel
@@ -26,10 +26,11 @@
 //!   echoed in order however many messages are in flight; a short send is
 //!   continued before the next buffer is sent.
 //!
-//! The pool starts with 256 buffers of 16 KiB and doubles each time a
-//! receive finds it empty, up to `--buffers`; past that, starved
-//! connections wait until a send gives a buffer back (a multishot receive
-//! ends with ENOBUFS when the ring is empty: that is not an end of stream).
+//! The pool starts with 256 buffers of `--buffer-size` (16 KiB by default)
+//! and doubles each time a receive finds it empty, up to `--buffers`; past
+//! that, starved connections wait until a send gives a buffer back (a
+//! multishot receive ends with ENOBUFS when the ring is empty: that is not
+//! an end of stream).
 //!
 //! The first line on stdout is `listening on ADDR (tcp) backend=uring
 //! threads=N`. SIGTERM or SIGINT ends it with exit code 0; 1 means it could
@@ -48,7 +49,7 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use rustix::io::Errno;
 use rustix::mm::{MapFlags, ProtFlags};
 
-use cport_bench::peer::{self, PeerArgs, BUFFER_SIZE};
+use cport_bench::peer::{self, PeerArgs};
 
 #[derive(Parser, Debug)]
 #[command(name = "uring-echo", about = "The leanest io_uring TCP echo server")]
@@ -56,7 +57,7 @@ struct Args {
     #[command(flatten)]
     peer: PeerArgs,
 
-    /// Most receive buffers per thread (16 KiB each). The pool starts with
+    /// Most receive buffers per thread (of `--buffer-size` each). The pool starts with
     /// 256 and doubles whenever a receive finds it empty, up to this.
     #[arg(long, default_value_t = 16384, value_parser = clap::value_parser!(u16).range(1..=32768))]
     buffers: u16,
@@ -103,13 +104,13 @@ fn serve(args: &Args) -> io::Result<()> {
     let (tx, rx) = mpsc::channel();
     for (i, listener) in listeners.into_iter().enumerate() {
         let tx = tx.clone();
-        let max = args.buffers;
+        let (max, size) = (args.buffers, args.peer.buffer_size as usize);
         thread::Builder::new()
             .name(format!("ring-{i}"))
             .spawn(move || {
                 // Built on the thread that uses it: SINGLE_ISSUER ties a
                 // ring to the task that created it.
-                let echo = match Echo::new(listener, max) {
+                let echo = match Echo::new(listener, max, size) {
                     Ok(e) => e,
                     Err(e) => {
                         let _ = tx.send(Err(io::Error::new(
@@ -180,6 +181,8 @@ struct Pool {
     /// Ring slots, a power of two.
     entries: u16,
     bufs: *mut u8,
+    /// Bytes per buffer.
+    size: usize,
     max: u16,
     /// Buffers `0..registered` have been given to the ring.
     registered: u16,
@@ -190,16 +193,17 @@ struct Pool {
 }
 
 impl Pool {
-    fn new(max: u16) -> io::Result<Pool> {
+    fn new(max: u16, size: usize) -> io::Result<Pool> {
         let entries = max.next_power_of_two();
         let slots = map(usize::from(entries) * size_of::<types::BufRingEntry>())?;
         // Reserved, not committed: only buffers the ring has cycled
         // through are ever touched.
-        let bufs = map(usize::from(max) * BUFFER_SIZE)?;
+        let bufs = map(usize::from(max) * size)?;
         Ok(Pool {
             slots: slots.cast(),
             entries,
             bufs: bufs.cast(),
+            size,
             max,
             registered: 0,
             lent: 0,
@@ -209,13 +213,10 @@ impl Pool {
     }
 
     fn buf(&self, bid: u16, from: u32) -> *const u8 {
-        debug_assert!(bid < self.registered && (from as usize) < BUFFER_SIZE);
-        // SAFETY: bid < max and from < BUFFER_SIZE, so the address lies in
-        // the `max × BUFFER_SIZE` mapping.
-        unsafe {
-            self.bufs
-                .add(usize::from(bid) * BUFFER_SIZE + from as usize)
-        }
+        debug_assert!(bid < self.registered && (from as usize) < self.size);
+        // SAFETY: bid < max and from < size, so the address lies in the
+        // `max × size` mapping.
+        unsafe { self.bufs.add(usize::from(bid) * self.size + from as usize) }
     }
 
     /// Gives buffer `bid` to the ring (seen by the kernel once published).
@@ -227,8 +228,8 @@ impl Pool {
         // - bid < max keeps the address inside `bufs`.
         unsafe {
             let e = &mut *self.slots.add(usize::from(self.tail & (self.entries - 1)));
-            e.set_addr(self.bufs.add(usize::from(bid) * BUFFER_SIZE) as u64);
-            e.set_len(BUFFER_SIZE as u32);
+            e.set_addr(self.bufs.add(usize::from(bid) * self.size) as u64);
+            e.set_len(self.size as u32);
             e.set_bid(bid);
         }
         self.tail = self.tail.wrapping_add(1);
@@ -302,14 +303,14 @@ struct Echo {
 }
 
 impl Echo {
-    fn new(listener: TcpListener, max: u16) -> io::Result<Echo> {
+    fn new(listener: TcpListener, max: u16, size: usize) -> io::Result<Echo> {
         let ring = IoUring::<squeue::Entry, cqueue::Entry>::builder()
             .setup_single_issuer()
             .setup_defer_taskrun()
             .setup_submit_all()
             .setup_cqsize(CQ_ENTRIES)
             .build(SQ_ENTRIES)?;
-        let mut pool = Pool::new(max)?;
+        let mut pool = Pool::new(max, size)?;
         pool.grow();
         pool.publish();
         // SAFETY: the slots are page-aligned (a fresh mapping), `entries`
