@@ -308,26 +308,33 @@ mod tests {
     use std::panic::{self, AssertUnwindSafe};
     use std::thread;
 
+    /// Whether `f` panicked on a thread of its own.
+    fn panics_elsewhere(f: impl FnOnce() + Send) -> bool {
+        thread::scope(|s| {
+            s.spawn(|| panic::catch_unwind(AssertUnwindSafe(f)).is_err())
+                .join()
+                .expect("the thread's panic is caught")
+        })
+    }
+
     #[test]
     fn a_local_lock_refuses_other_threads() {
         let l = Lock::new(1u32, true);
         *l.lock() += 1;
-        thread::scope(|s| {
-            let r = s
-                .spawn(|| panic::catch_unwind(AssertUnwindSafe(|| *l.lock())))
-                .join()
-                .expect("the thread's panic is caught");
-            assert!(r.is_err(), "another thread opened a local lock");
-        });
+        assert!(
+            panics_elsewhere(|| drop(l.lock())),
+            "another thread opened a local lock"
+        );
         assert_eq!(*l.lock(), 2, "the owner still opens it");
         let rw = RwLock::new(1u32, true);
-        thread::scope(|s| {
-            let r = s
-                .spawn(|| panic::catch_unwind(AssertUnwindSafe(|| *rw.read())))
-                .join()
-                .expect("the thread's panic is caught");
-            assert!(r.is_err(), "another thread read a local lock");
-        });
+        assert!(
+            panics_elsewhere(|| drop(rw.read())),
+            "another thread read a local lock"
+        );
+        assert!(
+            !panics_elsewhere(|| drop(Lock::new(0u8, false).lock())),
+            "a shared lock on another thread"
+        );
     }
 
     #[test]

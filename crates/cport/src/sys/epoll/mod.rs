@@ -806,22 +806,6 @@ impl<T: Send + 'static> Reactor<Completion<T>> for Driver<T> {
                 return;
             }
         }
-        if self.local {
-            // Handled under the table's cell, which no other thread waits
-            // for: no `Arc` clone per event (see `submit`).
-            let t = self.table.read();
-            for ev in events.iter() {
-                let (data, mask) = (ev.u64, ev.events);
-                if data == WAKE {
-                    self.waker.drain();
-                } else if let Some((h, e)) = t.get(data as u32, (data >> 32) as u32) {
-                    if let Io::Socket(m) = &e.io {
-                        m.lock().on_event(mask, Self::origin(e, h), &self.pool, out);
-                    }
-                }
-            }
-            return;
-        }
         {
             let t = self.table.read();
             for ev in events.iter() {
@@ -830,14 +814,21 @@ impl<T: Send + 'static> Reactor<Completion<T>> for Driver<T> {
                 if data == WAKE {
                     self.waker.drain();
                 } else if let Some((h, e)) = t.get(data as u32, (data >> 32) as u32) {
-                    batch.push((Self::origin(e, h), e.clone(), mask));
+                    if !self.local {
+                        batch.push((Self::origin(e, h), e.clone(), mask));
+                    } else if let Io::Socket(m) = &e.io {
+                        // Handled at once, under the table's cell, which no
+                        // other thread waits for: no `Arc` clone per event
+                        // (see `submit`).
+                        m.lock().on_event(mask, Self::origin(e, h), &self.pool, out);
+                    }
                 }
                 // Else a handle closed after the event was queued: its
                 // generation is gone, so is the event (X4).
             }
         }
-        // Handled outside the table lock: a recv or send must not hold up
-        // associate and close.
+        // A shared port's events, handled outside the table lock: a recv or
+        // send must not hold up associate and close.
         for (at, entry, mask) in batch.drain(..) {
             if let Io::Socket(m) = &entry.io {
                 m.lock().on_event(mask, at, &self.pool, out);
