@@ -257,6 +257,7 @@ impl<T: Send + 'static, V: Via<T>> Ops<'_, T, V> {
     /// call ran (a multishot value's `Clone`) is resumed only then, so that
     /// it loses nothing else (LESSONS 12).
     fn queue_ready_from(&self, ready: &mut Ready<T>, running: bool) {
+        self.port.settle_close();
         if !ready.is_empty() {
             self.via.queue(self.port, ready, running);
         }

@@ -325,6 +325,13 @@ impl<T: Send + 'static> LocalPort<T> {
                 panic::resume_unwind(p);
             }
             r?;
+            if self.port.is_closed() {
+                // Closed during the reap, by a `close_port` in a multishot
+                // value's `Clone`: what the reap brought goes with the rest
+                // of the queue (Q6).
+                self.local.clear();
+                return Err(GetError::Closed);
+            }
             if !self.local.ready.borrow().is_empty() {
                 return Ok(());
             }

@@ -5,6 +5,7 @@ use std::fmt;
 use std::io;
 use std::net::{Shutdown, SocketAddr};
 use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -36,6 +37,10 @@ struct Inner<T> {
     /// [`Builder::batch_submissions`].
     batch: bool,
     driver: Box<dyn Driver<T>>,
+    /// `close_port` was called inside a multishot value's `Clone`: the
+    /// backend's part of the close waits for the call that ran the clone
+    /// (`settle_close`).
+    close_pending: AtomicBool,
 }
 
 impl<T> CompletionPort<T> {
@@ -52,6 +57,7 @@ impl<T> CompletionPort<T> {
                 queue,
                 batch,
                 driver,
+                close_pending: AtomicBool::new(false),
             }),
         }
     }
@@ -87,11 +93,45 @@ impl<T> Inner<T> {
     /// panic in it is logged, not propagated: this runs inside the port's
     /// own drop, where a panic during another unwind aborts the process,
     /// and the backend must get to the end of its close either way.
+    ///
+    /// Inside a multishot value's `Clone` only the queue closes at once: the
+    /// backend runs the clone under a lock of its own, which its close takes
+    /// too, so waiting for it there would never end (SEMANTICS O10). The
+    /// backend closes as soon as the call that ran the clone has let go of
+    /// that lock ([`settle_close`](Self::settle_close)).
     fn close(&self) {
         let queued = self.queue.close(&*self.driver);
         let r = panic::catch_unwind(AssertUnwindSafe(|| drop(queued)));
+        if crate::sync::in_clone() {
+            self.close_pending.store(true, Ordering::Release);
+            if r.is_err() {
+                log::error!(
+                    target: "cport",
+                    "a per-operation value panicked while the port closed"
+                );
+            }
+            return;
+        }
         let r2 = panic::catch_unwind(AssertUnwindSafe(|| self.driver.close_port()));
         if r.is_err() || r2.is_err() {
+            log::error!(
+                target: "cport",
+                "a per-operation value panicked while the port closed; what was left in flight \
+                 is released when the port is dropped"
+            );
+        }
+    }
+}
+
+impl<T> Inner<T> {
+    /// Closes the backend if a `close_port` inside a `Clone` left that to
+    /// this thread, which has just come back from the backend call that
+    /// ran the clone. One relaxed load otherwise.
+    fn settle_close(&self) {
+        if self.close_pending.load(Ordering::Relaxed)
+            && self.close_pending.swap(false, Ordering::AcqRel)
+            && panic::catch_unwind(AssertUnwindSafe(|| self.driver.close_port())).is_err()
+        {
             log::error!(
                 target: "cport",
                 "a per-operation value panicked while the port closed; what was left in flight \
@@ -523,7 +563,9 @@ impl<T: Send + 'static> CompletionPort<T> {
         epoch: Option<usize>,
     ) -> Result<Completion<T>, GetError> {
         let mut one = One(None);
-        self.dequeue(1, timeout, epoch, &mut one)?;
+        let r = self.dequeue(1, timeout, epoch, &mut one);
+        self.inner.settle_close();
+        r?;
         let c = one.0.expect("queue returned Ok with no item");
         self.delivered(Some(&c));
         Ok(c)
@@ -548,7 +590,9 @@ impl<T: Send + 'static> CompletionPort<T> {
             return Err(GetError::InvalidInput);
         }
         let before = out.len();
-        self.dequeue(max, timeout, None, out)?;
+        let r = self.dequeue(max, timeout, None, out);
+        self.inner.settle_close();
+        r?;
         self.delivered(&out[before..]);
         Ok(out.len() - before)
     }
@@ -607,7 +651,9 @@ impl<T: Send + 'static> CompletionPort<T> {
     /// [`get`](Self::get), and every later call, gets
     /// [`GetError::Closed`] (SEMANTICS Q6); operations in flight are
     /// cancelled and their completions dropped with their buffers; new
-    /// operations and posts are refused.
+    /// operations and posts are refused. Called from a multishot value's
+    /// `Clone`, the cancellations wait until the port's work that runs the
+    /// clone lets go of its lock, on the same thread (SEMANTICS O10).
     pub fn close_port(&self) {
         self.inner.close();
     }
@@ -647,9 +693,19 @@ impl<T: Send + 'static> CompletionPort<T> {
         timeout: Option<Duration>,
         out: &mut Ready<T>,
     ) -> Result<(), GetError> {
-        self.inner
+        let r = self
+            .inner
             .queue
-            .poll_local(&*self.inner.driver, timeout, out)
+            .poll_local(&*self.inner.driver, timeout, out);
+        self.inner.settle_close();
+        r
+    }
+
+    /// See [`Inner::settle_close`]: for the calls that issue, cancel or
+    /// close, which may run a clone (epoll drives a multishot receive at
+    /// issue).
+    pub(crate) fn settle_close(&self) {
+        self.inner.settle_close();
     }
 
     /// [`Queue::take_posted`], for a `LocalPort`'s thread.

@@ -2,10 +2,11 @@
 //! each completion but the last, in the middle of its own work (io_uring:
 //! under the driver's state lock; epoll: under the socket's). A `Clone` that calls
 //! back into the port must get an answer, not wait for that lock forever:
-//! `post`, `stats` and `recycle` work, `blocking` runs its closure, every
-//! call into a port that needs a lock fails at once with `WouldBlock` (the
-//! value and buffers handed back), on every backend alike, and the port
-//! goes on as before once the clone returns.
+//! `post`, `stats` and `recycle` work, `blocking` runs its closure,
+//! `close_port` closes the port, every call into a port that needs a lock
+//! fails at once with `WouldBlock` (the value and buffers handed back), on
+//! every backend alike, and the port goes on as before once the clone
+//! returns.
 
 mod common;
 
@@ -352,5 +353,168 @@ backends! {
             // Dropped on this thread, before its storage goes.
             drop(LOCAL.with(|p| p.borrow_mut().take()));
         });
+    }
+
+    // close_port inside a Clone closes the port without waiting for the
+    // lock the clone runs under (it hung on both backends before): the
+    // backend closes once the reap that ran the clone lets go of it.
+    fn o10_a_clone_closing_a_shared_port_closes_it(backend: Backend) {
+        bounded(move || {
+            let port: cport::CompletionPort<Closing> =
+                Builder::new().backend(backend).build().unwrap();
+            let for_clone = port.clone();
+            close_from_a_clone(&|| Box::new(port.clone()), |dropped| Closing {
+                id: 1,
+                port: Some(for_clone),
+                local: false,
+                dropped,
+            });
+        });
+    }
+
+    fn o10_a_clone_closing_a_local_port_closes_it(backend: Backend) {
+        bounded(move || {
+            let port: LocalPort<Closing> = Builder::new().backend(backend).build_local().unwrap();
+            LOCAL_CLOSING.with(|p| *p.borrow_mut() = Some(port));
+            close_from_a_clone(&|| Box::new(ThreadsPort), |dropped| Closing {
+                id: 1,
+                port: None,
+                local: true,
+                dropped,
+            });
+            drop(LOCAL_CLOSING.with(|p| p.borrow_mut().take()));
+        });
+    }
+}
+
+/// A value whose first clone closes its port (through `port`, or the
+/// thread's local port), and which records its id when dropped.
+struct Closing {
+    id: u32,
+    port: Option<cport::CompletionPort<Closing>>,
+    local: bool,
+    dropped: Arc<Mutex<Vec<u32>>>,
+}
+
+impl Clone for Closing {
+    fn clone(&self) -> Closing {
+        if let Some(p) = &self.port {
+            p.close_port();
+        } else if self.local {
+            LOCAL_CLOSING.with(|p| p.borrow().as_ref().expect("the thread's port").close_port());
+        }
+        Closing {
+            id: self.id + 100,
+            port: None,
+            local: false,
+            dropped: self.dropped.clone(),
+        }
+    }
+}
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        self.dropped.lock().unwrap().push(self.id);
+    }
+}
+
+thread_local! {
+    static LOCAL_CLOSING: RefCell<Option<LocalPort<Closing>>> = const { RefCell::new(None) };
+}
+
+/// On `port`: a stream with a receive pending (value 7), and one whose
+/// multishot receive (value 1) gets data, so that the port clones its
+/// value. `get` is how the test dequeues from `port`.
+fn close_from_a_clone(
+    port: &dyn Fn() -> Box<dyn ClosingCalls>,
+    value: impl FnOnce(Arc<Mutex<Vec<u32>>>) -> Closing,
+) {
+    let dropped: Arc<Mutex<Vec<u32>>> = Arc::default();
+    let (a, mut peer) = tcp_pair();
+    let (b, _peer_b) = tcp_pair();
+    let p = port();
+    let this = p.associate(a, 1);
+    let other = p.associate(b, 2);
+    p.recv(other, closing(7, &dropped));
+    p.recv_multi(this, value(dropped.clone()));
+    drop(p);
+    peer.write_all(b"ping").unwrap();
+    let r = port().get().map(|c| (c.kind, c.value.id));
+    assert_eq!(r, Err(cport::GetError::Closed), "the clone closed the port");
+    assert!(port().is_closed());
+    let dropped = dropped.lock().unwrap();
+    assert!(
+        dropped.contains(&7),
+        "the pending receive's value went with the close: {dropped:?}"
+    );
+}
+
+fn closing(id: u32, dropped: &Arc<Mutex<Vec<u32>>>) -> Closing {
+    Closing {
+        id,
+        port: None,
+        local: false,
+        dropped: dropped.clone(),
+    }
+}
+
+/// What `close_from_a_clone` asks of either kind of port.
+trait ClosingCalls {
+    fn associate(&self, s: TcpStream, key: u64) -> Handle;
+    fn recv(&self, h: Handle, v: Closing);
+    fn recv_multi(&self, h: Handle, v: Closing);
+    fn get(&self) -> Result<Completion<Closing>, cport::GetError>;
+    fn is_closed(&self) -> bool;
+}
+
+macro_rules! closing_calls {
+    ($t:ty) => {
+        impl ClosingCalls for $t {
+            fn associate(&self, s: TcpStream, key: u64) -> Handle {
+                <$t>::associate(self, s, key).unwrap()
+            }
+            fn recv(&self, h: Handle, v: Closing) {
+                <$t>::recv(self, h, Vec::with_capacity(8), v).unwrap();
+            }
+            fn recv_multi(&self, h: Handle, v: Closing) {
+                <$t>::recv_multi(self, h, v).unwrap();
+            }
+            fn get(&self) -> Result<Completion<Closing>, cport::GetError> {
+                <$t>::get(self, common::LONG)
+            }
+            fn is_closed(&self) -> bool {
+                <$t>::is_closed(self)
+            }
+        }
+    };
+}
+
+closing_calls!(cport::CompletionPort<Closing>);
+closing_calls!(LocalPort<Closing>);
+
+/// The thread's local port (`LOCAL_CLOSING`), as `ClosingCalls`.
+struct ThreadsPort;
+
+impl ThreadsPort {
+    fn with<R>(f: impl FnOnce(&LocalPort<Closing>) -> R) -> R {
+        LOCAL_CLOSING.with(|p| f(p.borrow().as_ref().expect("the thread's port")))
+    }
+}
+
+impl ClosingCalls for ThreadsPort {
+    fn associate(&self, s: TcpStream, key: u64) -> Handle {
+        Self::with(|p| ClosingCalls::associate(p, s, key))
+    }
+    fn recv(&self, h: Handle, v: Closing) {
+        Self::with(|p| ClosingCalls::recv(p, h, v))
+    }
+    fn recv_multi(&self, h: Handle, v: Closing) {
+        Self::with(|p| ClosingCalls::recv_multi(p, h, v))
+    }
+    fn get(&self) -> Result<Completion<Closing>, cport::GetError> {
+        Self::with(ClosingCalls::get)
+    }
+    fn is_closed(&self) -> bool {
+        Self::with(LocalPort::is_closed)
     }
 }
