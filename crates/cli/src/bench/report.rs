@@ -398,14 +398,7 @@ pub fn paired_table(rows: &[Row], stats: &[Stat]) -> Option<String> {
     t.push_str(&"--:|".repeat(peers.len()));
     t.push('\n');
     for s in others {
-        let _ = write!(
-            t,
-            "| {} | {} | {} | {} |",
-            s.cell.conns,
-            s.cell.size,
-            s.cell.depth,
-            cell(&s.server)
-        );
+        t.push_str(&key_columns(s.cell, &s.server));
         for p in &peers {
             let r = paired_ratios(rows, s.cell, &s.server, p);
             let _ = write!(t, " {} |", na(r.map(|r| r.show(2, |v| format!("{v:.2}")))));
@@ -413,6 +406,18 @@ pub fn paired_table(rows: &[Row], stats: &[Stat]) -> Option<String> {
         t.push('\n');
     }
     Some(t)
+}
+
+/// The first four columns of the per-cell tables, `| conns | size | depth
+/// | server |`.
+fn key_columns(c: Cell, server: &str) -> String {
+    format!(
+        "| {} | {} | {} | {} |",
+        c.conns,
+        c.size,
+        c.depth,
+        cell(server)
+    )
 }
 
 /// Medians and spreads per cell and server, the CPU per message as a
@@ -426,11 +431,8 @@ pub fn stats_table(stats: &[Stat], reference: &str) -> String {
     for s in stats {
         let _ = writeln!(
             t,
-            "| {} | {} | {} | {} | {} | {}/{} | {} | {} | {} | {} | {} | {} |",
-            s.cell.conns,
-            s.cell.size,
-            s.cell.depth,
-            cell(&s.server),
+            "{} {} | {}/{} | {} | {} | {} | {} | {} | {} |",
+            key_columns(s.cell, &s.server),
             cell(&s.backend),
             s.ok,
             s.runs,
@@ -462,11 +464,8 @@ pub fn costs_table(rows: &[Row]) -> String {
             .collect();
         let _ = writeln!(
             t,
-            "| {} | {} | {} | {} | {} | {} | {} |",
-            r.cell.conns,
-            r.cell.size,
-            r.cell.depth,
-            cell(&r.server),
+            "{} {} | {} | {} |",
+            key_columns(r.cell, &r.server),
             na(r.msgs_per_s.map(|v| format!("{v:.0}"))),
             cols.join(" | "),
             errors_cell(r),
