@@ -101,29 +101,20 @@ impl<T> Inner<T> {
     /// that lock ([`settle_close`](Self::settle_close)).
     fn close(&self) {
         let queued = self.queue.close(&*self.driver);
-        let r = panic::catch_unwind(AssertUnwindSafe(|| drop(queued)));
+        let dropped = panic::catch_unwind(AssertUnwindSafe(|| drop(queued))).is_ok();
         if crate::sync::in_clone() {
             self.close_pending.store(true, Ordering::Release);
-            if r.is_err() {
-                log::error!(
-                    target: "cport",
-                    "a per-operation value panicked while the port closed"
-                );
+            if !dropped {
+                Self::panicked_closing();
             }
             return;
         }
-        let r2 = panic::catch_unwind(AssertUnwindSafe(|| self.driver.close_port()));
-        if r.is_err() || r2.is_err() {
-            log::error!(
-                target: "cport",
-                "a per-operation value panicked while the port closed; what was left in flight \
-                 is released when the port is dropped"
-            );
+        let closed = panic::catch_unwind(AssertUnwindSafe(|| self.driver.close_port())).is_ok();
+        if !dropped || !closed {
+            Self::panicked_closing();
         }
     }
-}
 
-impl<T> Inner<T> {
     /// Closes the backend if a `close_port` inside a `Clone` left that to
     /// this thread, which has just come back from the backend call that
     /// ran the clone. One relaxed load otherwise.
@@ -132,12 +123,16 @@ impl<T> Inner<T> {
             && self.close_pending.swap(false, Ordering::AcqRel)
             && panic::catch_unwind(AssertUnwindSafe(|| self.driver.close_port())).is_err()
         {
-            log::error!(
-                target: "cport",
-                "a per-operation value panicked while the port closed; what was left in flight \
-                 is released when the port is dropped"
-            );
+            Self::panicked_closing();
         }
+    }
+
+    fn panicked_closing() {
+        log::error!(
+            target: "cport",
+            "a per-operation value panicked while the port closed; what was left in flight \
+             is released when the port is dropped"
+        );
     }
 }
 

@@ -22,6 +22,7 @@
 use std::cell::{Cell, UnsafeCell};
 use std::fmt;
 use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::sync::lock_std;
@@ -216,6 +217,18 @@ impl<X> fmt::Debug for Lock<X> {
 impl<X> fmt::Debug for RwLock<X> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_tuple("RwLock").field(&self.kind.name()).finish()
+    }
+}
+
+/// `counter += n`: an atomic add with `order` on a shared port; on a local
+/// one (`local`), whose one thread alone counts, a load and a store, which
+/// are no locked instruction.
+#[inline]
+pub(crate) fn add(counter: &AtomicUsize, n: usize, local: bool, order: Ordering) {
+    if local {
+        counter.store(counter.load(Ordering::Relaxed) + n, Ordering::Relaxed);
+    } else {
+        counter.fetch_add(n, order);
     }
 }
 

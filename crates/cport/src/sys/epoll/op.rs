@@ -10,7 +10,7 @@ use socket2::SockRef;
 
 use super::sys;
 use crate::completion::{Completion, Handle, OpId, Payload};
-use crate::sys::lock::Lock;
+use crate::sys::lock::{self, Lock};
 use crate::sys::{FreeList, Op};
 
 /// An operation waiting in a handle's queue.
@@ -270,12 +270,7 @@ impl Pool {
         let mut buf = self.take();
         match sys::retry(|| sys::recv(fd, &mut buf)) {
             Ok(n) if n > 0 => {
-                if self.local {
-                    let u = self.undelivered.load(Ordering::Relaxed);
-                    self.undelivered.store(u + 1, Ordering::Relaxed);
-                } else {
-                    self.undelivered.fetch_add(1, Ordering::AcqRel);
-                }
+                lock::add(&self.undelivered, 1, self.local, Ordering::AcqRel);
                 Ok(buf)
             }
             r => {

@@ -24,9 +24,9 @@
 //! resident. A ring no larger than the traffic needs keeps that round
 //! short: the sharded echo server (a pool of 2048 × 16 KiB) at 50
 //! connections × 128 B grows its ring to 128 buffers, and the whole server
-//! is 6 MiB resident instead of 14 (`bench/runs/2026-12-07/bufring-grow`). Growing costs a re-armed
-//! receive for each receive that met the ring empty, during the first
-//! bursts only: the ring never shrinks.
+//! is 6 MiB resident instead of 14 (`bench/runs/2026-12-07/bufring-grow`).
+//! Growing costs a re-armed receive for each receive that met the ring
+//! empty, during the first bursts only: the ring never shrinks.
 
 use std::io;
 use std::sync::atomic::{AtomicU16, Ordering};

@@ -192,7 +192,7 @@ use crate::config::{Backend, Config};
 use crate::queue::Reactor;
 use crate::sys::error::Broken;
 use crate::sys::error::{aborted, bad_handle, none_in_flight, not_in_flight, not_ip, port_closed};
-use crate::sys::lock::{Guard, Lock};
+use crate::sys::lock::{self, Guard, Lock};
 use crate::sys::unix::EventFd;
 use crate::sys::{FreeList, Op, Opts, Ready, Source, SourceKind};
 
@@ -428,18 +428,14 @@ impl<T> Driver<T> {
         self.state.lock()
     }
 
-    /// `counter += n`, with `order` on a shared port. A local port's
-    /// counters (`unsubmitted`, `credit`) are touched by its one thread
-    /// alone: a load and a store do there, without a locked instruction.
+    /// `counter += n` ([`lock::add`]). A local port's counters
+    /// (`unsubmitted`, `credit`) are touched by its one thread alone.
     pub(super) fn count_up(&self, counter: &AtomicUsize, n: usize, order: Ordering) {
-        if self.one_thread {
-            counter.store(counter.load(Ordering::Relaxed) + n, Ordering::Relaxed);
-        } else {
-            counter.fetch_add(n, order);
-        }
+        lock::add(counter, n, self.one_thread, order);
     }
 
-    /// Takes `counter`'s value, leaving 0; as [`count_up`](Self::count_up).
+    /// Takes `counter`'s value, leaving 0; as [`count_up`](Self::count_up):
+    /// a load and a store on a local port.
     pub(super) fn take_count(&self, counter: &AtomicUsize, order: Ordering) -> usize {
         if self.one_thread {
             let n = counter.load(Ordering::Relaxed);
