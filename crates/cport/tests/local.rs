@@ -7,6 +7,9 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
+use std::panic;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Once;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -18,6 +21,25 @@ fn local(backend: Backend) -> LocalPort<u64> {
         .pool(8, 2048)
         .build_local()
         .unwrap_or_else(|e| panic!("a local {backend} port: {e}"))
+}
+
+/// Panics raised on threads named `x3-dropper`, caught or not. A panic the
+/// library catches (inside a port's drop) leaves no other trace a test
+/// can see; the hook counts it and passes every panic on to the default
+/// hook, so other tests' panics print as usual.
+static DROPPER_PANICS: AtomicUsize = AtomicUsize::new(0);
+
+fn count_dropper_panics() {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let default = panic::take_hook();
+        panic::set_hook(Box::new(move |info| {
+            if thread::current().name() == Some("x3-dropper") {
+                DROPPER_PANICS.fetch_add(1, Ordering::SeqCst);
+            }
+            default(info);
+        }));
+    });
 }
 
 /// Serves one echo connection on `port` until the peer closes: a
@@ -292,12 +314,24 @@ backends! {
         port.recv_multi(conn, 0).unwrap();
         let poster = port.poster();
         drop(port);
-        let dropped = thread::spawn(move || {
-            assert!(poster.is_closed());
-            drop(poster);
-        })
-        .join();
+        count_dropper_panics();
+        let before = DROPPER_PANICS.load(Ordering::SeqCst);
+        let dropped = thread::Builder::new()
+            .name("x3-dropper".into())
+            .spawn(move || {
+                assert!(poster.is_closed());
+                drop(poster);
+            })
+            .unwrap()
+            .join();
         assert!(dropped.is_ok(), "dropping the last reference on another thread panicked");
+        // Caught inside the drop, a panic would leave the port closed all
+        // the same; it must not happen at all (a server's stop printed one).
+        assert_eq!(
+            DROPPER_PANICS.load(Ordering::SeqCst),
+            before,
+            "the drop on another thread panicked inside the port"
+        );
         client.set_read_timeout(common::LONG).unwrap();
         let mut b = [0u8; 1];
         assert_eq!(client.read(&mut b).unwrap(), 0, "the stream was closed");

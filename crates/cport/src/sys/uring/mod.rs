@@ -333,6 +333,8 @@ pub(crate) struct Driver<T> {
     /// The kernel takes IORING_RECV_MULTISHOT (Linux 6.0); cleared when it
     /// refuses one, and `recv_multi` then re-issues a single-shot receive.
     multishot_recv: AtomicBool,
+    /// `close_port` ran (`State::closed` is its record under the lock).
+    closed: AtomicBool,
     /// The ring runs DEFER_TASKRUN: completions are posted only in an enter
     /// that asks for events, so even a look may need one.
     deferred_taskrun: bool,
@@ -416,6 +418,7 @@ impl<T: Send + 'static> Driver<T> {
             credit: AtomicUsize::new(0),
             starved: AtomicBool::new(false),
             multishot_recv: AtomicBool::new(true),
+            closed: AtomicBool::new(false),
             deferred_taskrun: ring_defers,
             one_thread: config.single_issuer,
             files,
@@ -543,10 +546,15 @@ impl<T> Driver<T> {
     }
 
     fn close_port_inner(&self) {
-        let mut st = self.lock();
-        if st.closed {
+        // The first close alone goes on. A later one touches no lock: on a
+        // local port that would be the owner's cell, and the port's drop
+        // closes again on whichever thread lets go of it last (a `Poster`
+        // outliving its `LocalPort`, whose drop closed the port already);
+        // the driver's own drop claims the cells only after that.
+        if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
+        let mut st = self.lock();
         st.closed = true;
         let mut parked = Vec::new();
         for ((index, generation), op) in st.ops.iter_mut() {
