@@ -617,7 +617,14 @@ fn measure(setup: &Setup, server: Server, kind: Kind, log: &mut String, row: &mu
     if killed {
         notes.push(format!("the server needed {} to stop", child::FORCED));
     }
-    if !srv_stderr.trim().is_empty() {
+    if let Some(line) = panic_line(&srv_stderr) {
+        // A panic is a bug even where the figures look sound (one at the
+        // stop, on another thread, once passed for "ok" in five records).
+        notes.push(format!("the server panicked: {line}"));
+        if row.status == Status::Ok {
+            row.status = Status::Errors;
+        }
+    } else if !srv_stderr.trim().is_empty() {
         notes.push(format!("server: {}", first_line(&srv_stderr)));
     }
     if next < steps.len() && row.status == Status::Ok && kind != Kind::Costs {
@@ -720,6 +727,15 @@ fn start_perf(
     }
 }
 
+/// The line of a Rust panic's report in a server's stderr
+/// ("thread 'name' (id) panicked at file:line:col:"), if there is one.
+fn panic_line(stderr: &str) -> Option<&str> {
+    stderr
+        .lines()
+        .find(|l| l.starts_with("thread '") && l.contains(" panicked at "))
+        .map(str::trim)
+}
+
 fn status_text(st: Option<ExitStatus>) -> String {
     st.map_or("not reaped".into(), |s| s.to_string())
 }
@@ -813,6 +829,25 @@ pub fn probe_perf() -> Result<(), String> {
 mod tests {
     use super::*;
     use crate::bench::server::Peer;
+
+    #[test]
+    fn a_panic_in_the_server_stderr_is_found_in_either_format() {
+        let now = "listening\nthread 'cport-signals' (25881) panicked at src/lock.rs:71:9:\nwhy\n";
+        assert_eq!(
+            panic_line(now),
+            Some("thread 'cport-signals' (25881) panicked at src/lock.rs:71:9:")
+        );
+        let before = "thread '<unnamed>' panicked at src/main.rs:2:5:\nboom";
+        assert_eq!(
+            panic_line(before),
+            Some("thread '<unnamed>' panicked at src/main.rs:2:5:")
+        );
+        assert_eq!(
+            panic_line("WARN accept failed: the peer panicked at us\n"),
+            None
+        );
+        assert_eq!(panic_line(""), None);
+    }
 
     #[test]
     fn descriptor_limits_and_io_uring_skip_cells_with_the_reason() {
