@@ -61,9 +61,10 @@ impl BackendArg {
     }
 }
 
-/// The port's receive buffers when `--buffer-size` is not given: the size
-/// every server of `cport bench` reads in by default.
-pub const DEFAULT_BUFFER_SIZE: usize = 16 * 1024;
+/// Every server's receive buffers when `--buffer-size` is not given (the
+/// models' own default): the size every server of `cport bench` reads in
+/// by default.
+pub const DEFAULT_BUFFER_SIZE: usize = cport_models::ECHO_BUFFER;
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -122,8 +123,9 @@ pub struct ServeArgs {
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     pub shutdown_timeout: Duration,
 
-    /// Size of each receive buffer in the port's pool, in bytes (64 to 1 MiB;
-    /// default 16384).
+    /// Size of each receive buffer, in bytes (64 to 1 MiB; default 16384):
+    /// the port's pool buffers, a readiness model's buffer per connection,
+    /// a blocking or overlapped model's read.
     #[arg(long, value_parser = |s: &str| count::<u32>(s, 64, 1 << 20))]
     pub buffer_size: Option<u32>,
 
@@ -266,9 +268,6 @@ impl ServeArgs {
         if self.shards.is_some() {
             unsupported.push("--shards");
         }
-        if self.buffer_size.is_some() {
-            unsupported.push("--buffer-size (this model's buffers are 16 KiB)");
-        }
         if self.backend != BackendArg::Auto && !matches!(model, Model::Callback | Model::Overlapped)
         {
             unsupported.push("--backend (only the port, callback and overlapped models take it)");
@@ -389,10 +388,9 @@ pub struct BenchArgs {
     pub threads: u32,
 
     /// Each server's receive buffers, in bytes (64 to 1 MiB; default 16384
-    /// for every server): the port's pool buffers (`cport serve
-    /// --buffer-size`) and the peers' receive buffers. The tutorials' models
-    /// other than port have 16 KiB buffers of their own: with this option,
-    /// leave them out of --servers.
+    /// for every server), passed to each as `--buffer-size`: the port's and
+    /// the shards' pool buffers, the other models' buffer per connection,
+    /// the peers' receive buffers.
     #[arg(long, value_name = "BYTES", value_parser = |s: &str| count::<u32>(s, 64, 1 << 20))]
     pub buffer_size: Option<u32>,
 

@@ -163,6 +163,7 @@ fn run_model(args: ServeArgs) -> anyhow::Result<()> {
                 listener,
                 args.backend.to_backend(),
                 stats.clone(),
+                args.buffer_size(),
             )?;
             let note = format!(" backend={}", server.backend());
             (Box::new(move |stop| server.serve(stop)), note)
@@ -173,14 +174,16 @@ fn run_model(args: ServeArgs) -> anyhow::Result<()> {
                 listener,
                 args.backend.to_backend(),
                 stats.clone(),
+                args.buffer_size(),
             )?;
             let note = format!(" backend={}", server.backend());
             (Box::new(move |stop| server.serve(stop)), note)
         }
         _ => {
             let stats = stats.clone();
+            let buffer = args.buffer_size();
             (
-                Box::new(move |stop| model.serve(listener, stop, stats)),
+                Box::new(move |stop| model.serve(listener, stop, stats, buffer)),
                 String::new(),
             )
         }

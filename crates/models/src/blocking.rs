@@ -18,7 +18,13 @@ use std::sync::{Arc, Mutex};
 use crate::{accept_blocking, lock, spawn, Stats, Stop};
 
 /// Runs the echo server until `stop` is set; see the [crate] docs.
-pub fn serve(listener: TcpListener, stop: Stop, stats: Arc<Stats>) -> io::Result<()> {
+pub fn serve(
+    listener: TcpListener,
+    stop: Stop,
+    stats: Arc<Stats>,
+    buffer: usize,
+) -> io::Result<()> {
+    crate::check_buffer(buffer)?;
     let _me = stats.thread();
     listener.set_nonblocking(false)?;
     // Clones of the open streams, so that stopping can end the threads
@@ -57,7 +63,7 @@ pub fn serve(listener: TcpListener, stop: Stop, stats: Arc<Stats>) -> io::Result
         stats.opened();
         let (stats2, open2) = (stats.clone(), open.clone());
         let spawned = spawn("model-blocking", &stats, move || {
-            let error = echo(stream, &stats2).is_err();
+            let error = echo(stream, &stats2, buffer).is_err();
             lock(&open2).remove(&id);
             stats2.ended(error);
         });
@@ -73,9 +79,9 @@ pub fn serve(listener: TcpListener, stop: Stop, stats: Arc<Stats>) -> io::Result
     crate::join_all(threads)
 }
 
-fn echo(mut stream: TcpStream, stats: &Stats) -> io::Result<()> {
+fn echo(mut stream: TcpStream, stats: &Stats, buffer: usize) -> io::Result<()> {
     stream.set_nodelay(true)?;
-    let mut buf = vec![0u8; crate::ECHO_BUFFER];
+    let mut buf = vec![0u8; buffer];
     loop {
         let n = match stream.read(&mut buf) {
             Ok(0) => return Ok(()),

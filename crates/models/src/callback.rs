@@ -16,8 +16,13 @@ use std::sync::Arc;
 use crate::{port, Stats, Stop};
 
 /// Runs the echo server until `stop` is set; see the [crate] docs.
-pub fn serve(listener: TcpListener, stop: Stop, stats: Arc<Stats>) -> io::Result<()> {
-    serve_on(listener, stop, stats, cport::Backend::Auto)
+pub fn serve(
+    listener: TcpListener,
+    stop: Stop,
+    stats: Arc<Stats>,
+    buffer: usize,
+) -> io::Result<()> {
+    serve_on(listener, stop, stats, cport::Backend::Auto, buffer)
 }
 
 /// [`serve`] on a port of the given backend (`Auto` follows
@@ -27,8 +32,9 @@ pub fn serve_on(
     stop: Stop,
     stats: Arc<Stats>,
     backend: cport::Backend,
+    buffer: usize,
 ) -> io::Result<()> {
-    Server::new(listener, backend, stats)?.serve(stop)
+    Server::new(listener, backend, stats, buffer)?.serve(stop)
 }
 
 /// The callback model with its port already built, so a caller can say
@@ -37,14 +43,15 @@ pub fn serve_on(
 pub struct Server(port::Server);
 
 impl Server {
-    /// Builds the one-thread port (`Auto` follows `CPORT_BACKEND`) and
-    /// associates `listener` with it.
+    /// Builds the one-thread port (`Auto` follows `CPORT_BACKEND`), whose
+    /// pool buffers hold `buffer` bytes, and associates `listener` with it.
     pub fn new(
         listener: TcpListener,
         backend: cport::Backend,
         stats: Arc<Stats>,
+        buffer: usize,
     ) -> io::Result<Server> {
-        port::Server::on_caller(backend, listener, stats).map(Server)
+        port::Server::on_caller(backend, listener, stats, buffer).map(Server)
     }
 
     /// The backend the port runs on: never `Auto`.

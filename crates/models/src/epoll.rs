@@ -20,7 +20,13 @@ const LISTENER: Token = Token(0);
 const WAKE: Token = Token(1);
 
 /// Runs the echo server until `stop` is set; see the [crate] docs.
-pub fn serve(listener: TcpListener, stop: Stop, stats: Arc<Stats>) -> io::Result<()> {
+pub fn serve(
+    listener: TcpListener,
+    stop: Stop,
+    stats: Arc<Stats>,
+    buffer: usize,
+) -> io::Result<()> {
+    crate::check_buffer(buffer)?;
     let _me = stats.thread();
     listener.set_nonblocking(true)?;
     let mut poll = Poll::new()?;
@@ -72,7 +78,7 @@ pub fn serve(listener: TcpListener, stop: Stop, stats: Arc<Stats>) -> io::Result
         }
         if accept_now {
             retry_accept = !accept_ready(&listener, |s| {
-                let Ok(echo) = Echo::new(s) else {
+                let Ok(echo) = Echo::new(s, buffer) else {
                     stats
                         .refused
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -79,7 +79,13 @@ struct Group {
 }
 
 /// Runs the echo server until `stop` is set; see the [crate] docs.
-pub fn serve(listener: TcpListener, stop: Stop, stats: Arc<Stats>) -> io::Result<()> {
+pub fn serve(
+    listener: TcpListener,
+    stop: Stop,
+    stats: Arc<Stats>,
+    buffer: usize,
+) -> io::Result<()> {
+    crate::check_buffer(buffer)?;
     let _me = stats.thread();
     listener.set_nonblocking(false)?;
     stop.wake_accept(listener.local_addr()?);
@@ -99,7 +105,7 @@ pub fn serve(listener: TcpListener, stop: Stop, stats: Arc<Stats>) -> io::Result
         let Some(stream) = accept_blocking(&listener, &stop) else {
             break Ok(());
         };
-        let (echo, event) = match (Echo::new(stream), EventFd::new()) {
+        let (echo, event) = match (Echo::new(stream, buffer), EventFd::new()) {
             (Ok(s), Ok(e)) => (s, Arc::new(e)),
             _ => {
                 stats.refused.fetch_add(1, Ordering::Relaxed);

@@ -151,10 +151,18 @@ impl Model {
         }
     }
 
-    /// Runs this model's echo server on `listener` until `stop` is set.
+    /// Runs this model's echo server on `listener` until `stop` is set,
+    /// with `buffer` bytes per connection ([`ECHO_BUFFER`] is the
+    /// default; [`MIN_BUFFER`]..=[`MAX_BUFFER`], else `InvalidInput`).
     /// A model [`unavailable`](Model::unavailable) here fails with
     /// [`Unsupported`](io::ErrorKind::Unsupported) and that reason.
-    pub fn serve(self, listener: TcpListener, stop: Stop, stats: Arc<Stats>) -> io::Result<()> {
+    pub fn serve(
+        self,
+        listener: TcpListener,
+        stop: Stop,
+        stats: Arc<Stats>,
+        buffer: usize,
+    ) -> io::Result<()> {
         let f = match self {
             Model::Blocking => blocking::serve,
             Model::Nonblocking => nonblocking::serve,
@@ -173,7 +181,7 @@ impl Model {
                 return Err(io::Error::new(io::ErrorKind::Unsupported, why));
             }
         };
-        f(listener, stop, stats)
+        f(listener, stop, stats, buffer)
     }
 }
 
@@ -213,8 +221,14 @@ impl FromStr for Model {
 }
 
 /// The signature every model shares (this one is [`Model::serve`]'s).
-pub fn serve(model: Model, listener: TcpListener, stop: Stop, stats: Arc<Stats>) -> io::Result<()> {
-    model.serve(listener, stop, stats)
+pub fn serve(
+    model: Model,
+    listener: TcpListener,
+    stop: Stop,
+    stats: Arc<Stats>,
+    buffer: usize,
+) -> io::Result<()> {
+    model.serve(listener, stop, stats, buffer)
 }
 
 /// What a model counts while it serves. Every field is a running total
@@ -371,10 +385,31 @@ pub(crate) fn transient_accept_error(e: &io::Error) -> bool {
     )
 }
 
-/// Bytes a readiness model holds per connection: what it has read and not
-/// yet written back. A connection whose echo cannot be sent stops being
-/// read from once this is full (backpressure, as in `cport serve`).
-pub(crate) const ECHO_BUFFER: usize = 16 * 1024;
+/// Each model's buffer per connection unless told otherwise (`cport serve
+/// --buffer-size`): what a readiness model holds read and not yet written
+/// back, what a blocking or overlapped read reads into, the port's pool
+/// buffers. A connection whose echo cannot be sent stops being read from
+/// once its buffer is full (backpressure, as in `cport serve`).
+pub const ECHO_BUFFER: usize = 16 * 1024;
+
+/// `InvalidInput` unless `buffer` is in [`MIN_BUFFER`]..=[`MAX_BUFFER`]:
+/// every model's entry checks it, as an empty buffer would read as end of
+/// stream, or never be read into.
+pub(crate) fn check_buffer(buffer: usize) -> io::Result<()> {
+    if (MIN_BUFFER..=MAX_BUFFER).contains(&buffer) {
+        return Ok(());
+    }
+    Err(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("a buffer of {buffer} bytes: a model takes {MIN_BUFFER} to {MAX_BUFFER}"),
+    ))
+}
+
+/// The least buffer a model takes: a smaller one would only add calls.
+pub const MIN_BUFFER: usize = 64;
+
+/// The largest buffer a model takes per connection.
+pub const MAX_BUFFER: usize = 1 << 20;
 
 /// The echo state of one non-blocking connection, shared by every
 /// readiness model: bytes read and not yet written, and whether the peer
@@ -399,14 +434,15 @@ pub(crate) enum Pumped {
 }
 
 impl Echo {
-    pub(crate) fn new(stream: TcpStream) -> io::Result<Echo> {
+    /// `buffer`: the bytes it holds read and not yet written back.
+    pub(crate) fn new(stream: TcpStream, buffer: usize) -> io::Result<Echo> {
         stream.set_nonblocking(true)?;
         // Echoes are small request-response exchanges: Nagle's delay
         // would add 40 ms to every one that follows an unacknowledged one.
         stream.set_nodelay(true)?;
         Ok(Echo {
             stream,
-            buf: vec![0; ECHO_BUFFER].into_boxed_slice(),
+            buf: vec![0; buffer].into_boxed_slice(),
             start: 0,
             end: 0,
             eof: false,

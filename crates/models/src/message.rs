@@ -33,7 +33,13 @@ enum Msg {
 const LISTENER: usize = 0;
 
 /// Runs the echo server until `stop` is set; see the [crate] docs.
-pub fn serve(listener: TcpListener, stop: Stop, stats: Arc<Stats>) -> io::Result<()> {
+pub fn serve(
+    listener: TcpListener,
+    stop: Stop,
+    stats: Arc<Stats>,
+    buffer: usize,
+) -> io::Result<()> {
+    crate::check_buffer(buffer)?;
     let _me = stats.thread();
     listener.set_nonblocking(true)?;
     let (tx, rx) = mpsc::channel();
@@ -63,7 +69,7 @@ pub fn serve(listener: TcpListener, stop: Stop, stats: Arc<Stats>) -> io::Result
             Msg::Quit => break,
             Msg::Socket(LISTENER) => {
                 let drained = accept_ready(&listener, |s| {
-                    let Ok(echo) = Echo::new(s) else {
+                    let Ok(echo) = Echo::new(s, buffer) else {
                         stats.refused.fetch_add(1, Ordering::Relaxed);
                         return;
                     };

@@ -15,14 +15,20 @@ use std::thread;
 use crate::{keep, transient_accept_error, Echo, Stats, Stop, ACCEPT_BACKOFF};
 
 /// Runs the echo server until `stop` is set; see the [crate] docs.
-pub fn serve(listener: TcpListener, stop: Stop, stats: Arc<Stats>) -> io::Result<()> {
+pub fn serve(
+    listener: TcpListener,
+    stop: Stop,
+    stats: Arc<Stats>,
+    buffer: usize,
+) -> io::Result<()> {
+    crate::check_buffer(buffer)?;
     let _me = stats.thread();
     listener.set_nonblocking(true)?;
     let mut conns: Vec<Echo> = Vec::new();
     while !stop.is_stopped() {
         loop {
             match listener.accept() {
-                Ok((s, _)) => match Echo::new(s) {
+                Ok((s, _)) => match Echo::new(s, buffer) {
                     Ok(e) => {
                         stats.opened();
                         conns.push(e);

@@ -53,8 +53,9 @@
 //!   the 64th socket; here the accepting thread starts another group, as
 //!   the [`event`](crate::event) model does, so that the thread cost per
 //!   socket is what a benchmark measures.
-//! * **A 16 KiB buffer per socket** (the tutorial's is 512 bytes), the
-//!   same as the readiness models', owned by the operation while it is in
+//! * **A 16 KiB buffer per socket** by default (the tutorial's is 512
+//!   bytes; `cport serve --buffer-size` sets it), the same as the readiness
+//!   models', owned by the operation while it is in
 //!   flight, so no buffer can be freed while the kernel may write into it.
 
 use std::fmt;
@@ -69,7 +70,7 @@ use std::thread::JoinHandle;
 use cport::{Backend, CompletionPort, GetError, Handle, OpKind};
 use rustix::event::{eventfd, poll, EventfdFlags, PollFd, PollFlags};
 
-use crate::{accept_blocking, lock, spawn, Stats, Stop, ECHO_BUFFER};
+use crate::{accept_blocking, lock, spawn, Stats, Stop};
 
 /// Events one thread can wait on (WSA_MAXIMUM_WAIT_EVENTS).
 pub const MAXIMUM_WAIT_EVENTS: usize = crate::event::MAXIMUM_WAIT_EVENTS;
@@ -78,8 +79,13 @@ pub const MAXIMUM_WAIT_EVENTS: usize = crate::event::MAXIMUM_WAIT_EVENTS;
 pub const GROUP: usize = MAXIMUM_WAIT_EVENTS - 1;
 
 /// Runs the echo server until `stop` is set; see the [module](self) docs.
-pub fn serve(listener: TcpListener, stop: Stop, stats: Arc<Stats>) -> io::Result<()> {
-    serve_on(listener, stop, stats, Backend::Auto)
+pub fn serve(
+    listener: TcpListener,
+    stop: Stop,
+    stats: Arc<Stats>,
+    buffer: usize,
+) -> io::Result<()> {
+    serve_on(listener, stop, stats, Backend::Auto, buffer)
 }
 
 /// [`serve`] on a port of the given backend (`Auto` follows
@@ -89,8 +95,9 @@ pub fn serve_on(
     stop: Stop,
     stats: Arc<Stats>,
     backend: Backend,
+    buffer: usize,
 ) -> io::Result<()> {
-    Server::new(listener, backend, stats)?.serve(stop)
+    Server::new(listener, backend, stats, buffer)?.serve(stop)
 }
 
 /// An event object: an eventfd, manual-reset (it stays set until reset).
@@ -163,6 +170,8 @@ pub struct Server {
     listener: TcpListener,
     port: Port,
     stats: Arc<Stats>,
+    /// Each receive's buffer, in bytes.
+    buffer: usize,
 }
 
 impl fmt::Debug for Server {
@@ -175,8 +184,14 @@ impl fmt::Debug for Server {
 
 impl Server {
     /// Builds the port the operations run on (`Auto` follows
-    /// `CPORT_BACKEND`).
-    pub fn new(listener: TcpListener, backend: Backend, stats: Arc<Stats>) -> io::Result<Server> {
+    /// `CPORT_BACKEND`); each socket receives into `buffer` bytes.
+    pub fn new(
+        listener: TcpListener,
+        backend: Backend,
+        stats: Arc<Stats>,
+        buffer: usize,
+    ) -> io::Result<Server> {
+        crate::check_buffer(buffer)?;
         let port = cport::Builder::new()
             .backend(backend)
             // One thread dequeues: the completion thread.
@@ -189,6 +204,7 @@ impl Server {
             listener,
             port,
             stats,
+            buffer,
         })
     }
 
@@ -204,6 +220,7 @@ impl Server {
             listener,
             port,
             stats,
+            buffer,
         } = self;
         let _me = stats.thread();
         listener.set_nonblocking(false)?;
@@ -220,7 +237,7 @@ impl Server {
                 break Ok(());
             };
             next += 1;
-            let Ok(conn) = add_socket(&port, stream, next) else {
+            let Ok(conn) = add_socket(&port, stream, next, buffer) else {
                 stats.refused.fetch_add(1, Ordering::Relaxed);
                 continue;
             };
@@ -265,7 +282,12 @@ impl Server {
 /// AddSocketInfo and the first WSARecv: the socket is associated with the
 /// port, gets its event object, and its first receive is in flight before
 /// a group thread waits on its event (an event set meanwhile stays set).
-fn add_socket(port: &Port, stream: std::net::TcpStream, key: u64) -> io::Result<Conn> {
+fn add_socket(
+    port: &Port,
+    stream: std::net::TcpStream,
+    key: u64,
+    buffer: usize,
+) -> io::Result<Conn> {
     // Echoes are small request-response exchanges: Nagle's delay would
     // add 40 ms to every one that follows an unacknowledged one.
     stream.set_nodelay(true)?;
@@ -275,7 +297,7 @@ fn add_socket(port: &Port, stream: std::net::TcpStream, key: u64) -> io::Result<
     });
     let handle = port.associate(stream, key)?;
     let conn = Conn { handle, ov };
-    if let Err(r) = port.recv(handle, Vec::with_capacity(ECHO_BUFFER), conn.ov.clone()) {
+    if let Err(r) = port.recv(handle, Vec::with_capacity(buffer), conn.ov.clone()) {
         let _ = port.close(handle);
         return Err(r.error);
     }

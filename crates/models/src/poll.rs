@@ -12,7 +12,13 @@ use std::sync::Arc;
 use crate::{accept_ready, drain, keep, poll_fds, pollfd, stop_socket, Echo, Stats, Stop};
 
 /// Runs the echo server until `stop` is set; see the [crate] docs.
-pub fn serve(listener: TcpListener, stop: Stop, stats: Arc<Stats>) -> io::Result<()> {
+pub fn serve(
+    listener: TcpListener,
+    stop: Stop,
+    stats: Arc<Stats>,
+    buffer: usize,
+) -> io::Result<()> {
+    crate::check_buffer(buffer)?;
     let _me = stats.thread();
     listener.set_nonblocking(true)?;
     let wake = stop_socket(&stop)?;
@@ -41,7 +47,7 @@ pub fn serve(listener: TcpListener, stop: Stop, stats: Arc<Stats>) -> io::Result
         if fds[1].revents != 0 {
             // Level-triggered: connections left queued by an accept error
             // are reported again by the next poll.
-            let _ = accept_ready(&listener, |s| match Echo::new(s) {
+            let _ = accept_ready(&listener, |s| match Echo::new(s, buffer) {
                 Ok(e) => {
                     stats.opened();
                     conns.push(e);

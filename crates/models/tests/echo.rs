@@ -9,12 +9,13 @@ use std::sync::{mpsc, Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use cport_models::{Model, Stats, Stop};
+use cport_models::{Model, Stats, Stop, ECHO_BUFFER, MAX_BUFFER, MIN_BUFFER};
 
 /// How long any single step may take before the test fails.
 const STEP: Duration = Duration::from_secs(30);
 
-type Serve = fn(TcpListener, Stop, Arc<Stats>) -> io::Result<()>;
+/// A model's `serve`: listener, stop, stats, buffer size.
+type Serve = fn(TcpListener, Stop, Arc<Stats>, usize) -> io::Result<()>;
 
 struct Running {
     addr: SocketAddr,
@@ -43,6 +44,11 @@ fn start(
         stats,
         done,
     }
+}
+
+/// `serve` with buffers of `buffer` bytes.
+fn start_with(serve: Serve, buffer: usize) -> Running {
+    start(move |l, s, st| serve(l, s, st, buffer))
 }
 
 impl Running {
@@ -123,7 +129,7 @@ fn round_trip(s: &TcpStream, data: &[u8]) -> Vec<u8> {
 }
 
 fn all_byte_values(serve: Serve) {
-    let server = start(serve);
+    let server = start_with(serve, ECHO_BUFFER);
     let s = server.connect();
     let data = pattern(7, 64 * 1024);
     for v in 0..=255u8 {
@@ -139,7 +145,7 @@ fn all_byte_values(serve: Serve) {
 }
 
 fn one_client_many_messages(serve: Serve) {
-    let server = start(serve);
+    let server = start_with(serve, ECHO_BUFFER);
     let s = server.connect();
     let mut total = 0;
     for i in 0..100 {
@@ -157,7 +163,7 @@ fn one_client_many_messages(serve: Serve) {
 fn concurrent_clients_get_their_own_bytes(serve: Serve) {
     const CLIENTS: usize = 200;
     const LEN: usize = 8 * 1024;
-    let server = start(serve);
+    let server = start_with(serve, ECHO_BUFFER);
     // Every client is connected before any sends, so all 200 are held at
     // once and their echoes interleave.
     let clients: Vec<TcpStream> = (0..CLIENTS).map(|_| server.connect()).collect();
@@ -198,7 +204,7 @@ fn concurrent_clients_get_their_own_bytes(serve: Serve) {
 }
 
 fn half_close_echoes_everything_then_eof(serve: Serve) {
-    let server = start(serve);
+    let server = start_with(serve, ECHO_BUFFER);
     let mut s = server.connect();
     // More than the server's buffer and the socket buffers hold, so the
     // end of the stream arrives while echoes are still pending.
@@ -220,7 +226,7 @@ fn half_close_echoes_everything_then_eof(serve: Serve) {
 }
 
 fn peer_reset_does_not_stop_the_server(serve: Serve) {
-    let server = start(serve);
+    let server = start_with(serve, ECHO_BUFFER);
     let mut s = server.connect();
     s.write_all(&pattern(1, 32 * 1024)).unwrap();
     let mut some = [0u8; 1024];
@@ -239,8 +245,46 @@ fn peer_reset_does_not_stop_the_server(serve: Serve) {
     server.finish();
 }
 
+/// With the least buffer a model takes (64 B), a message of many buffers
+/// from each of two clients at once comes back whole and in order: every
+/// read fills the buffer, and the next waits for its echo.
+fn the_least_buffers_echo_every_byte_in_order(serve: Serve) {
+    let server = start_with(serve, MIN_BUFFER);
+    let (a, b) = (server.connect(), server.connect());
+    let (da, db) = (pattern(3, 40_000), pattern(4, 40_000));
+    let other = {
+        let db = db.clone();
+        thread::spawn(move || round_trip(&b, &db))
+    };
+    assert!(
+        round_trip(&a, &da) == da,
+        "client a's 40,000 bytes echoed exactly"
+    );
+    assert!(
+        other.join().unwrap() == db,
+        "client b's 40,000 bytes echoed exactly"
+    );
+    drop(a);
+    server.wait_closed(2);
+    assert_eq!(server.stat(|s| &s.bytes), 80_000);
+    assert_eq!(server.stat(|s| &s.errors), 0);
+    server.finish();
+}
+
+/// A buffer below 64 B or above 1 MiB is refused before anything is
+/// served: an empty one would read as end of stream, or never be read into.
+fn a_buffer_outside_the_range_is_refused(serve: Serve) {
+    for size in [0, MIN_BUFFER - 1, MAX_BUFFER + 1] {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let err =
+            serve(listener, Stop::new(), Arc::new(Stats::default()), size).expect_err("refused");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{size}: {err}");
+        assert!(err.to_string().contains(&format!("{size} bytes")), "{err}");
+    }
+}
+
 fn stops_with_clients_connected(serve: Serve) {
-    let server = start(serve);
+    let server = start_with(serve, ECHO_BUFFER);
     let clients: Vec<TcpStream> = (0..3).map(|_| server.connect()).collect();
     for (i, c) in clients.iter().enumerate() {
         let msg = pattern(i, 100);
@@ -283,6 +327,14 @@ macro_rules! per_model {
                 }
                 #[test]
                 fn stops_with_clients_connected() { super::stops_with_clients_connected(SERVE) }
+                #[test]
+                fn a_buffer_outside_the_range_is_refused() {
+                    super::a_buffer_outside_the_range_is_refused(SERVE)
+                }
+                #[test]
+                fn the_least_buffers_echo_every_byte_in_order() {
+                    super::the_least_buffers_echo_every_byte_in_order(SERVE)
+                }
             }
         )*
     };
@@ -302,11 +354,11 @@ per_model! {
     callback => cport_models::callback::serve,
     port => cport_models::port::serve,
     #[cfg(unix)]
-    overlapped_on_epoll => |l, s, st| cport_models::overlapped::serve_on(l, s, st, cport::Backend::Epoll),
+    overlapped_on_epoll => |l, s, st, b| cport_models::overlapped::serve_on(l, s, st, cport::Backend::Epoll, b),
     #[cfg(unix)]
-    callback_on_epoll => |l, s, st| cport_models::callback::serve_on(l, s, st, cport::Backend::Epoll),
+    callback_on_epoll => |l, s, st, b| cport_models::callback::serve_on(l, s, st, cport::Backend::Epoll, b),
     #[cfg(unix)]
-    port_on_epoll => |l, s, st| cport_models::port::serve_on(l, s, st, cport::Backend::Epoll, 0),
+    port_on_epoll => |l, s, st, b| cport_models::port::serve_on(l, s, st, cport::Backend::Epoll, 0, b),
 }
 
 #[test]
@@ -356,7 +408,7 @@ fn the_enum_dispatches_to_each_model() {
 }
 
 fn start_model(m: Model) -> Running {
-    start(move |l, s, st| m.serve(l, s, st))
+    start(move |l, s, st| m.serve(l, s, st, ECHO_BUFFER))
 }
 
 /// The thread cost each model is built to show, with 200 connections held:

@@ -50,7 +50,12 @@ fn descriptors_past_fd_setsize_are_refused_not_corrupting() {
     {
         let (stop, stats) = (stop.clone(), stats.clone());
         thread::spawn(move || {
-            let _ = tx.send(cport_models::select::serve(listener, stop, stats));
+            let _ = tx.send(cport_models::select::serve(
+                listener,
+                stop,
+                stats,
+                cport_models::ECHO_BUFFER,
+            ));
         });
     }
     // The accepting thread and the first group are running.

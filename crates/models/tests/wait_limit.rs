@@ -11,11 +11,11 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use cport_models::{Stats, Stop};
+use cport_models::{Stats, Stop, ECHO_BUFFER};
 
 const STEP: Duration = Duration::from_secs(30);
 
-type Serve = fn(TcpListener, Stop, Arc<Stats>) -> io::Result<()>;
+type Serve = fn(TcpListener, Stop, Arc<Stats>, usize) -> io::Result<()>;
 
 fn wait_until(mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + STEP;
@@ -63,7 +63,7 @@ fn a_thread_per_63_sockets(name: &str, serve: Serve, group: usize) {
     {
         let (stop, stats) = (stop.clone(), stats.clone());
         thread::spawn(move || {
-            let _ = tx.send(serve(listener, stop, stats));
+            let _ = tx.send(serve(listener, stop, stats, ECHO_BUFFER));
         });
     }
     let threads = || stats.threads.load(Ordering::Relaxed) as usize;
@@ -134,7 +134,7 @@ fn overlapped_waits_on_64_events_per_thread() {
 fn overlapped_on_epoll_waits_on_64_events_per_thread() {
     a_thread_per_63_sockets(
         "overlapped on epoll",
-        |l, s, st| cport_models::overlapped::serve_on(l, s, st, cport::Backend::Epoll),
+        |l, s, st, b| cport_models::overlapped::serve_on(l, s, st, cport::Backend::Epoll, b),
         cport_models::overlapped::GROUP,
     );
 }

@@ -143,20 +143,6 @@ impl Plan {
             Some(s) => server::parse_servers(s)?,
             None => Server::models(),
         };
-        if let Some(n) = a.buffer_size {
-            let fixed: Vec<&str> = listed
-                .iter()
-                .filter(|s| !s.takes_buffer_size())
-                .map(|s| s.name())
-                .collect();
-            if !fixed.is_empty() {
-                return Err(Usage(format!(
-                    "--buffer-size {n} does not reach {} (fixed 16 KiB receive buffers); \
-                     leave them out of --servers (the port, the shards and the peers take it)",
-                    fixed.join(", ")
-                )));
-            }
-        }
         let mut servers = Vec::new();
         let mut skipped = Vec::new();
         for s in listed {
@@ -435,25 +421,20 @@ mod tests {
     }
 
     #[test]
-    fn a_buffer_size_is_refused_with_models_that_have_their_own() {
-        let p = Plan::from_args(&BenchArgs {
-            servers: Some("port-uring,shards,peers".into()),
-            buffer_size: Some(65536),
-            ..args()
-        })
-        .unwrap();
-        assert_eq!(p.buffer_size, Some(65536));
-        let e = Plan::from_args(&BenchArgs {
-            servers: Some("port-uring,select,epoll".into()),
-            buffer_size: Some(65536),
-            ..args()
-        })
-        .unwrap_err()
-        .0;
-        assert!(
-            e.contains("select, epoll") && e.contains("--buffer-size 65536"),
-            "{e}"
-        );
+    fn a_buffer_size_is_kept_for_every_server_list() {
+        for servers in [
+            "port-uring,shards,peers",
+            "port-uring,select,epoll",
+            "models",
+        ] {
+            let p = Plan::from_args(&BenchArgs {
+                servers: Some(servers.into()),
+                buffer_size: Some(65536),
+                ..args()
+            })
+            .unwrap();
+            assert_eq!(p.buffer_size, Some(65536), "{servers}");
+        }
         let p = Plan::from_args(&BenchArgs {
             servers: Some("port-uring,select".into()),
             ..args()

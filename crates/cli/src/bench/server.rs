@@ -172,12 +172,6 @@ impl Server {
         )
     }
 
-    /// Whether `--buffer-size` sizes its receive buffers: the port's and the
-    /// peers'. The tutorials' other models have buffers of their own.
-    pub fn takes_buffer_size(self) -> bool {
-        !matches!(self, Server::Model(_))
-    }
-
     /// The program and arguments that start it on an ephemeral port.
     /// `cport` is the running executable; the peers are looked for beside
     /// it, where cargo builds every binary of the workspace.
@@ -186,7 +180,7 @@ impl Server {
     /// threads; the port runs `threads` at once (its concurrency) with at
     /// least two workers, so that a worker blocked in a system call has a
     /// replacement, as bench/serve.sh sized it for one core. `buffer_size`
-    /// is given to those that [take it](Self::takes_buffer_size).
+    /// is given to every server (`--buffer-size`).
     pub fn command(
         self,
         cport: &Path,
@@ -242,7 +236,7 @@ impl Server {
                 (peer_path(cport, p), a)
             }
         };
-        if let Some(n) = buffer_size.filter(|_| self.takes_buffer_size()) {
+        if let Some(n) = buffer_size {
             args.push("--buffer-size".into());
             args.push(n.to_string());
         }
@@ -416,22 +410,22 @@ mod tests {
     }
 
     #[test]
-    fn a_buffer_size_goes_to_the_port_the_shards_and_the_peers_only() {
+    fn a_buffer_size_goes_to_every_server_and_none_by_default() {
         let cport = Path::new("/t/release/cport");
-        for s in [
+        let models = Model::ALL.into_iter().map(Server::Model);
+        for s in models.chain([
             Server::PortUring,
             Server::PortEpoll,
             Server::ShardsUring,
+            Server::ShardsEpoll,
             Server::Peer(Peer::Uring),
             Server::Peer(Peer::Epoll),
             Server::Peer(Peer::Tokio),
-        ] {
+        ]) {
             let (_, a) = s.command(cport, 1, Some(65536));
             assert!(a.join(" ").ends_with("--buffer-size 65536"), "{s:?}: {a:?}");
             let (_, a) = s.command(cport, 1, None);
             assert!(!a.contains(&"--buffer-size".to_string()), "{s:?}: {a:?}");
         }
-        let (_, a) = Server::Model(Model::Select).command(cport, 1, Some(65536));
-        assert!(!a.contains(&"--buffer-size".to_string()), "{a:?}");
     }
 }

@@ -81,22 +81,29 @@ const FORCE_CLOSE_BOUND: Duration = Duration::from_secs(2);
 /// Runs the echo server until `stop` is set, on the backend
 /// `CPORT_BACKEND` names (io_uring where allowed, else epoll), with 2 ×
 /// CPUs workers; see the [crate] docs.
-pub fn serve(listener: TcpListener, stop: Stop, stats: Arc<Stats>) -> io::Result<()> {
-    serve_on(listener, stop, stats, Backend::Auto, 0)
+pub fn serve(
+    listener: TcpListener,
+    stop: Stop,
+    stats: Arc<Stats>,
+    buffer: usize,
+) -> io::Result<()> {
+    serve_on(listener, stop, stats, Backend::Auto, 0, buffer)
 }
 
 /// [`serve`] on the given backend with `workers` worker threads (0: 2 ×
-/// CPUs).
+/// CPUs) and pool buffers of `buffer` bytes.
 pub fn serve_on(
     listener: TcpListener,
     stop: Stop,
     stats: Arc<Stats>,
     backend: Backend,
     workers: usize,
+    buffer: usize,
 ) -> io::Result<()> {
     let options = Options {
         backend,
         workers,
+        buffer_size: buffer,
         ..Options::default()
     };
     Server::new(options, Some(listener), None, stats)?.serve(stop)
@@ -314,10 +321,12 @@ impl Server {
         backend: Backend,
         listener: TcpListener,
         stats: Arc<Stats>,
+        buffer: usize,
     ) -> io::Result<Server> {
         let options = Options {
             backend,
             concurrency: 1,
+            buffer_size: buffer,
             ..Options::default()
         };
         Server::build(options, Some(listener), None, stats, Dequeue::Caller)
@@ -330,6 +339,7 @@ impl Server {
         stats: Arc<Stats>,
         dequeue: Dequeue,
     ) -> io::Result<Server> {
+        crate::check_buffer(options.buffer_size)?;
         if listener.is_none() && udp.is_none() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,

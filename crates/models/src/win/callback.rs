@@ -83,11 +83,17 @@ use windows_sys::Win32::System::IO::{CancelIoEx, OVERLAPPED};
 
 use crate::overlapped::{start, Io, Op};
 use crate::win::{socket, wsa_error, WsaEvent};
-use crate::{transient_accept_error, Stats, Stop, ACCEPT_BACKOFF, ECHO_BUFFER};
+use crate::{transient_accept_error, Stats, Stop, ACCEPT_BACKOFF};
 
 /// Runs the echo server on this one thread until `stop` is set; see the
 /// [module](self) docs.
-pub fn serve(listener: TcpListener, stop: Stop, stats: Arc<Stats>) -> io::Result<()> {
+pub fn serve(
+    listener: TcpListener,
+    stop: Stop,
+    stats: Arc<Stats>,
+    buffer: usize,
+) -> io::Result<()> {
+    crate::check_buffer(buffer)?;
     let _me = stats.thread();
     let accept = WsaEvent::new()?;
     let stopped = Arc::new(WsaEvent::new()?);
@@ -98,6 +104,7 @@ pub fn serve(listener: TcpListener, stop: Stop, stats: Arc<Stats>) -> io::Result
     event_select(&listener, accept.handle(), FD_ACCEPT)?;
     let ctx = Ctx {
         stats,
+        buffer,
         stopping: Cell::new(false),
         finished: Cell::new(Vec::new()),
         panics: Cell::new(0),
@@ -145,6 +152,8 @@ pub fn serve(listener: TcpListener, stop: Stop, stats: Arc<Stats>) -> io::Result
 /// serving thread only, inside the alertable waits, so plain `Cell`s do.
 struct Ctx {
     stats: Arc<Stats>,
+    /// Each connection's buffer, in bytes.
+    buffer: usize,
     /// Set once the loop stops: routines issue nothing more.
     stopping: Cell<bool>,
     /// Conns whose routine ended them: nothing of theirs is in flight.
@@ -171,6 +180,8 @@ struct Conn {
     op: Option<Op>,
     recvbytes: usize,
     sendbytes: usize,
+    /// The buffer's size.
+    size: usize,
     stream: TcpStream,
     /// The serving thread's state; it outlives every Conn.
     ctx: *const Ctx,
@@ -276,14 +287,14 @@ fn add(stream: TcpStream, ctx: &Ctx, conns: &mut HashSet<*mut Conn>) {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         return;
     }
-    // SAFETY: `Io` is plain data for which all-zero bytes are valid (the
-    // tutorial's ZeroMemory).
-    let io: Io = unsafe { std::mem::zeroed() };
+    // The tutorial's ZeroMemory.
+    let io = Io::new(ctx.buffer);
     let p = Box::into_raw(Box::new(Conn {
         io,
         op: None,
         recvbytes: 0,
         sendbytes: 0,
+        size: ctx.buffer,
         stream,
         ctx,
     }));
@@ -327,7 +338,7 @@ unsafe fn start_op(p: *mut Conn, op: Op) -> io::Result<()> {
             Op::Recv => {
                 (*p).recvbytes = 0;
                 (*p).sendbytes = 0;
-                (0, ECHO_BUFFER)
+                (0, (*p).size)
             }
             Op::Send => ((*p).sendbytes, (*p).recvbytes - (*p).sendbytes),
         };
@@ -406,7 +417,7 @@ unsafe fn completed(p: *mut Conn, error: u32, n: usize) {
                 Err(false)
             }
             Op::Recv => {
-                c.recvbytes = n.min(ECHO_BUFFER);
+                c.recvbytes = n.min(c.size);
                 c.sendbytes = 0;
                 Ok(Op::Send)
             }
@@ -483,6 +494,7 @@ mod tests {
         let (s, _) = listener.accept().unwrap();
         let ctx = Ctx {
             stats: Arc::new(Stats::default()),
+            buffer: crate::ECHO_BUFFER,
             stopping: Cell::new(false),
             finished: Cell::new(Vec::new()),
             panics: Cell::new(0),

@@ -78,7 +78,13 @@ struct Group {
 }
 
 /// Runs the echo server until `stop` is set; see the [crate] docs.
-pub fn serve(listener: TcpListener, stop: Stop, stats: Arc<Stats>) -> io::Result<()> {
+pub fn serve(
+    listener: TcpListener,
+    stop: Stop,
+    stats: Arc<Stats>,
+    buffer: usize,
+) -> io::Result<()> {
+    crate::check_buffer(buffer)?;
     let _me = stats.thread();
     listener.set_nonblocking(false)?;
     stop.wake_accept(listener.local_addr()?);
@@ -88,7 +94,7 @@ pub fn serve(listener: TcpListener, stop: Stop, stats: Arc<Stats>) -> io::Result
         let Some(stream) = accept_blocking(&listener, &stop) else {
             break Ok(());
         };
-        let Ok(conn) = selected(stream) else {
+        let Ok(conn) = selected(stream, buffer) else {
             stats.refused.fetch_add(1, Ordering::Relaxed);
             continue;
         };
@@ -123,8 +129,8 @@ pub fn serve(listener: TcpListener, stop: Stop, stats: Arc<Stats>) -> io::Result
 
 /// The accepted socket with its event object, selected for FD_READ,
 /// FD_WRITE and FD_CLOSE.
-fn selected(stream: TcpStream) -> io::Result<Conn> {
-    let echo = Echo::new(stream)?;
+fn selected(stream: TcpStream, buffer: usize) -> io::Result<Conn> {
+    let echo = Echo::new(stream, buffer)?;
     let event = WsaEvent::new()?;
     let events = (FD_READ | FD_WRITE | FD_CLOSE) as i32;
     // SAFETY: WSAEventSelect takes the socket, open while `echo` lives,

@@ -97,7 +97,13 @@ const WM_SOCKET: u32 = WM_USER + 1;
 const WM_STOP: u32 = WM_USER + 2;
 
 /// Runs the echo server until `stop` is set; see the [crate] docs.
-pub fn serve(listener: TcpListener, stop: Stop, stats: Arc<Stats>) -> io::Result<()> {
+pub fn serve(
+    listener: TcpListener,
+    stop: Stop,
+    stats: Arc<Stats>,
+    buffer: usize,
+) -> io::Result<()> {
+    crate::check_buffer(buffer)?;
     let _me = stats.thread();
     let window = Window::new()?;
     let hwnd = window.hwnd;
@@ -134,7 +140,7 @@ pub fn serve(listener: TcpListener, stop: Stop, stats: Arc<Stats>) -> io::Result
         let s = msg.wParam as SOCKET;
         if s == ls {
             // FD_ACCEPT (WSAGETSELECTEVENT(lParam)).
-            let drained = accept_ready(&listener, |stream| match selected(stream, hwnd) {
+            let drained = accept_ready(&listener, |stream| match selected(stream, hwnd, buffer) {
                 Ok((s, echo)) => {
                     stats.opened();
                     conns.insert(s, echo);
@@ -175,8 +181,8 @@ pub fn serve(listener: TcpListener, stop: Stop, stats: Arc<Stats>) -> io::Result
 }
 
 /// The accepted socket, selected for FD_READ, FD_WRITE and FD_CLOSE.
-fn selected(stream: TcpStream, hwnd: HWND) -> io::Result<(SOCKET, Echo)> {
-    let echo = Echo::new(stream)?;
+fn selected(stream: TcpStream, hwnd: HWND, buffer: usize) -> io::Result<(SOCKET, Echo)> {
+    let echo = Echo::new(stream, buffer)?;
     let s = socket(&echo.stream);
     async_select(s, hwnd, FD_READ | FD_WRITE | FD_CLOSE)?;
     Ok((s, echo))

@@ -9,7 +9,7 @@
 //!
 //! | Windows (seed 000) | here |
 //! |---|---|
-//! | `SOCKETINFO` (`WSAOVERLAPPED`, buffer, `recvbytes`, `sendbytes`, `WSABUF`) | `Conn`: its `Io` (the `WSAOVERLAPPED` and a 16 KiB buffer) on the heap at a fixed address, the counts, the operation in flight |
+//! | `SOCKETINFO` (`WSAOVERLAPPED`, buffer, `recvbytes`, `sendbytes`, `WSABUF`) | `Conn`: its `Io` (the `WSAOVERLAPPED` and the buffer) on the heap at a fixed address, the counts, the operation in flight |
 //! | `WSACreateEvent` per socket, `WSACloseEvent` in `RemoveSocketInfo` | `WsaEvent`, owned by the `Conn`, closed when it is dropped |
 //! | `accept` on the main thread, `AddSocketInfo` | the thread that calls [`serve`] blocks in `accept` (`accept_blocking`) and hands each socket to a group over a channel |
 //! | `WSASetEvent(EventArray[0])` after `AddSocketInfo` | the group's control event (new sockets, stop): a group holds [`GROUP`] = 63 sockets |
@@ -38,8 +38,9 @@
 //!   included, so a socket has one owner, and no operation of it is left
 //!   behind by a thread that ends (Windows cancels a thread's pending I/O
 //!   when it exits, unless the handle is on a completion port).
-//! * **A 16 KiB buffer per socket** (the tutorial's is 512 bytes), the
-//!   readiness models' `ECHO_BUFFER`. One operation is in flight per
+//! * **A 16 KiB buffer per socket** by default (the tutorial's is 512
+//!   bytes; `cport serve --buffer-size` sets it), as the readiness
+//!   models' `ECHO_BUFFER`. One operation is in flight per
 //!   socket, as in the tutorial: the next receive is issued only once the
 //!   echo is sent, which is the backpressure.
 //! * **A buffer never outlives its operation's reach** (LESSONS 1): the
@@ -73,13 +74,19 @@ use windows_sys::Win32::Networking::WinSock::{
 use windows_sys::Win32::System::IO::{CancelIoEx, OVERLAPPED};
 
 use crate::win::{socket, wsa_error, WsaEvent, MAXIMUM_WAIT_EVENTS};
-use crate::{accept_blocking, spawn, Stats, Stop, ECHO_BUFFER};
+use crate::{accept_blocking, spawn, Stats, Stop};
 
 /// Sockets per group thread: every event but the control event.
 pub const GROUP: usize = crate::win::MAXIMUM_WAIT_EVENTS - 1;
 
 /// Runs the echo server until `stop` is set; see the [module](self) docs.
-pub fn serve(listener: TcpListener, stop: Stop, stats: Arc<Stats>) -> io::Result<()> {
+pub fn serve(
+    listener: TcpListener,
+    stop: Stop,
+    stats: Arc<Stats>,
+    buffer: usize,
+) -> io::Result<()> {
+    crate::check_buffer(buffer)?;
     let _me = stats.thread();
     listener.set_nonblocking(false)?;
     stop.wake_accept(listener.local_addr()?);
@@ -90,7 +97,7 @@ pub fn serve(listener: TcpListener, stop: Stop, stats: Arc<Stats>) -> io::Result
             break Ok(());
         };
         // AddSocketInfo: the socket's state and event object.
-        let Ok(conn) = Conn::new(stream) else {
+        let Ok(conn) = Conn::new(stream, buffer) else {
             stats.refused.fetch_add(1, Ordering::Relaxed);
             continue;
         };
@@ -136,30 +143,40 @@ pub(crate) enum Op {
 
 /// The part of a socket's state the kernel writes into while an operation
 /// is in flight: the `WSAOVERLAPPED` (first, so that a pointer to it is a
-/// pointer to the whole) and the buffer. It lives on the heap at a fixed
-/// address and, while an operation is in flight, is reached only through
-/// raw pointers, never through a Rust reference.
+/// pointer to the whole) and the buffer's bytes, a heap block of their own
+/// that the `Io` owns. It lives at a fixed address and, while an operation
+/// is in flight, is reached only through raw pointers, never through a
+/// Rust reference.
 #[repr(C)]
 pub(crate) struct Io {
     pub(crate) overlapped: OVERLAPPED,
-    pub(crate) buf: [u8; ECHO_BUFFER],
+    /// The kernel writes into the bytes, never into this field.
+    buf: Box<[u8]>,
 }
 
 impl Io {
-    /// A zeroed `Io` (the tutorial's `ZeroMemory`) on the heap, owned by
-    /// the caller through the pointer until it passes it to
-    /// `Box::from_raw`.
-    pub(crate) fn alloc() -> NonNull<Io> {
-        // SAFETY: every field of `Io` is plain data (integers, a union of
-        // integers and a pointer, a handle, bytes) for which all-zero
-        // bytes are a valid value.
-        let io: Box<Io> = unsafe { Box::<Io>::new_zeroed().assume_init() };
-        NonNull::from(Box::leak(io))
+    /// A zeroed `WSAOVERLAPPED` (the tutorial's `ZeroMemory`) and a zeroed
+    /// buffer of `size` bytes.
+    pub(crate) fn new(size: usize) -> Io {
+        Io {
+            // SAFETY: `OVERLAPPED` is plain data (integers, a union of
+            // integers and a pointer, a handle) for which all-zero bytes
+            // are a valid value.
+            overlapped: unsafe { mem::zeroed() },
+            buf: vec![0; size].into_boxed_slice(),
+        }
+    }
+
+    /// [`new`](Io::new) on the heap, owned by the caller through the
+    /// pointer until it passes it to `Box::from_raw`.
+    pub(crate) fn alloc(size: usize) -> NonNull<Io> {
+        NonNull::from(Box::leak(Box::new(Io::new(size))))
     }
 }
 
-/// `WSARecv` into `buf[from..from + len]`, or `WSASend` of it, with `io`'s
-/// `WSAOVERLAPPED` (zeroed first, its `hEvent` kept) and `routine`.
+/// `WSARecv` into `buf[from..from + len]` (cut to the buffer), or `WSASend`
+/// of it, with `io`'s `WSAOVERLAPPED` (zeroed first, its `hEvent` kept) and
+/// `routine`.
 /// `Ok` once the operation is in flight: `WSA_IO_PENDING`, or done at once,
 /// which Windows still reports through the event or the routine. An error
 /// means nothing is in flight (no event, no routine follows).
@@ -178,20 +195,23 @@ pub(crate) unsafe fn start(
     len: usize,
     routine: LPWSAOVERLAPPED_COMPLETION_ROUTINE,
 ) -> io::Result<()> {
-    let from = from.min(ECHO_BUFFER);
-    let len = len.min(ECHO_BUFFER - from);
     let p = io.as_ptr();
     // SAFETY: the caller guarantees `p` is live with nothing in flight,
-    // so nothing else reads or writes it; `from <= ECHO_BUFFER` keeps the
-    // buffer pointer within (or one past) the array.
-    let (overlapped, buf) = unsafe {
+    // so nothing else reads or writes it. The buffer is reached raw,
+    // through the box, with no reference made to it (its length is the
+    // raw slice pointer's); `from <= its length` keeps the pointer the
+    // kernel writes through within (or one past) the buffer.
+    let (overlapped, buf, len) = unsafe {
         let overlapped = &raw mut (*p).overlapped;
         let event = (*overlapped).hEvent;
         overlapped.write(mem::zeroed());
         (*overlapped).hEvent = event;
-        (overlapped, (&raw mut (*p).buf).cast::<u8>().add(from))
+        let bytes: *mut [u8] = &raw mut *(*p).buf;
+        let from = from.min(bytes.len());
+        let len = len.min(bytes.len() - from);
+        (overlapped, bytes.cast::<u8>().add(from), len)
     };
-    // `len <= ECHO_BUFFER`, which fits a u32.
+    // `len <= MAX_BUFFER`, which fits a u32.
     let wsabuf = WSABUF {
         len: len as u32,
         buf,
@@ -236,6 +256,8 @@ struct Conn {
     op: Option<Op>,
     recvbytes: usize,
     sendbytes: usize,
+    /// The buffer's size.
+    size: usize,
 }
 
 // SAFETY: `io` is owned by the Conn alone (no other pointer to it is kept
@@ -246,12 +268,12 @@ struct Conn {
 unsafe impl Send for Conn {}
 
 impl Conn {
-    fn new(stream: TcpStream) -> io::Result<Conn> {
+    fn new(stream: TcpStream, size: usize) -> io::Result<Conn> {
         // Echoes are small request-response exchanges: Nagle's delay
         // would add 40 ms to every one that follows an unacknowledged one.
         stream.set_nodelay(true)?;
         let event = WsaEvent::new()?;
-        let io = Io::alloc();
+        let io = Io::alloc(size);
         // SAFETY: `io` was just allocated; nothing is in flight.
         unsafe { (*io.as_ptr()).overlapped.hEvent = event.handle() };
         Ok(Conn {
@@ -261,6 +283,7 @@ impl Conn {
             op: None,
             recvbytes: 0,
             sendbytes: 0,
+            size,
         })
     }
 
@@ -280,7 +303,7 @@ impl Conn {
     fn recv(&mut self) -> io::Result<()> {
         self.recvbytes = 0;
         self.sendbytes = 0;
-        self.start(Op::Recv, 0, ECHO_BUFFER)
+        self.start(Op::Recv, 0, self.size)
     }
 
     /// WSASend of what is received and not yet sent.
@@ -359,7 +382,7 @@ impl Conn {
                 return Err(false);
             }
             (Op::Recv, Ok(n)) => {
-                self.recvbytes = n.min(ECHO_BUFFER);
+                self.recvbytes = n.min(self.size);
                 self.sendbytes = 0;
                 self.send()
             }
@@ -569,7 +592,7 @@ mod tests {
         let stats = Stats::default();
         client.write_all(b"abc").unwrap();
         std::thread::sleep(Duration::from_millis(200));
-        let mut c = Conn::new(s).unwrap();
+        let mut c = Conn::new(s, crate::ECHO_BUFFER).unwrap();
         // The bytes are there: the receive may complete at once, and its
         // event is signalled all the same.
         c.recv().unwrap();

@@ -117,7 +117,13 @@ impl Group {
 }
 
 /// Runs the echo server until `stop` is set; see the [crate] docs.
-pub fn serve(listener: TcpListener, stop: Stop, stats: Arc<Stats>) -> io::Result<()> {
+pub fn serve(
+    listener: TcpListener,
+    stop: Stop,
+    stats: Arc<Stats>,
+    buffer: usize,
+) -> io::Result<()> {
+    crate::check_buffer(buffer)?;
     let _me = stats.thread();
     listener.set_nonblocking(false)?;
     stop.wake_accept(listener.local_addr()?);
@@ -127,7 +133,7 @@ pub fn serve(listener: TcpListener, stop: Stop, stats: Arc<Stats>) -> io::Result
         let Some(stream) = accept_blocking(&listener, &stop) else {
             break Ok(());
         };
-        let Ok(mut echo) = Echo::new(stream) else {
+        let Ok(mut echo) = Echo::new(stream, buffer) else {
             stats.refused.fetch_add(1, Ordering::Relaxed);
             continue;
         };
