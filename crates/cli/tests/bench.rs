@@ -180,7 +180,11 @@ fn a_small_matrix_writes_the_record_and_leaves_no_process() {
         assert!(num(row, "messages") > 0.0, "{row:?}");
         assert!(num(row, "msgs_per_s") > 0.0, "{row:?}");
         assert_eq!(num(row, "errors"), 0.0, "{row:?}");
-        assert!(num(row, "cpu_us_per_msg") > 0.0, "{row:?}");
+        // CPU time comes in 10 ms ticks: a 300 ms run of a server starved
+        // by a busy machine can read none (seen once, with CI and a build
+        // running beside it). Every row reads a figure; one at least is
+        // above zero (below).
+        assert!(num(row, "cpu_us_per_msg") >= 0.0, "{row:?}");
         // The user part is a share of the whole: never negative, never
         // more (both come from one read of the same counters).
         let user = num(row, "user_us_per_msg");
@@ -193,6 +197,10 @@ fn a_small_matrix_writes_the_record_and_leaves_no_process() {
         assert!(num(row, "p99_us") >= num(row, "p50_us"), "{row:?}");
         cells.push((row[col("server")].clone(), row[col("conns")].clone()));
     }
+    assert!(
+        rows.iter().any(|r| num(r, "cpu_us_per_msg") > 0.0),
+        "no run measured any CPU time: {rows:?}"
+    );
     cells.sort();
     let want: Vec<(String, String)> = [
         ("blocking", "1"),
