@@ -392,6 +392,12 @@ pub(crate) fn transient_accept_error(e: &io::Error) -> bool {
 /// once its buffer is full (backpressure, as in `cport serve`).
 pub const ECHO_BUFFER: usize = 16 * 1024;
 
+/// The least buffer a model takes: a smaller one would only add calls.
+pub const MIN_BUFFER: usize = 64;
+
+/// The largest buffer a model takes per connection.
+pub const MAX_BUFFER: usize = 1 << 20;
+
 /// `InvalidInput` unless `buffer` is in [`MIN_BUFFER`]..=[`MAX_BUFFER`]:
 /// every model's entry checks it, as an empty buffer would read as end of
 /// stream, or never be read into.
@@ -404,12 +410,6 @@ pub(crate) fn check_buffer(buffer: usize) -> io::Result<()> {
         format!("a buffer of {buffer} bytes: a model takes {MIN_BUFFER} to {MAX_BUFFER}"),
     ))
 }
-
-/// The least buffer a model takes: a smaller one would only add calls.
-pub const MIN_BUFFER: usize = 64;
-
-/// The largest buffer a model takes per connection.
-pub const MAX_BUFFER: usize = 1 << 20;
 
 /// The echo state of one non-blocking connection, shared by every
 /// readiness model: bytes read and not yet written, and whether the peer
