@@ -167,6 +167,13 @@ fn sigterm_closes_clients(backend: &str, extra: &[&str]) {
         "{}",
         server.stderr()
     );
+    // No thread of the server panicked on the way out, caught or not (a
+    // shard's stop once printed one from the signal thread).
+    assert!(
+        !server.stderr().contains(" panicked at "),
+        "{}",
+        server.stderr()
+    );
 }
 
 /// SIGTERM with a client that never reads (its echo cannot finish): the
