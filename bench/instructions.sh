@@ -14,10 +14,15 @@
 # The epoll servers and both cport servers on io_uring. The count is
 # dumped while the server still runs, right after the load
 # (callgrind_control --dump), and the server is then killed: under valgrind
-# the pool server on io_uring (port-uring) does not stop on SIGINT (its
-# wake-ups across threads stall there), and shards-uring stops only when
-# one more connection wakes it. uring-echo does not start under valgrind
-# (its ring setup); its count would be a few dozen instructions, as
+# the pool server on io_uring (port-uring) does not stop on SIGINT, and
+# shards-uring stops only when one more connection wakes it. Valgrind
+# (3.19) keeps its scheduler lock while a thread waits in io_uring_enter,
+# so no other thread of the server runs until a completion arrives; at
+# start that can stall port-uring for good (seen: 50 connections in the
+# listener's queue, worker 0 in io_cqring_wait, every other thread reading
+# valgrind's lock pipe), and the run then fails with every message
+# unanswered: run it again. uring-echo does not start under valgrind (its
+# ring setup); its count would be a few dozen instructions, as
 # epoll-echo's.
 #
 #   OUT/counts.csv        server,run,messages,instructions,per_message,
