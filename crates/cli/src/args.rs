@@ -126,7 +126,7 @@ pub struct ServeArgs {
     /// Size of each receive buffer, in bytes (64 to 1 MiB; default 16384):
     /// the port's pool buffers, a readiness model's buffer per connection,
     /// a blocking or overlapped model's read.
-    #[arg(long, value_parser = |s: &str| count::<u32>(s, 64, 1 << 20))]
+    #[arg(long, value_parser = buffer_size)]
     pub buffer_size: Option<u32>,
 
     /// The tutorials' I/O model to serve with: blocking, nonblocking,
@@ -391,7 +391,7 @@ pub struct BenchArgs {
     /// for every server), passed to each as `--buffer-size`: the port's and
     /// the shards' pool buffers, the other models' buffer per connection,
     /// the peers' receive buffers.
-    #[arg(long, value_name = "BYTES", value_parser = |s: &str| count::<u32>(s, 64, 1 << 20))]
+    #[arg(long, value_name = "BYTES", value_parser = buffer_size)]
     pub buffer_size: Option<u32>,
 
     /// Leave server and load free to run on any CPU (default: the server on
@@ -474,6 +474,13 @@ fn parse_period(s: &str) -> Result<Duration, String> {
 
 /// A whole number from `lo` to `hi`, in the type of the option (`hi`
 /// fits it).
+/// `--buffer-size`: the bounds every model checks (`cport_models::MIN_BUFFER`
+/// to `MAX_BUFFER`), so a size the command takes is one every server takes.
+fn buffer_size(s: &str) -> Result<u32, String> {
+    use cport_models::{MAX_BUFFER, MIN_BUFFER};
+    count::<u32>(s, MIN_BUFFER as u64, MAX_BUFFER as u64)
+}
+
 pub fn count<T: TryFrom<u64>>(s: &str, lo: u64, hi: u64) -> Result<T, String> {
     let range = if hi == u64::MAX {
         format!("at least {lo}")
