@@ -8,7 +8,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
@@ -85,6 +85,18 @@ fn serve_with(args: &[&str]) -> Served {
     }
 }
 
+/// Writes `data` from another thread (the echo comes back while it is
+/// still being written) and reads as many bytes back.
+fn round_trip(s: &TcpStream, data: &[u8]) -> Vec<u8> {
+    let mut w = s.try_clone().unwrap();
+    let out = data.to_vec();
+    let writer = thread::spawn(move || w.write_all(&out));
+    let mut got = vec![0u8; data.len()];
+    (&*s).read_exact(&mut got).expect("echo");
+    writer.join().unwrap().unwrap();
+    got
+}
+
 #[test]
 fn every_model_serves_tcp_echo_and_stops_on_sigterm() {
     for model in MODELS {
@@ -97,13 +109,10 @@ fn every_model_serves_tcp_echo_and_stops_on_sigterm() {
         );
         let mut s = connect(server.addr);
         let data = pattern(5, 64 * 1024);
-        let mut w = s.try_clone().unwrap();
-        let out = data.clone();
-        let writer = thread::spawn(move || w.write_all(&out));
-        let mut got = vec![0u8; data.len()];
-        s.read_exact(&mut got).expect("echo");
-        writer.join().unwrap().unwrap();
-        assert!(got == data, "{model}: 64 KiB echoed exactly");
+        assert!(
+            round_trip(&s, &data) == data,
+            "{model}: 64 KiB echoed exactly"
+        );
 
         let pid = Pid::from_raw(server.child.id() as i32).unwrap();
         kill_process(pid, Signal::TERM).expect("kill(2)");
@@ -128,16 +137,10 @@ fn every_model_serves_tcp_echo_and_stops_on_sigterm() {
 fn every_model_takes_a_buffer_size() {
     for model in MODELS {
         let server = serve_with(&["--model", model, "--buffer-size", "64"]);
-        let mut s = connect(server.addr);
+        let s = connect(server.addr);
         let data = pattern(6, 20_000);
-        let mut w = s.try_clone().unwrap();
-        let out = data.clone();
-        let writer = thread::spawn(move || w.write_all(&out));
-        let mut got = vec![0u8; data.len()];
-        s.read_exact(&mut got).expect("echo");
-        writer.join().unwrap().unwrap();
         assert!(
-            got == data,
+            round_trip(&s, &data) == data,
             "{model}: 20,000 bytes echoed exactly through 64 B buffers"
         );
     }
