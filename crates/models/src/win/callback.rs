@@ -180,8 +180,6 @@ struct Conn {
     op: Option<Op>,
     recvbytes: usize,
     sendbytes: usize,
-    /// The buffer's size.
-    size: usize,
     stream: TcpStream,
     /// The serving thread's state; it outlives every Conn.
     ctx: *const Ctx,
@@ -294,7 +292,6 @@ fn add(stream: TcpStream, ctx: &Ctx, conns: &mut HashSet<*mut Conn>) {
         op: None,
         recvbytes: 0,
         sendbytes: 0,
-        size: ctx.buffer,
         stream,
         ctx,
     }));
@@ -332,13 +329,14 @@ fn reap(ctx: &Ctx, conns: &mut HashSet<*mut Conn>) {
 /// has run (and handed it back), and no reference to it is held.
 unsafe fn start_op(p: *mut Conn, op: Op) -> io::Result<()> {
     // SAFETY: the caller guarantees `p` is live, unshared, with nothing
-    // in flight; the raw places touch only its fields.
+    // in flight; the raw places touch only its fields and read its `ctx`,
+    // which outlives every Conn.
     unsafe {
         let (from, len) = match op {
             Op::Recv => {
                 (*p).recvbytes = 0;
                 (*p).sendbytes = 0;
-                (0, (*p).size)
+                (0, (*(*p).ctx).buffer)
             }
             Op::Send => ((*p).sendbytes, (*p).recvbytes - (*p).sendbytes),
         };
@@ -417,7 +415,7 @@ unsafe fn completed(p: *mut Conn, error: u32, n: usize) {
                 Err(false)
             }
             Op::Recv => {
-                c.recvbytes = n.min(c.size);
+                c.recvbytes = n.min(ctx.buffer);
                 c.sendbytes = 0;
                 Ok(Op::Send)
             }
